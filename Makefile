@@ -1,0 +1,34 @@
+# gpumix: `make demo` and `make test` work on a fresh machine (Debian 12, Python 3.11, no GPU).
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.gpumix-installed
+
+.PHONY: demo test lint setup system-deps llama clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+# Debian packages the tests use as real peers (redis-server, caddy, nginx, cmake); installed when missing.
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+# Builds llama.cpp once per machine (cached in ~/.cache/gpumix, ~15 min on 2 cores).
+llama: $(STAMP)
+	$(BIN)/gpumix engines install llama.cpp
+
+demo: setup system-deps llama
+	bash scripts/demo.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check gpumix tests
+
+test: setup system-deps llama lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,3 @@
+from gpumix.cli.main import main
+
+main()

@@ -1,0 +1,72 @@
+"""`gpumix engines ...`: install and list the engines gpumix drives."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from gpumix.errors import GpumixError
+from gpumix.launch import llamacpp
+
+console = Console()
+engines_app = typer.Typer(help="Install and list inference engines (llama.cpp is built by gpumix).")
+
+
+@engines_app.callback(invoke_without_command=True)
+def engines_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Machine-readable.")) -> None:
+    """List installed engines and where they are."""
+    if ctx.invoked_subcommand is not None:
+        return
+    install = llamacpp.find_llama_cpp()
+    rows = [
+        {
+            "engine": "llama.cpp",
+            "installed": install is not None,
+            "version": install.version if install else None,
+            "bin_dir": str(install.bin_dir) if install else None,
+            "source": install.source if install else None,
+        }
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="engines")
+    for col in ("engine", "installed", "version", "where"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["engine"], "yes" if row["installed"] else "no", row["version"] or "-", row["bin_dir"] or "run `gpumix engines install llama.cpp`")
+    console.print(table)
+    console.print("vllm, tei, whisper and image servers are rendered as commands/exports; install them yourself where a GPU is present.")
+
+
+@engines_app.command("install")
+def engines_install(
+    engine: str = typer.Argument("llama.cpp", help="Only llama.cpp is built by gpumix."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if a cached build exists."),
+    backend: str = typer.Option("auto", "--backend", help="auto | cpu | cuda"),
+) -> None:
+    """Build llama.cpp (llama-server, llama-bench, ggml-rpc-server) from the pinned sdist; cached."""
+    if engine not in ("llama.cpp", "llamacpp", "llama-cpp"):
+        raise GpumixError(f"unknown engine '{engine}'", hint="gpumix builds only llama.cpp; vLLM/TEI are run from their own images")
+    if backend not in ("auto", "cpu", "cuda"):
+        raise GpumixError(f"unknown --backend '{backend}'", hint="use auto, cpu or cuda")
+    options = llamacpp.default_build_options() if backend == "auto" else llamacpp.BuildOptions(backend=backend)
+    with Progress(TextColumn("[bold]llama.cpp[/]"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TextColumn("{task.description}"), console=console, transient=False) as bar:
+        task = bar.add_task("starting", total=1.0)
+
+        def report(message: str, fraction: float | None) -> None:
+            if fraction is None:
+                bar.update(task, description=message)
+            else:
+                bar.update(task, description=message, completed=fraction)
+
+        install = llamacpp.install_llama_cpp(options, progress=report, force=force)
+    console.print(f"llama.cpp {install.version}: {install.bin_dir}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(engines_app, name="engines")
