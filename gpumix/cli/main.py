@@ -21,6 +21,7 @@ app = typer.Typer(
 # Each module defines `register(app)`; listed in pipeline order (hardware → ... → tune).
 COMMAND_MODULES = (
     "gpumix.cli.hardware_cmds",
+    "gpumix.cli.models_cmds",
     "gpumix.cli.estimate_cmds",
     "gpumix.cli.plan_cmds",
     "gpumix.cli.launch_cmds",
