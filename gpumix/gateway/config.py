@@ -1,0 +1,237 @@
+"""Gateway configuration: which services exist, which backends serve them, and the limits that apply.
+
+Built from a Plan, from `--backend NAME=URL` pairs, or both. Everything here is frozen; the live state
+(health, outstanding requests) lives in `gpumix.gateway.backends`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from gpumix.errors import GpumixError
+from gpumix.plan.result import Plan, PlannedService
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+EMBEDDINGS = "/v1/embeddings"
+RERANK = "/v1/rerank"
+IMAGES = "/v1/images/generations"
+TRANSCRIPTIONS = "/v1/audio/transcriptions"
+MODERATIONS = "/v1/moderations"
+
+PROXIED_ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS, RERANK, IMAGES, TRANSCRIPTIONS, MODERATIONS)
+
+ENDPOINTS_BY_KIND: dict[str, tuple[str, ...]] = {
+    "llm": (CHAT, COMPLETIONS),
+    "embedding": (EMBEDDINGS,),
+    "reranker": (RERANK,),
+    "image": (IMAGES,),
+    "audio": (TRANSCRIPTIONS,),
+}
+# A backend given without a plan is matched to a kind by its name, so `--backend embeddings=URL` serves
+# /v1/embeddings; any other name serves every endpoint.
+_KIND_BY_BACKEND_NAME = {
+    "chat": "llm", "llm": "llm", "completions": "llm",
+    "embedding": "embedding", "embeddings": "embedding", "embed": "embedding",
+    "rerank": "reranker", "reranker": "reranker",
+    "image": "image", "images": "image",
+    "audio": "audio", "whisper": "audio", "transcription": "audio", "transcriptions": "audio",
+}  # fmt: skip
+_GUARD_HINTS = ("guard", "shield", "moderat")
+
+API_KEYS_ENV = "GPUMIX_API_KEYS"
+# OpenAI's audio upload limit is 25 MB (platform.openai.com/docs/guides/speech-to-text); leave room for the form.
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_concurrency_per_backend: int = 64  # requests in flight to one backend
+    max_queue_per_backend: int = 256  # requests waiting for a slot; beyond that → 429
+    queue_wait_timeout_s: float = 30.0
+    connect_timeout_s: float = 2.0
+    first_byte_timeout_s: float = 60.0  # until the backend's response headers
+    total_timeout_s: float = 600.0
+    max_attempts: int = 3  # per request, over replicas and the fallback
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    path: str = "/health"
+    interval_s: float = 2.0
+    timeout_s: float = 1.0
+    failure_threshold: int = 3  # consecutive passive failures that open the circuit
+    cooldown_s: float = 5.0  # how long an open circuit keeps a backend out
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    urls: tuple[str, ...]
+    endpoints: tuple[str, ...]
+    aliases: tuple[str, ...] = ()  # other names a request's `model` may use (catalog id, file stem)
+    fallback: str | None = None
+    gbp_per_million_tokens: float | None = None
+    model_id: str | None = None
+
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    services: tuple[ServiceConfig, ...]
+    routes: dict[str, str] = field(default_factory=dict)  # endpoint → service name (pinned)
+    limits: Limits = Limits()
+    health: HealthSettings = HealthSettings()
+    api_keys: frozenset[str] = frozenset()
+    access_log: Path | None = None
+    redis_url: str | None = None
+    async_endpoints: tuple[str, ...] = PROXIED_ENDPOINTS  # endpoints that honour `Prefer: respond-async`
+
+    def service(self, name: str) -> ServiceConfig:
+        for svc in self.services:
+            if svc.name == name:
+                return svc
+        raise KeyError(name)
+
+
+def endpoints_for(service: PlannedService) -> tuple[str, ...]:
+    """The endpoints a planned service answers: its own list, else derived from its kind."""
+    if service.endpoints:
+        return tuple(service.endpoints)
+    endpoints = ENDPOINTS_BY_KIND[service.model_kind]
+    if service.model_kind == "llm" and any(h in f"{service.name} {service.model}".lower() for h in _GUARD_HINTS):
+        endpoints += (MODERATIONS,)
+    return endpoints
+
+
+def parse_pair(text: str, flag: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise GpumixError(f"{flag} {text!r} is not KEY=VALUE", hint=f"e.g. {flag} chat=http://127.0.0.1:8001")
+    return key.strip(), value.strip()
+
+
+def _check_url(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise GpumixError(f"--backend {name}={url}: not an http(s) URL", hint="e.g. http://127.0.0.1:8001")
+    return url.rstrip("/")
+
+
+def _backend_urls(backends: list[str]) -> dict[str, list[str]]:
+    urls: dict[str, list[str]] = {}
+    for pair in backends:
+        name, url = parse_pair(pair, "--backend")
+        urls.setdefault(name, []).append(_check_url(url, name))
+    return urls
+
+
+def _from_plan(plan: Plan, urls: dict[str, list[str]]) -> list[ServiceConfig]:
+    unknown = sorted(set(urls) - {s.name for s in plan.services})
+    if unknown:
+        raise GpumixError(
+            f"--backend names {', '.join(unknown)} are not services in the plan",
+            hint=f"the plan's services are: {', '.join(s.name for s in plan.services)}",
+        )
+    services = []
+    for svc in plan.services:
+        aliases = [svc.model] if svc.model != svc.name else []
+        if svc.model_path:
+            stem = Path(svc.model_path).stem
+            if stem not in (svc.name, svc.model):
+                aliases.append(stem)
+        services.append(
+            ServiceConfig(
+                name=svc.name,
+                urls=tuple(urls.get(svc.name, ())),
+                endpoints=endpoints_for(svc),
+                aliases=tuple(aliases),
+                fallback=svc.fallback,
+                gbp_per_million_tokens=svc.gbp_per_million_tokens,
+                model_id=svc.model,
+            )
+        )
+    return services
+
+
+def _from_backends(urls: dict[str, list[str]]) -> list[ServiceConfig]:
+    services = []
+    for name, service_urls in urls.items():
+        kind = _KIND_BY_BACKEND_NAME.get(name.lower())
+        endpoints = ENDPOINTS_BY_KIND[kind] if kind else PROXIED_ENDPOINTS
+        services.append(ServiceConfig(name=name, urls=tuple(service_urls), endpoints=endpoints))
+    return services
+
+
+def _routes(pairs: list[str], services: list[ServiceConfig]) -> dict[str, str]:
+    names = {s.name for s in services}
+    routes = {}
+    for pair in pairs:
+        endpoint, name = parse_pair(pair, "--route")
+        if endpoint not in PROXIED_ENDPOINTS:
+            raise GpumixError(
+                f"--route {pair}: unknown endpoint {endpoint}", hint=f"one of {', '.join(PROXIED_ENDPOINTS)}"
+            )
+        if name not in names:
+            raise GpumixError(
+                f"--route {pair}: no service or backend named {name}", hint=f"known: {', '.join(sorted(names))}"
+            )
+        routes[endpoint] = name
+    return routes
+
+
+def load_api_keys(path: Path | None, env_var: str = API_KEYS_ENV) -> frozenset[str]:
+    """Keys from a file (one per line, # comments) and/or a comma-separated environment variable."""
+    keys: set[str] = set()
+    if path is not None:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise GpumixError(f"cannot read API key file {path}: {exc.strerror}", hint="one key per line") from exc
+        keys.update(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+        if not keys:
+            raise GpumixError(f"API key file {path} holds no keys", hint="one key per line")
+    keys.update(k.strip() for k in os.environ.get(env_var, "").split(",") if k.strip())
+    return frozenset(keys)
+
+
+def load_plan(path: Path) -> Plan:
+    try:
+        return Plan.model_validate_json(path.read_text())
+    except OSError as exc:
+        raise GpumixError(
+            f"cannot read plan {path}: {exc.strerror}", hint="run `gpumix plan FILE -o plan.json`"
+        ) from exc
+    except ValueError as exc:
+        first = str(exc).splitlines()[:3]
+        raise GpumixError(
+            f"{path} is not a gpumix plan: {' '.join(first)}", hint="regenerate it with `gpumix plan`"
+        ) from exc
+
+
+def build_config(
+    plan: Plan | None,
+    backends: list[str],
+    routes: list[str] = (),  # type: ignore[assignment]
+    **settings: object,
+) -> GatewayConfig:
+    """Services from the plan and/or `NAME=URL` backend pairs; `settings` are GatewayConfig's other fields."""
+    urls = _backend_urls(list(backends))
+    if plan is None and not urls:
+        raise GpumixError(
+            "the gateway needs a plan or at least one --backend", hint="--backend chat=http://127.0.0.1:8001"
+        )
+    services = _from_plan(plan, urls) if plan is not None else _from_backends(urls)
+    names = {s.name for s in services}
+    for svc in services:
+        if svc.fallback and svc.fallback not in names:
+            raise GpumixError(
+                f"service {svc.name}: fallback {svc.fallback!r} is not a service", hint="fix the plan's fallback"
+            )
+    return GatewayConfig(services=tuple(services), routes=_routes(list(routes), services), **settings)  # type: ignore[arg-type]
