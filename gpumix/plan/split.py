@@ -26,7 +26,14 @@ from typing import Literal
 from gpumix.errors import GpumixError
 from gpumix.estimate import speed
 from gpumix.estimate.calibration import Calibration, load_calibration
-from gpumix.estimate.memory import kv_cache_bytes, layer_weight_bytes, memory_for_layers, output_weight_bytes
+from gpumix.estimate.memory import (
+    kv_cache_bytes,
+    layer_params,
+    layer_weight_bytes,
+    memory_for_layers,
+    non_layer_params,
+    output_weight_bytes,
+)
 from gpumix.estimate.types import Links, Workload
 from gpumix.hardware.spec import Device
 from gpumix.models.spec import ModelSpec, QuantSpec
@@ -50,31 +57,42 @@ def usable_bytes(device: Device, margin: int | None = None) -> int:
 
 @dataclass(frozen=True)
 class DeviceCosts:
-    """What one device costs per layer, in time and memory, for one model and workload."""
+    """What one device costs, in time and memory, for any contiguous layer range of one model and workload.
+
+    Time follows the estimator's stage model (gpumix.estimate.estimator): max(bytes read ÷ achieved bandwidth,
+    FLOPs ÷ achieved FLOP/s) + fixed per-layer overhead + one activation hop into the device."""
 
     device: Device
-    layer_s: float  # decode seconds per token per layer (weights + its KV reads)
+    prefix_read_bytes: tuple[float, ...]  # prefix sums of bytes read per token per layer (active weights + KV)
+    output_read_bytes: float  # the output projection, read once per token by the device holding it
+    bandwidth_bytes_per_s: float
+    layer_flops: float  # per token per layer
+    output_flops: float
+    flops_per_s: float
     fixed_s: tuple[float, ...]  # [n] = fixed per-token overhead with n layers on the device
-    output_s: float  # reading the output projection once per token
     link_in_s: float  # one activation arriving from the previous device, per token
-    prefix_bytes: tuple[int, ...]  # prefix sums of per-layer weights + KV bytes
+    prefix_bytes: tuple[int, ...]  # prefix sums of per-layer memory (weights + KV)
     base_bytes: int  # compute buffer + overhead (+ input embedding) without the output layer
-    output_bytes: int  # extra bytes when it holds the output layer (weights + logits buffer)
+    output_bytes: int  # extra memory when it holds the output layer (weights + logits buffer)
     limit_bytes: int  # free − margin
 
     def range_bytes(self, start: int, n: int, holds_output: bool) -> int:
         if n == 0 and not holds_output:
             return 0
-        return self.prefix_bytes[start + n] - self.prefix_bytes[start] + self.base_bytes + (
-            self.output_bytes if holds_output else 0
-        )
+        layers = self.prefix_bytes[start + n] - self.prefix_bytes[start]
+        return layers + self.base_bytes + (self.output_bytes if holds_output else 0)
 
-    def stage_s(self, n: int, holds_output: bool, first: bool) -> float:
+    def stage_s(self, start: int, n: int, holds_output: bool, first: bool) -> float:
         if n == 0 and not holds_output:
             return 0.0
-        return n * self.layer_s + self.fixed_s[n] + (self.output_s if holds_output else 0.0) + (
-            0.0 if first else self.link_in_s
-        )
+        read = self.prefix_read_bytes[start + n] - self.prefix_read_bytes[start]
+        flops = n * self.layer_flops
+        if holds_output:
+            read += self.output_read_bytes
+            flops += self.output_flops
+        compute_s = flops / self.flops_per_s if self.flops_per_s > 0 else 0.0
+        hop = 0.0 if first else self.link_in_s
+        return max(read / self.bandwidth_bytes_per_s, compute_s) + self.fixed_s[n] + hop
 
 
 def device_costs(
@@ -88,26 +106,29 @@ def device_costs(
     position: int,
     margin: int | None = None,
 ) -> DeviceCosts:
-    holds_input = position == 0
     n = model.n_layers
-    is_gpu = device.kind == "gpu"
+    depth = workload.context / 2  # the estimator's average depth over a full context
     weights = layer_weight_bytes(model, quant)
-    prefix = [0]
+    prefix, read = [0], [0.0]
     for layer in range(n):
         prefix.append(prefix[-1] + weights[layer] + kv_cache_bytes(model, workload, [layer]))
-    common = {"holds_input": holds_input, "is_gpu": is_gpu}
+        read.append(read[-1] + speed.decode_bytes_on_device(model, quant, [layer], False, workload, depth))
+    common = {"holds_input": position == 0, "is_gpu": device.kind == "gpu"}
     with_layer = memory_for_layers(model, quant, workload, [0], holds_output=False, **common)
     with_output = memory_for_layers(model, quant, workload, [0], holds_output=True, **common)
-    base = with_layer.total_bytes - prefix[1]
-    layer_s = speed.decode_seconds_per_layer(model, quant, device, workload, calibration)
+    active_share = model.active_params / model.params_total if model.params_total else 1.0
     return DeviceCosts(
         device=device,
-        layer_s=layer_s,
+        prefix_read_bytes=tuple(read),
+        output_read_bytes=float(output_weight_bytes(model, quant)),
+        bandwidth_bytes_per_s=speed.achieved_bandwidth_gb_per_s(device, quant, calibration) * GB,
+        layer_flops=2 * layer_params(model) * active_share,
+        output_flops=2 * non_layer_params(model) / (1 if model.tied_embeddings else 2),
+        flops_per_s=speed.achieved_flops(device, quant, calibration),
         fixed_s=tuple(speed.device_fixed_overhead_s(device, k, workload, calibration) for k in range(n + 1)),
-        output_s=output_weight_bytes(model, quant) / (speed.achieved_bandwidth_gb_per_s(device, quant, calibration) * GB),
         link_in_s=speed.layer_split_hop_s(model, links, calibration, position),
         prefix_bytes=tuple(prefix),
-        base_bytes=base,
+        base_bytes=with_layer.total_bytes - prefix[1],
         output_bytes=with_output.total_bytes - with_layer.total_bytes,
         limit_bytes=usable_bytes(device, margin),
     )
@@ -145,7 +166,7 @@ def _solve(
             for n in range(min_n, max_n + 1):
                 if dev.range_bytes(start, n, out) > dev.limit_bytes:
                     break  # more layers only need more memory
-                stage = dev.stage_s(n, out, first=start == 0)
+                stage = dev.stage_s(start, n, out, first=start == 0)
                 prev = best[start]
                 if objective == "latency":
                     cand = (prev[0] + stage, prev[1] + stage)
@@ -244,7 +265,7 @@ def split_cost_s(costs: Sequence[DeviceCosts], layers: Sequence[int]) -> tuple[f
         out = i == output_at
         if dev.range_bytes(start, n, out) > dev.limit_bytes:
             return None
-        stages.append(dev.stage_s(n, out, first=start == 0))
+        stages.append(dev.stage_s(start, n, out, first=start == 0))
         start += n
     return sum(stages), max(stages)
 
