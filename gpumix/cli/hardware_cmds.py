@@ -1,0 +1,200 @@
+"""`gpumix devices` (what this machine has) and `gpumix gpus` (the catalog)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gpumix.errors import GpumixError
+from gpumix.hardware.catalog import all_gpus, gpu_candidates, load_catalog
+from gpumix.hardware.devices import load_devices_file
+from gpumix.hardware.discovery import INDEX_NOTE, DiscoveredMachine, discover_machine
+from gpumix.hardware.spec import Device, GpuSpec
+from gpumix.units import GiB
+
+DEVICES_FILE_HELP = (
+    "YAML list describing the devices instead of asking the driver, e.g. "
+    "'- gpu: RTX 4090' / '- gpu: RTX 5060 Ti 16GB, free_gb: 14' / '- cpu: {ram_gb: 64, bandwidth_gbs: 51.2}'. "
+    "Keys: gpu, index, host, free_gb|free_gib, total_gb|total_gib, uuid, count; cpu: ram_gb, bandwidth_gbs, threads."
+)
+
+
+def _fmt(value: float | None, spec: str = "g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _device_json(device: Device, catalog_id: str | None, bandwidth: float | None = None) -> dict[str, Any]:
+    return {
+        "index": device.index,
+        "name": device.name,
+        "kind": device.kind,
+        "catalog_id": catalog_id,
+        "host": device.host,
+        "uuid": device.uuid,
+        "memory_total_bytes": device.memory_total_bytes,
+        "memory_free_bytes": device.memory_free_bytes,
+        "pcie_gen": device.pcie_gen,
+        "pcie_width": device.pcie_width,
+        "mem_bandwidth_gb_per_s": device.spec.mem_bandwidth_gb_per_s,
+        "nvml_bandwidth_gb_per_s": bandwidth,
+        "compute_capability": device.spec.compute_capability,
+        "threads": device.threads,
+    }
+
+
+def _machine_json(machine: DiscoveredMachine) -> dict[str, Any]:
+    devices = []
+    for gpu in machine.gpus:
+        entry = _device_json(gpu.device, gpu.catalog_id, gpu.nvml_bandwidth_gb_per_s)
+        entry.update(
+            nvml_name=gpu.nvml_name,
+            pci_bus_id=gpu.pci_bus_id,
+            pcie_gen_current=gpu.pcie_gen_current,
+            pcie_width_current=gpu.pcie_width_current,
+            compute_processes=gpu.compute_processes,
+        )
+        devices.append(entry)
+    return {
+        "source": "nvml",
+        "driver_version": machine.driver_version,
+        "index_order": "PCI_BUS_ID",
+        "index_note": machine.index_note,
+        "devices": devices,
+        "links": [{"a": x.a, "b": x.b, "topology": x.topology, "nvlink_count": x.nvlink_count} for x in machine.links],
+        "warnings": machine.warnings,
+    }
+
+
+def _file_json(path: Path, devices: list[Device]) -> dict[str, Any]:
+    return {
+        "source": f"file:{path}",
+        "driver_version": None,
+        "index_order": "PCI_BUS_ID",
+        "index_note": INDEX_NOTE,
+        "devices": [_device_json(d, d.spec.id if d.kind == "gpu" else None) for d in devices],
+        "links": [],
+        "warnings": [],
+    }
+
+
+def _devices_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("#", "name", "catalog", "total GiB", "free GiB", "PCIe", "BW GB/s", "CC", "host"):
+        table.add_column(col, justify="right" if col in ("#", "total GiB", "free GiB", "BW GB/s") else "left")
+    for row in rows:
+        pcie = f"gen{row['pcie_gen']} x{row['pcie_width']}" if row["pcie_gen"] else "-"
+        if row.get("pcie_gen_current"):
+            pcie += f" (now gen{row['pcie_gen_current']} x{row['pcie_width_current']})"
+        table.add_row(
+            str(row["index"]),
+            row.get("nvml_name") or row["name"],
+            row["catalog_id"] or ("[yellow]not in catalog[/]" if row["kind"] == "gpu" else "-"),
+            f"{row['memory_total_bytes'] / GiB:.2f}",
+            f"{row['memory_free_bytes'] / GiB:.2f}",
+            pcie,
+            _fmt(row["nvml_bandwidth_gb_per_s"] or row["mem_bandwidth_gb_per_s"]),
+            row["compute_capability"] or "-",
+            row["host"] or "-",
+        )
+    return table
+
+
+def _topology_table(report: dict[str, Any]) -> Table:
+    indices = [d["index"] for d in report["devices"] if d["kind"] == "gpu"]
+    labels = {
+        (x["a"], x["b"]): (f"NV{x['nvlink_count']}" if x["nvlink_count"] else x["topology"]) for x in report["links"]
+    }
+    table = Table(title="topology (PIX/PXB good, PHB ok, NODE/SYS slow across CPUs; NV# = NVLink links)")
+    table.add_column("")
+    for i in indices:
+        table.add_column(f"GPU{i}")
+    for i in indices:
+        cells = ["X" if i == j else labels.get((min(i, j), max(i, j)), "?") for j in indices]
+        table.add_row(f"GPU{i}", *cells)
+    return table
+
+
+def devices_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    devices_file: Annotated[Path | None, typer.Option("--devices-file", help=DEVICES_FILE_HELP)] = None,
+) -> None:
+    """Show this machine's GPUs (NVML): memory free/total, PCIe link, bandwidth, topology and catalog match.
+
+    Indices are PCI bus order, i.e. CUDA_VISIBLE_DEVICES under CUDA_DEVICE_ORDER=PCI_BUS_ID.
+    Without an NVIDIA driver, describe the devices in a file and pass --devices-file.
+    """
+    if devices_file is not None:
+        report = _file_json(devices_file, load_devices_file(devices_file))
+    else:
+        report = _machine_json(discover_machine())
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    console = Console()  # created per call so the terminal width (COLUMNS) is read now
+    driver = f", driver {report['driver_version']}" if report["driver_version"] else ""
+    console.print(_devices_table(report["devices"], f"devices ({report['source']}{driver})"))
+    if len(report["links"]) > 0:
+        console.print(_topology_table(report))
+    console.print(f"[dim]{report['index_note']}[/]")
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+def _spec_json(spec: GpuSpec) -> dict[str, Any]:
+    data = spec.model_dump()
+    data["aliases"] = list(spec.aliases)
+    data["vram_gib"] = spec.vram_bytes / GiB
+    return data
+
+
+def _matching_specs(query: str | None, include_cpu: bool) -> list[GpuSpec]:
+    if not query:
+        return all_gpus(include_cpu=include_cpu)
+    found = gpu_candidates(query)
+    if not found:
+        close = load_catalog().suggestions(query)
+        raise GpumixError(
+            f"no catalog card matches {query!r}" + (f"; closest: {', '.join(close)}" if close else ""),
+            hint="run `gpumix gpus` without a query to see all",
+        )
+    return found
+
+
+def gpus_cmd(
+    query: Annotated[str | None, typer.Argument(help="Part of a name, e.g. '4090', 'H100', 'a100 80gb'.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    include_cpu: Annotated[bool, typer.Option("--cpu", help="Also list the CPU/RAM offload rows.")] = False,
+) -> None:
+    """List the GPU catalog (names you can use with --gpu, in plan files and devices files)."""
+    specs = _matching_specs(query, include_cpu)
+    if as_json:
+        print(json.dumps([_spec_json(s) for s in specs], indent=2))
+        return
+    console = Console()
+    table = Table(title=f"GPU catalog ({len(specs)} cards; VRAM as the vendor prints it, stored as GiB)")
+    for col in ("name", "id", "arch", "VRAM GB", "BW GB/s", "FP16 TF", "FP8", "CC", "PCIe", "£/month"):
+        table.add_column(col)
+    for s in specs:
+        table.add_row(
+            s.name,
+            s.id,
+            s.arch,
+            _fmt(s.vram_bytes / GiB if s.vram_bytes else None, ".0f"),
+            _fmt(s.mem_bandwidth_gb_per_s),
+            _fmt(s.fp16_tflops),
+            "yes" if s.fp8_supported else "no",
+            s.compute_capability or "-",
+            f"gen{s.pcie_gen} x{s.pcie_lanes}" if s.pcie_gen else "-",
+            _fmt(s.price_gbp_per_month),
+        )
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("devices")(devices_cmd)
+    app.command("gpus")(gpus_cmd)

@@ -1,0 +1,308 @@
+"""The GPU catalog (data/gpus.csv) and forgiving, unambiguous name resolution.
+
+`resolve_gpu("4090")`, `resolve_gpu("rtx4090")` and `resolve_gpu("NVIDIA GeForce RTX 4090")` (NVML's name) all give
+the RTX 4090; `resolve_gpu("H100")` is ambiguous (PCIe vs SXM) and raises a GpumixError listing the candidates.
+
+Capacity convention: `vram_bytes = vram_gb * 2**30`. Vendors print "24 GB" but memory capacity is binary (an RTX 4090
+has 24 GiB; NVML reports 24564 MiB total). NVML's total is 0-1 % below that on HBM cards (driver/ECC reservations) and
+free memory is lower still, so plans on a real machine use discovered numbers (see discovery.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import functools
+import io
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from gpumix.errors import GpumixError
+from gpumix.hardware.spec import GpuSpec
+from gpumix.units import gib_to_bytes
+
+CATALOG_PATH = Path(__file__).parent / "data" / "gpus.csv"
+
+# Words that never tell two cards apart: dropped from queries and names alike.
+_NOISE_TOKENS = frozenset({"nvidia", "geforce", "amd", "intel"})
+# Brand words a user may leave out ("4090" for "RTX 4090") without that making the name ambiguous.
+_OPTIONAL_TOKENS = frozenset({"rtx", "gtx", "radeon", "rx", "tesla", "instinct"})
+_TOKEN_RE = re.compile(r"[a-z]+|\d+")
+_MAX_SUGGESTIONS = 6
+
+
+def _tokens(text: str) -> list[str]:
+    """'NVIDIA GeForce RTX 5060 Ti 16GB' -> ['rtx', '5060', 'ti', '16', 'gb'] (letters and digits split apart)."""
+    return [t for t in _TOKEN_RE.findall(text.lower()) if t not in _NOISE_TOKENS]
+
+
+def _key(text: str) -> str:
+    return "".join(_tokens(text))
+
+
+def _optional_extras(tokens: list[str]) -> set[int]:
+    """Positions of tokens that may be left out: brand words and a memory size ('12', 'gb')."""
+    optional = {i for i, tok in enumerate(tokens) if tok in _OPTIONAL_TOKENS}
+    for i in range(len(tokens) - 1):
+        if tokens[i].isdigit() and tokens[i + 1] == "gb":
+            optional |= {i, i + 1}
+    return optional
+
+
+def _significant_extras(query: Counter[str], name_tokens: list[str]) -> int | None:
+    """None if the query is not contained in the name; else how many distinguishing words the query left out."""
+    if query - Counter(name_tokens):
+        return None
+    unmatched = query.copy()
+    significant = 0
+    optional = _optional_extras(name_tokens)
+    for i, tok in enumerate(name_tokens):
+        if unmatched[tok] > 0:
+            unmatched[tok] -= 1
+        elif i not in optional:
+            significant += 1
+    return significant
+
+
+@dataclass(frozen=True)
+class GpuCatalog:
+    """All catalog rows plus an index from normalised names/aliases/ids to ids."""
+
+    specs: tuple[GpuSpec, ...]
+    path: Path
+
+    @functools.cached_property
+    def by_id(self) -> dict[str, GpuSpec]:
+        return {spec.id: spec for spec in self.specs}
+
+    @functools.cached_property
+    def _names(self) -> list[tuple[str, list[str]]]:
+        """(id, tokens) for every way a card is written: display name, id and aliases."""
+        return [(spec.id, _tokens(label)) for spec in self.specs for label in (spec.name, spec.id, *spec.aliases)]
+
+    @functools.cached_property
+    def _exact(self) -> dict[str, set[str]]:
+        index: dict[str, set[str]] = {}
+        for spec_id, toks in self._names:
+            index.setdefault("".join(toks), set()).add(spec_id)
+        return index
+
+    def candidates(self, query: str) -> list[GpuSpec]:
+        """Cards the query could mean, best first; one element when the name is unambiguous."""
+        key = _key(query)
+        if not key:
+            return []
+        exact = self._exact.get(key)
+        if exact:
+            return [self.by_id[i] for i in sorted(exact)]
+        wanted = Counter(_tokens(query))
+        best: dict[str, int] = {}
+        for spec_id, toks in self._names:
+            extras = _significant_extras(wanted, toks)
+            if extras is not None:
+                best[spec_id] = min(extras, best.get(spec_id, extras))
+        perfect = [i for i, extras in best.items() if extras == 0]
+        if len(perfect) == 1:
+            return [self.by_id[perfect[0]]]
+        return [self.by_id[i] for i in sorted(best, key=lambda i: (best[i], i))]
+
+    def suggestions(self, query: str) -> list[str]:
+        keys = list(self._exact)
+        close = difflib.get_close_matches(_key(query), keys, n=_MAX_SUGGESTIONS * 2, cutoff=0.5)
+        names: list[str] = []
+        for key in close:
+            for spec_id in sorted(self._exact[key]):
+                name = self.by_id[spec_id].name
+                if name not in names:
+                    names.append(name)
+        return names[:_MAX_SUGGESTIONS]
+
+    def resolve(self, query: str) -> GpuSpec:
+        if not _key(query):
+            raise GpumixError(f"empty GPU name {query!r}", hint="`gpumix gpus` lists the catalog")
+        found = self.candidates(query)
+        if len(found) == 1:
+            return found[0]
+        if found:
+            listed = ", ".join(repr(spec.name) for spec in found[:10])
+            raise GpumixError(
+                f"GPU name {query!r} is ambiguous: it matches {listed}",
+                hint="write the full name (see `gpumix gpus QUERY`)",
+            )
+        close = self.suggestions(query)
+        raise GpumixError(
+            f"unknown GPU {query!r}" + (f"; closest: {', '.join(repr(n) for n in close)}" if close else ""),
+            hint="`gpumix gpus` lists the catalog; a card not there can be described in a devices file",
+        )
+
+
+# ---------------------------------------------------------------------------------------------- loading the CSV
+
+_REQUIRED_COLUMNS = ("id", "name", "kind", "vendor", "arch", "vram_gb", "mem_bandwidth_gbs", "source")
+
+
+def _number(row: dict[str, str], column: str, where: str) -> float | None:
+    text = (row.get(column) or "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise GpumixError(f"{where}: column {column!r} is not a number: {text!r}") from None
+
+
+def _int(row: dict[str, str], column: str, where: str) -> int | None:
+    value = _number(row, column, where)
+    return None if value is None else int(value)
+
+
+def _bool(row: dict[str, str], column: str, where: str) -> bool:
+    text = (row.get(column) or "").strip().lower()
+    if text in ("", "false", "no", "0"):
+        return False
+    if text in ("true", "yes", "1"):
+        return True
+    raise GpumixError(f"{where}: column {column!r} must be true/false, got {text!r}")
+
+
+def _spec_from_row(row: dict[str, str], where: str) -> GpuSpec:
+    vram_gb = _number(row, "vram_gb", where)
+    bandwidth = _number(row, "mem_bandwidth_gbs", where)
+    if bandwidth is None:
+        raise GpumixError(f"{where}: column 'mem_bandwidth_gbs' is empty")
+    aliases = tuple(a.strip() for a in (row.get("aliases") or "").split(";") if a.strip())
+    try:
+        return GpuSpec(
+            id=row["id"].strip(),
+            name=row["name"].strip(),
+            kind=row["kind"].strip() or "gpu",
+            vendor=row["vendor"].strip(),
+            arch=row["arch"].strip(),
+            compute_capability=(row.get("compute_capability") or "").strip() or None,
+            vram_bytes=gib_to_bytes(vram_gb) if vram_gb is not None else 0,  # 0 = not published / the machine's RAM
+            mem_bandwidth_gb_per_s=bandwidth,
+            fp16_tflops=_number(row, "fp16_tflops", where),
+            bf16_tflops=_number(row, "bf16_tflops", where),
+            fp8_tflops=_number(row, "fp8_tflops", where),
+            int8_tops=_number(row, "int8_tops", where),
+            fp8_supported=_bool(row, "fp8_supported", where),
+            pcie_gen=_int(row, "pcie_gen", where),
+            pcie_lanes=_int(row, "pcie_lanes", where),
+            tdp_w=_number(row, "tdp_w", where),
+            price_gbp_per_month=_number(row, "price_gbp_per_month", where),
+            price_gbp_purchase=_number(row, "price_gbp_purchase", where),
+            aliases=aliases,
+            source=row["source"].strip(),
+        )
+    except ValidationError as exc:
+        raise GpumixError(f"{where}: invalid row: {exc.errors()[0]['msg']}") from None
+
+
+def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except OSError as exc:
+        raise GpumixError(f"cannot read GPU catalog {path}: {exc.strerror}") from None
+    numbered = [(n, line) for n, line in enumerate(lines, start=1) if not line.lstrip().startswith("#")]
+    reader = csv.DictReader(io.StringIO("".join(line for _, line in numbered)))
+    missing = [c for c in _REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise GpumixError(f"GPU catalog {path}: missing columns {missing}")
+    # DictReader rows follow the header; map each back to its line number in the file for error messages.
+    return [(numbered[i + 1][0], row) for i, row in enumerate(reader)]
+
+
+@functools.cache
+def load_catalog(path: Path = CATALOG_PATH) -> GpuCatalog:
+    """Read and check the catalog once (cached per path)."""
+    specs: list[GpuSpec] = []
+    seen: set[str] = set()
+    for line_no, row in _read_rows(path):
+        where = f"{path.name} line {line_no}"
+        spec = _spec_from_row(row, where)
+        if spec.id in seen:
+            raise GpumixError(f"{where}: duplicate id {spec.id!r}")
+        seen.add(spec.id)
+        specs.append(spec)
+    return GpuCatalog(specs=tuple(specs), path=path)
+
+
+# ------------------------------------------------------------------------------------------------- public API
+
+
+def all_gpus(include_cpu: bool = False) -> list[GpuSpec]:
+    """Every catalog card, in file order; `include_cpu` adds the CPU/RAM offload rows (kind="cpu", vram_bytes=0)."""
+    return [s for s in load_catalog().specs if include_cpu or s.kind == "gpu"]
+
+
+def get_gpu(gpu_id: str) -> GpuSpec:
+    """Exact lookup by catalog id (e.g. from a saved Plan's `catalog_id`)."""
+    try:
+        return load_catalog().by_id[gpu_id]
+    except KeyError:
+        raise GpumixError(f"no GPU with catalog id {gpu_id!r}", hint="`gpumix gpus` lists the ids") from None
+
+
+def resolve_gpu(name: str) -> GpuSpec:
+    """The one catalog card `name` means; GpumixError (with candidates or closest names) otherwise."""
+    return load_catalog().resolve(name)
+
+
+def gpu_candidates(name: str) -> list[GpuSpec]:
+    """All cards `name` could mean (empty when none); `resolve_gpu` succeeds iff this has one element."""
+    return load_catalog().candidates(name)
+
+
+def match_by_name_and_memory(name: str, total_bytes: int) -> GpuSpec | None:
+    """Catalog card for a name reported by a driver, using memory size to pick between variants.
+
+    NVML says "NVIDIA GeForce RTX 3060" for both the 8 GB and 12 GB cards: a candidate is kept only when its VRAM is
+    within 10 % of what the driver reports. None when nothing fits.
+    """
+    fits = [s for s in gpu_candidates(name) if s.vram_bytes and abs(s.vram_bytes - total_bytes) <= 0.10 * s.vram_bytes]
+    return fits[0] if len(fits) == 1 else None
+
+
+# "2x RTX 3090", "2 x RTX 3090", "2×3090" - but not "3090 x2", which is the suffix form.
+_COUNT_PREFIX = re.compile(r"^\s*(\d+)(?:\s*[x×*]\s+|[x×*]\s*)(.+)$", re.IGNORECASE)
+_COUNT_SUFFIX = re.compile(r"^(.+?)\s+[x×*]\s*(\d+)\s*$", re.IGNORECASE)
+_TRAILING_NOTE = re.compile(r"\s*\([^()]*\)\s*$")
+_MAX_DEVICES = 64
+
+
+def _resolve_with_note(name: str) -> GpuSpec:
+    """Resolve, retrying without a trailing '(...)' note like '(NVLink)' when the full text is not a card name."""
+    try:
+        return resolve_gpu(name)
+    except GpumixError:
+        stripped = _TRAILING_NOTE.sub("", name)
+        if stripped and stripped != name and gpu_candidates(stripped):
+            return resolve_gpu(stripped)
+        raise
+
+
+def parse_device_list(text: str) -> list[GpuSpec]:
+    """'2x RTX 3090' -> [3090, 3090]; 'RTX 4090 + RTX 5060 Ti 16GB' -> [4090, 5060 Ti]. Also ',' and 'RTX 3090 x2'.
+
+    A trailing note in parentheses ('2x Tesla V100 SXM2 16GB (NVLink)') is ignored when it is not part of a name.
+    """
+    parts = [p.strip() for p in re.split(r"[+,;]", text)]
+    if not text.strip() or any(not p for p in parts):
+        raise GpumixError(f"cannot read device list {text!r}", hint="write e.g. '2x RTX 3090' or 'RTX 4090 + RTX 3060'")
+    specs: list[GpuSpec] = []
+    for part in parts:
+        count, name = 1, part
+        if match := _COUNT_PREFIX.match(part):
+            count, name = int(match.group(1)), match.group(2)
+        elif match := _COUNT_SUFFIX.match(part):
+            name, count = match.group(1), int(match.group(2))
+        if not 1 <= count <= _MAX_DEVICES:
+            raise GpumixError(f"device count {count} in {part!r} must be between 1 and {_MAX_DEVICES}")
+        specs.extend([_resolve_with_note(name.strip())] * count)
+    if len(specs) > _MAX_DEVICES:
+        raise GpumixError(f"device list {text!r} names {len(specs)} devices; at most {_MAX_DEVICES}")
+    return specs

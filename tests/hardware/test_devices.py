@@ -1,0 +1,165 @@
+"""Building Devices: from catalog cards, this machine's CPU/RAM, and YAML devices files."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from gpumix.errors import GpumixError
+from gpumix.hardware.catalog import resolve_gpu
+from gpumix.hardware.devices import (
+    cpu_device,
+    device_from_spec,
+    load_devices_file,
+    read_meminfo,
+    this_machine_cpu,
+    usable_threads,
+)
+from gpumix.units import GB, GiB
+
+MEMINFO = """\
+MemTotal:       65779204 kB
+MemFree:         1204000 kB
+MemAvailable:   40000000 kB
+Buffers:          100000 kB
+"""
+
+
+def test_device_from_spec_defaults_to_an_empty_card():
+    device = device_from_spec(resolve_gpu("RTX 4090"), index=1, host="box")
+    assert (device.index, device.host, device.name, device.kind) == (1, "box", "RTX 4090", "gpu")
+    assert device.memory_total_bytes == device.memory_free_bytes == 24 * GiB
+    assert (device.pcie_gen, device.pcie_width) == (4, 16)
+
+
+def test_device_from_spec_checks_free_memory():
+    spec = resolve_gpu("RTX 3090")
+    assert device_from_spec(spec, 0, free_bytes=20 * GiB).memory_free_bytes == 20 * GiB
+    with pytest.raises(GpumixError, match="free memory 30.00 GiB must be between 0 and 24.00 GiB"):
+        device_from_spec(spec, 0, free_bytes=30 * GiB)
+    with pytest.raises(GpumixError, match="no memory size"):
+        device_from_spec(resolve_gpu("Apple M4 Max (40-core GPU)"), 0)  # unified memory size not published
+    assert device_from_spec(resolve_gpu("Apple M4 Max (40-core GPU)"), 0, total_bytes=64 * GiB).memory_total_bytes
+
+
+def test_cpu_device():
+    device = cpu_device(ram_bytes=64 * GiB, bandwidth_gb_per_s=89.6, threads=8, free_bytes=50 * GiB)
+    assert (device.kind, device.index, device.threads) == ("cpu", -1, 8)
+    assert device.spec.mem_bandwidth_gb_per_s == 89.6
+    assert (device.memory_total_bytes, device.memory_free_bytes) == (64 * GiB, 50 * GiB)
+    with pytest.raises(GpumixError, match="positive"):
+        cpu_device(ram_bytes=0, bandwidth_gb_per_s=50, threads=1)
+
+
+def test_this_machine_cpu_reads_meminfo(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(MEMINFO)
+    assert read_meminfo(meminfo) == (65779204 * 1024, 40000000 * 1024)  # /proc/meminfo "kB" is KiB
+    device = this_machine_cpu(meminfo_path=meminfo)
+    assert device.memory_total_bytes == 65779204 * 1024 and device.memory_free_bytes == 40000000 * 1024
+    assert device.spec.mem_bandwidth_gb_per_s == 51.2  # documented default: the DDR4-3200 dual-channel row
+    assert device.threads == usable_threads()
+    assert this_machine_cpu(bandwidth_gb_per_s=89.6, threads=3, meminfo_path=meminfo).threads == 3
+
+
+def test_this_machine_cpu_on_the_real_machine():
+    device = this_machine_cpu()
+    assert 0 < device.memory_free_bytes <= device.memory_total_bytes
+    assert device.threads >= 1
+
+
+def test_missing_meminfo_is_a_clear_error(tmp_path):
+    with pytest.raises(GpumixError, match="cannot read .*meminfo") as err:
+        this_machine_cpu(meminfo_path=tmp_path / "meminfo")
+    assert "devices file" in err.value.hint
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "devices.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_load_devices_file(tmp_path):
+    path = _write(
+        tmp_path,
+        """\
+        - gpu: RTX 4090
+        - gpu: 5060 Ti
+          free_gb: 14
+        - gpu: RTX 3090
+          host: other
+          count: 2
+          free_gib: 23
+        - cpu: {ram_gb: 64, bandwidth_gbs: 89.6, threads: 8}
+        - cpu: {ram_gb: 128, memory: DDR5-4800 8-channel}
+          host: other
+        """,
+    )
+    devices = load_devices_file(path)
+    assert [(d.name, d.index, d.host) for d in devices] == [
+        ("RTX 4090", 0, None),
+        ("RTX 5060 Ti 16GB", 1, None),
+        ("RTX 3090", 0, "other"),
+        ("RTX 3090", 1, "other"),
+        (devices[4].name, -1, None),
+        (devices[5].name, -1, "other"),
+    ]
+    assert devices[1].memory_free_bytes == 14 * GB and devices[1].memory_total_bytes == 16 * GiB
+    assert devices[2].memory_free_bytes == 23 * GiB
+    assert devices[4].kind == "cpu" and devices[4].memory_total_bytes == 64 * GB and devices[4].threads == 8
+    assert devices[5].spec.mem_bandwidth_gb_per_s == 307.2
+
+
+def test_load_devices_file_accepts_a_plan_shaped_mapping(tmp_path):
+    path = _write(
+        tmp_path,
+        """\
+        services: []
+        devices:
+          - gpu: RTX 3090
+            index: 1
+          - gpu: RTX 3060 12GB
+            index: 0
+          - cpu: {}
+        """,
+    )
+    devices = load_devices_file(path)
+    assert [(d.name, d.index) for d in devices][:2] == [("RTX 3090", 1), ("RTX 3060 12GB", 0)]
+    assert devices[2].kind == "cpu" and devices[2].memory_total_bytes > 0  # this machine's RAM
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- gpu: RTX 4090\n- gpu: RTX 4900\n", r"devices\[1\]\.gpu: unknown GPU 'RTX 4900'; closest: .*'RTX 4090'"),
+        ("- gpu: H100\n", r"devices\[0\]\.gpu: GPU name 'H100' is ambiguous"),
+        ("- gpu: RTX 4090\n  free_gb: lots\n", r"devices\[0\]\.free_gb: must be a number >= 0, got 'lots'"),
+        ("- gpu: RTX 4090\n  free_gb: 30\n", r"devices\[0\]\.free_gb: RTX 4090: free memory 27.94 GiB must be"),
+        ("- gpu: RTX 4090\n  vram: 24\n", r"devices\[0\]: unknown field\(s\) \['vram'\]"),
+        ("- gpu: RTX 4090\n- gpu: RTX 3090\n  index: 0\n", r"devices\[1\]\.index: index 0 is already used"),
+        ("- gpu: RTX 4090\n  index: -3\n", r"devices\[0\]\.index: must be a whole number >= 0"),
+        ("- gpu: RTX 4090\n  count: 0\n", r"devices\[0\]\.count: must be a whole number from 1 to 64"),
+        ("- gpu: RTX 4090\n  free_gb: 1\n  free_gib: 1\n", r"devices\[0\]\.free_gb: give free_gb or free_gib"),
+        ("- gpu: RTX 4090\n  cpu: {}\n", r"devices\[0\]: each item needs exactly one of `gpu:` or `cpu:`"),
+        ("- RTX 4090\n", r"devices\[0\]: each item needs exactly one of"),
+        ("- cpu: {ram_gb: 64, speed: 3}\n", r"devices\[0\]\.cpu: unknown field\(s\) \['speed'\]"),
+        ("- cpu: {ram_gb: 64, threads: 0}\n", r"devices\[0\]\.cpu\.threads: must be a whole number >= 1"),
+        ("- cpu: {ram_gb: 64, memory: DDR9}\n", r"devices\[0\]\.cpu\.memory: unknown GPU 'CPU DDR9'"),
+        ("- cpu: {}\n  host: far\n", r"devices\[0\]\.cpu\.ram_gb: ram_gb is required for a CPU on another host"),
+        ("- cpu: fast\n", r"devices\[0\]\.cpu: must be a mapping"),
+        ("[]\n", "expected a non-empty list of devices"),
+        ("gpu: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_devices_file_errors_name_file_item_and_field(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(GpumixError, match=message) as err:
+        load_devices_file(path)
+    assert str(path) in err.value.message
+
+
+def test_missing_devices_file(tmp_path):
+    with pytest.raises(GpumixError, match="cannot read devices file"):
+        load_devices_file(tmp_path / "nope.yaml")
