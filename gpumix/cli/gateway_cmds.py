@@ -67,7 +67,11 @@ def gateway(
 def _queue(redis: str | None):
     from gpumix.gateway.queue import JobQueue, redis_url_from_env
 
-    return JobQueue(redis_url_from_env(redis))
+    url = redis_url_from_env(redis)
+    try:
+        return JobQueue(url)
+    except ValueError as exc:
+        raise GpumixError(f"bad Redis URL {url!r}: {exc}", hint="e.g. redis://127.0.0.1:6379/0") from exc
 
 
 def _run(coro):
@@ -81,7 +85,9 @@ def _run(coro):
         ) from exc
 
 
-_REDIS_OPT = typer.Option("--redis", help="Redis URL (default $GPUMIX_REDIS_URL or redis://127.0.0.1:6379/0)")
+RedisOpt = Annotated[
+    str | None, typer.Option("--redis", help="Redis URL (default $GPUMIX_REDIS_URL or redis://127.0.0.1:6379/0)")
+]
 
 
 @queue_app.command("submit")
@@ -91,7 +97,7 @@ def queue_submit(
     body: Annotated[str | None, typer.Option(help="request JSON (or use --file, or stdin)")] = None,
     file: Annotated[Path | None, typer.Option(help="file holding the request JSON")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="a repeated key returns the first job's id")] = None,
-    redis: Annotated[str | None, _REDIS_OPT] = None,
+    redis: RedisOpt = None,
 ) -> None:
     """Queue one job; prints its id."""
     text = body if body is not None else (file.read_text() if file else sys.stdin.read())
@@ -130,7 +136,7 @@ def _show(job_id: str, redis: str | None, wait_s: float) -> dict:
 
 
 @queue_app.command("status")
-def queue_status(job_id: str, redis: str | None = _REDIS_OPT) -> None:
+def queue_status(job_id: str, redis: RedisOpt = None) -> None:
     """Print a job's status as JSON."""
     info = _show(job_id, redis, 0)
     info.pop("result", None)
@@ -141,7 +147,7 @@ def queue_status(job_id: str, redis: str | None = _REDIS_OPT) -> None:
 def queue_result(
     job_id: str,
     wait_s: Annotated[float, typer.Option("--wait", help="seconds to wait for the job to finish")] = 0.0,
-    redis: Annotated[str | None, _REDIS_OPT] = None,
+    redis: RedisOpt = None,
 ) -> None:
     """Print a finished job's result JSON (exit 1 while it is not done)."""
     info = _show(job_id, redis, wait_s)
@@ -161,7 +167,7 @@ def queue_worker(
     ] = 60.0,
     max_attempts: Annotated[int, typer.Option(help="attempts before the dead-letter stream")] = 3,
     result_ttl_s: Annotated[int, typer.Option(help="how long results are kept")] = 86400,
-    redis: Annotated[str | None, _REDIS_OPT] = None,
+    redis: RedisOpt = None,
 ) -> None:
     """Pull jobs of one class and send them to one backend."""
     from gpumix.gateway.queue import QueueSettings, redis_url_from_env, run_worker
