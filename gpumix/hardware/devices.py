@@ -182,7 +182,9 @@ def _read_devices_yaml(path: Path) -> list[Any]:
     except OSError as exc:
         raise GpumixError(f"cannot read devices file {path}: {exc.strerror}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise GpumixError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise GpumixError(f"{path}: not valid YAML ({(str(exc).splitlines() or ['?'])[0]})") from None
+    except RecursionError:
+        raise GpumixError(f"{path}: nested too deeply to be a devices file") from None
     if isinstance(data, dict) and "devices" in data:
         data = data["devices"]
     if not isinstance(data, list) or not data:
@@ -210,9 +212,8 @@ def _gpu_devices(item: _Item, next_index: int) -> list[Device]:
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 64:
         raise item.fail(f"must be a whole number from 1 to 64, got {count!r}", "count")
     host, uuid = data.get("host"), data.get("uuid")
-    for field, value in (("host", host), ("uuid", uuid)):
-        if value is not None and not isinstance(value, str):
-            raise item.fail(f"must be text, got {value!r}", field)
+    if uuid is not None and not isinstance(uuid, str):
+        raise item.fail(f"must be text, got {uuid!r}", "uuid")
     if uuid is not None and count > 1:
         raise item.fail("a uuid names one card; drop it or count", "uuid")
     total = item.memory_bytes(data, "total_gb", "total_gib")
@@ -270,6 +271,8 @@ def load_devices_file(path: str | Path) -> list[Device]:
             )
         item = _Item(path, position, raw)
         host = raw.get("host")
+        if host is not None and not isinstance(host, str):
+            raise item.fail(f"must be text, got {host!r}", "host")
         if "gpu" in raw:
             next_index = 1 + max((i for h, i in taken if h == host and i >= 0), default=-1)
             new = _gpu_devices(item, next_index)

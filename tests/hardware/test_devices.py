@@ -5,6 +5,9 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gpumix.errors import GpumixError
 from gpumix.hardware.catalog import resolve_gpu
@@ -149,6 +152,8 @@ def test_load_devices_file_accepts_a_plan_shaped_mapping(tmp_path):
         ("- cpu: {ram_gb: 64, memory: DDR9}\n", r"devices\[0\]\.cpu\.memory: unknown GPU 'CPU DDR9'"),
         ("- cpu: {}\n  host: far\n", r"devices\[0\]\.cpu\.ram_gb: ram_gb is required for a CPU on another host"),
         ("- cpu: fast\n", r"devices\[0\]\.cpu: must be a mapping"),
+        ("- cpu: {ram_gb: 4}\n  host: [1]\n", r"devices\[0\]\.host: must be text"),
+        ("- gpu: RTX 4090\n  uuid: 7\n", r"devices\[0\]\.uuid: must be text"),
         ("[]\n", "expected a non-empty list of devices"),
         ("gpu: [unclosed\n", "not valid YAML"),
     ],
@@ -163,3 +168,46 @@ def test_devices_file_errors_name_file_item_and_field(tmp_path, text, message):
 def test_missing_devices_file(tmp_path):
     with pytest.raises(GpumixError, match="cannot read devices file"):
         load_devices_file(tmp_path / "nope.yaml")
+
+
+_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 200), st.floats(allow_nan=True), st.text(max_size=12),
+    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=6), st.integers(), max_size=2),
+    st.sampled_from(["RTX 4090", "H100", "DDR5-5600", "3060"]),
+)  # fmt: skip
+_keys = st.sampled_from(
+    ["gpu", "cpu", "index", "host", "free_gb", "free_gib", "total_gb", "uuid", "count", "ram_gb", "bandwidth_gbs",
+     "threads", "memory", "other"]
+)  # fmt: skip
+_items = st.dictionaries(_keys, st.one_of(_values, st.dictionaries(_keys, _values, max_size=3)), max_size=5)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.lists(_items, max_size=4), _values))
+def test_garbage_devices_files_give_devices_or_a_gpumix_error(tmp_path, document):
+    path = tmp_path / "garbage.yaml"
+    path.write_text(yaml.safe_dump(document))
+    try:
+        devices = load_devices_file(path)
+    except GpumixError as exc:
+        assert str(path) in exc.message
+    else:
+        assert devices and all(d.memory_free_bytes <= d.memory_total_bytes for d in devices)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=200))
+def test_garbage_bytes_give_a_gpumix_error_or_devices(tmp_path, data):
+    path = tmp_path / "bytes.yaml"
+    path.write_bytes(data)
+    try:
+        load_devices_file(path)
+    except GpumixError as exc:
+        assert str(path) in exc.message
+
+
+def test_deeply_nested_yaml_is_refused(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("[" * 5000 + "]" * 5000)
+    with pytest.raises(GpumixError, match="nested too deeply|not valid YAML"):
+        load_devices_file(path)

@@ -116,3 +116,27 @@ def test_real_machine_without_driver_gives_a_clear_error():
     with pytest.raises(GpumixError, match="no NVIDIA driver found") as err:
         discover_machine()
     assert "--devices-file" in err.value.hint
+
+
+def test_fake_matches_the_real_pynvml_api(nvml_fakes):
+    """Every call and constant the fake provides exists in the installed nvidia-ml-py, with the same values."""
+    import pynvml
+
+    from gpumix.hardware.discovery import NVLINK_MAX_LINKS, TOPOLOGY_LABELS
+
+    fake = nvml_fakes.fake_pynvml([])
+    for name in dir(fake):
+        if name.startswith("nvml"):
+            assert callable(getattr(pynvml, name, None)), name
+    assert (pynvml.NVML_CLOCK_MEM, pynvml.NVML_FEATURE_ENABLED) == (fake.NVML_CLOCK_MEM, fake.NVML_FEATURE_ENABLED)
+    assert pynvml.NVML_NVLINK_MAX_LINKS == NVLINK_MAX_LINKS
+    real_levels = {
+        pynvml.NVML_TOPOLOGY_INTERNAL: "BOARD",
+        pynvml.NVML_TOPOLOGY_SINGLE: "PIX",
+        pynvml.NVML_TOPOLOGY_MULTIPLE: "PXB",
+        pynvml.NVML_TOPOLOGY_HOSTBRIDGE: "PHB",
+        pynvml.NVML_TOPOLOGY_NODE: "NODE",
+        pynvml.NVML_TOPOLOGY_SYSTEM: "SYS",
+    }
+    assert real_levels == TOPOLOGY_LABELS
+    assert issubclass(pynvml.NVMLError_LibraryNotFound, pynvml.NVMLError)
