@@ -1,0 +1,201 @@
+"""`gpumix estimate` and `gpumix validate`: thin wrappers over gpumix.estimate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gpumix.errors import GpumixError
+from gpumix.estimate import Estimate, Placement, Workload, estimate, load_calibration
+from gpumix.estimate.validate import ValidationReport, validate_file
+from gpumix.hardware.catalog import parse_device_list
+from gpumix.hardware.devices import device_from_spec, this_machine_cpu
+from gpumix.hardware.spec import Device
+from gpumix.models.catalog import load_model, resolve_quant
+from gpumix.units import GiB
+
+console = Console()
+
+
+def _devices(gpus: list[str], cpu: bool) -> list[Device]:
+    specs = [spec for name in gpus for spec in parse_device_list(name)]
+    devices = [device_from_spec(spec, index=i) for i, spec in enumerate(specs)]
+    if cpu:
+        devices.insert(0, this_machine_cpu())  # llama.cpp keeps the first layers on the CPU when offloading
+    if not devices:
+        raise GpumixError("no device given", hint='add --gpu "RTX 3090" (repeatable) and/or --cpu')
+    return devices
+
+
+def _parse_tensor_split(text: str | None, n: int) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        values = [float(v) for v in text.replace("/", ",").split(",")]
+    except ValueError as exc:
+        raise GpumixError(f"--tensor-split '{text}' is not a list of numbers", hint="e.g. --tensor-split 3,1") from exc
+    if len(values) != n or any(v < 0 for v in values) or sum(values) <= 0:
+        raise GpumixError(f"--tensor-split needs {n} non-negative values, one per device (got '{text}')")
+    return values
+
+
+def _placement(model, quant, devices, workload, split, tensor_split, calibration) -> tuple[Placement, str]:
+    from gpumix.plan.split import best_layer_split, layers_from_tensor_split
+
+    if len(devices) == 1 or split == "none":
+        return Placement(mode="single", devices=(devices[0],)), "single device"
+    if split in ("row", "tensor"):
+        return Placement(mode="tensor_parallel", devices=tuple(devices)), f"{split} split (tensor parallel)"
+    has_cpu = any(d.kind == "cpu" for d in devices)
+    mode = "cpu_offload" if has_cpu else "layer_split"
+    if tensor_split is not None:
+        layers = layers_from_tensor_split(tensor_split, model.n_layers)
+        return Placement(mode=mode, devices=tuple(devices), layers=layers), "your --tensor-split"
+    layers = best_layer_split(model, quant, devices, workload, "latency", calibration=calibration)
+    return Placement(mode=mode, devices=tuple(devices), layers=layers), "gpumix's best split for one stream"
+
+
+def _estimate_json(model, quant, result: Estimate, how: str, workload: Workload) -> dict:
+    return {
+        "model": model.id,
+        "quant": quant.id,
+        "context": workload.context,
+        "parallel": workload.parallel,
+        "mode": result.mode,
+        "split_source": how,
+        "fits": result.fits,
+        "devices": [
+            {
+                "name": d.name,
+                "index": d.device_index,
+                "layers": d.layers,
+                "memory_bytes": d.memory_bytes,
+                "memory_free_bytes": d.memory_free_bytes,
+                "fits": d.fits,
+                "shortfall_bytes": d.shortfall_bytes,
+                "breakdown": d.memory.model_dump(),
+            }
+            for d in result.devices
+        ],
+        "predicted": {
+            "decode_tokens_per_s": result.decode_tokens_per_s,
+            "aggregate_tokens_per_s": result.aggregate_tokens_per_s,
+            "prefill_tokens_per_s": result.prefill_tokens_per_s,
+            "ttft_s": result.ttft_s,
+            "bandwidth_bound_tokens_per_s": result.bandwidth_bound_tokens_per_s,
+        },
+        "notes": list(result.notes),
+    }
+
+
+def _print_estimate(model, quant, result: Estimate, how: str, workload: Workload) -> None:
+    console.print(
+        f"[bold]{model.name}[/] {quant.id} · ctx {workload.context} × {workload.parallel} seq · "
+        f"{result.mode} ({how})"
+    )
+    table = Table(show_lines=False)
+    for col in ("device", "layers", "weights", "KV cache", "compute", "overhead", "total", "free", "fits"):
+        table.add_column(col, justify="right" if col not in ("device", "fits") else "left")
+    for d in result.devices:
+        m = d.memory
+        fit = "[green]yes[/]" if d.fits else f"[red]no, short {d.shortfall_bytes / GiB:.2f} GiB[/]"
+        table.add_row(
+            f"{d.device_index}: {d.name}", str(d.layers),
+            *(f"{v / GiB:.2f}" for v in (m.weights_bytes, m.kv_cache_bytes, m.compute_bytes, m.overhead_bytes)),
+            f"{d.memory_bytes / GiB:.2f}", f"{d.memory_free_bytes / GiB:.2f}", fit,
+        )  # fmt: skip
+    console.print(table)
+    console.print("memory in GiB (2^30 bytes)")
+    verdict = "[green]fits[/]" if result.fits else "[red]does not fit[/]"
+    console.print(
+        f"{verdict} · decode {result.decode_tokens_per_s:.1f} tok/s (one stream; bandwidth bound "
+        f"{result.bandwidth_bound_tokens_per_s:.1f}) · aggregate {result.aggregate_tokens_per_s:.1f} tok/s · "
+        f"prefill {result.prefill_tokens_per_s:.0f} tok/s · TTFT {result.ttft_s * 1000:.0f} ms "
+        f"({workload.prompt_tokens}-token prompt)"
+    )
+    for note in result.notes:
+        console.print(f"  note: {note}")
+
+
+def estimate_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="Catalog id/alias, a .gguf path or a config.json."),
+    gpu: list[str] = typer.Option([], "--gpu", "-g", help='A GPU ("RTX 3090", "2x RTX 4090"); repeatable.'),
+    cpu: bool = typer.Option(False, "--cpu", help="Add this machine's CPU and RAM as a device."),
+    quant: str | None = typer.Option(None, "--quant", "-q", help="Weight format (read from the file for a GGUF)."),
+    ctx: int = typer.Option(4096, "--ctx", "-c", min=1, help="Context tokens per sequence."),
+    parallel: int = typer.Option(1, "--parallel", "-np", min=1, help="Sequences held in KV at once."),
+    split: str = typer.Option("layer", "--split", help="layer | row | tensor | none"),
+    tensor_split: str | None = typer.Option(None, "--tensor-split", "-ts", help="Shares per device, e.g. 3,1."),
+    engine: str = typer.Option("llama.cpp", "--engine", help="llama.cpp | vllm"),
+    kv_type: str = typer.Option("f16", "--cache-type", help="KV cache type (f16, q8_0, fp8...)."),
+    prompt: int = typer.Option(512, "--prompt", min=1, help="Prompt tokens for prefill and TTFT."),
+    calibration: Path | None = typer.Option(None, "--calibration", help="Machine calibration from `gpumix tune`."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Memory per device, fit, and predicted decode/prefill speed and TTFT for a model on GPUs."""
+    if split not in ("layer", "row", "tensor", "none"):
+        raise GpumixError(f"--split '{split}' is not one of layer, row, tensor, none")
+    if engine not in ("llama.cpp", "vllm"):
+        raise GpumixError(f"--engine '{engine}' is not llama.cpp or vllm")
+    spec = load_model(model)
+    if quant is None:
+        if spec.file_quant is None:
+            raise GpumixError("--quant is required for a catalog model", hint="e.g. --quant q4_k_m (see `gpumix quants`)")
+        quant = spec.file_quant
+    qspec = resolve_quant(quant)
+    devices = _devices(gpu, cpu)
+    workload = Workload(
+        context=ctx, parallel=parallel, engine=engine, kv_cache_dtype=kv_type, prompt_tokens=prompt,
+    )  # fmt: skip
+    cal = load_calibration(calibration)
+    ts = _parse_tensor_split(tensor_split, len(devices))
+    placement, how = _placement(spec, qspec, devices, workload, split, ts, cal)
+    result = estimate(spec, qspec, placement, workload, calibration=cal)
+    if as_json:
+        print(json.dumps(_estimate_json(spec, qspec, result, how, workload), indent=2))
+    else:
+        _print_estimate(spec, qspec, result, how, workload)
+    if not result.fits:
+        raise typer.Exit(1)
+
+
+def validate_cmd(
+    csv_file: Path = typer.Argument(..., help="measurements.csv or multigpu.csv format."),
+    calibration: Path | None = typer.Option(None, "--calibration", help="Machine calibration to use."),
+    headline: bool = typer.Option(False, "--headline", help="Only dense tg128-tg1024 and pp512 rows."),
+    show_rows: bool = typer.Option(False, "--rows", help="Print every row's prediction."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Predict every row of a measurement CSV and report the mean absolute percentage error."""
+    report = validate_file(csv_file, load_calibration(calibration), headline_only=headline)
+    if as_json:
+        print(report.model_dump_json(indent=2))
+        return
+    _print_report(report, show_rows)
+
+
+def _print_report(report: ValidationReport, show_rows: bool) -> None:
+    if show_rows:
+        table = Table(title=report.file)
+        for col in ("line", "gpu", "model", "quant", "test", "measured", "predicted", "error"):
+            table.add_column(col)
+        for r in report.results:
+            table.add_row(str(r.line), r.gpu, r.model, r.quant, r.test, f"{r.measured:.1f}", f"{r.predicted:.1f}",
+                          f"{r.error:+.1%}")  # fmt: skip
+        console.print(table)
+    console.print(f"{report.file} ({report.format}-GPU format): {report.rows} rows, {report.used} used, "
+                  f"{report.skipped} skipped")  # fmt: skip
+    for reason, count in sorted(report.skipped_reasons.items(), key=lambda kv: -kv[1]):
+        console.print(f"  skipped {count}: {reason}")
+    for name, metric in (("decode", report.decode), ("prefill", report.prefill)):
+        value = "n/a" if metric.mape is None else f"{metric.mape:.1%}"
+        console.print(f"{name}: n={metric.n} MAPE {value}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("estimate")(estimate_cmd)
+    app.command("validate")(validate_cmd)

@@ -1,0 +1,159 @@
+"""Efficiency parameters of the speed model, fitted on measured llama.cpp throughput.
+
+Two layers:
+- `Calibration` — a few physical parameters per backend (achieved fraction of peak bandwidth, per-layer launch
+  overhead, achieved fraction of peak FLOP/s), per quant class and per memory technology, fitted by
+  `gpumix.estimate.fit` on ../shared/calibration/*.csv and stored in data/calibration.json with how they were fitted.
+- Per-device measurements of *this machine* written by `gpumix tune` (gpumix.tune.calibration_file): where a
+  device matches, its measured achieved bandwidth and per-token overhead replace the catalog peak × efficiency.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gpumix.errors import GpumixError
+from gpumix.hardware.spec import Device, GpuSpec
+
+ENV_CALIBRATION = "GPUMIX_CALIBRATION"
+DEFAULT_MACHINE_CALIBRATION = Path.home() / ".config" / "gpumix" / "calibration.json"
+
+
+class BackendParams(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bandwidth_efficiency: float  # achieved / peak memory bandwidth for float weights at batch 1
+    per_layer_overhead_s: float  # kernel launches and syncs per layer per token
+    compute_efficiency: float  # achieved / peak dense FP16 FLOP/s in prefill
+
+
+class DeviceMeasurement(BaseModel):
+    """This machine's measured numbers for one device (from `gpumix tune`)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    match: str
+    achieved_bandwidth_gb_per_s: float
+    per_token_overhead_s: float = 0.0
+    prefill_tflops: float | None = None
+
+
+class Calibration(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format_version: int = 1
+    method: str = ""
+    fit_stats: dict[str, float | int | str] = Field(default_factory=dict)
+    backends: dict[str, BackendParams]
+    quant_bandwidth_factor: dict[str, float]  # float | q8 | quantized
+    quant_compute_factor: dict[str, float]
+    hbm_bandwidth_factor: float = 1.0  # HBM parts reach a lower fraction of peak at batch 1
+    saturation_bandwidth_gb_per_s: float = 1e9  # kernel-level ceiling on achieved bandwidth
+    fixed_overhead_s: float = 0.0  # per token, whole model (sampling, sync)
+    link_latency_s: float = 30e-6  # per device boundary per token in a layer split
+    arch_compute_factor: dict[str, float] = Field(default_factory=dict)  # prefill, per architecture family
+    measurements: tuple[DeviceMeasurement, ...] = ()  # from `gpumix tune`
+    parameters: dict[str, float] = Field(default_factory=dict)  # the fitted vector, by name (for the record)
+
+    def backend(self, name: str) -> BackendParams:
+        return self.backends.get(name) or self.backends["CUDA"]
+
+    def measurement_for(self, device: Device) -> DeviceMeasurement | None:
+        keys = {device.spec.id.lower(), device.spec.name.lower()}
+        for m in self.measurements:
+            if m.match.lower() in keys:
+                return m
+        return None
+
+
+@lru_cache(maxsize=1)
+def default_calibration() -> Calibration:
+    text = resources.files("gpumix.estimate").joinpath("data/calibration.json").read_text()
+    return Calibration.model_validate_json(text)
+
+
+def load_calibration(path: Path | str | None = None) -> Calibration:
+    """The fitted defaults, plus this machine's measurements from `path`, $GPUMIX_CALIBRATION or the default file."""
+    base = default_calibration()
+    chosen = Path(path) if path else (Path(os.environ[ENV_CALIBRATION]) if os.environ.get(ENV_CALIBRATION) else None)
+    if chosen is None:
+        chosen = DEFAULT_MACHINE_CALIBRATION if DEFAULT_MACHINE_CALIBRATION.is_file() else None
+        if chosen is None:
+            return base
+    elif not chosen.is_file():
+        raise GpumixError(f"calibration file {chosen} does not exist", hint="run `gpumix tune` to create one")
+    return base.model_copy(update={"measurements": read_measurements(chosen)})
+
+
+def read_measurements(path: Path) -> tuple[DeviceMeasurement, ...]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GpumixError(f"{path}: not a readable JSON calibration file ({exc})", hint="re-run `gpumix tune`") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("devices"), list):
+        raise GpumixError(f"{path}: missing field 'devices' (a list)", hint="re-run `gpumix tune` to rewrite it")
+    try:
+        return tuple(DeviceMeasurement.model_validate(item) for item in data["devices"])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise GpumixError(f"{path}: devices[].{field}: {first['msg']}", hint="re-run `gpumix tune`") from exc
+
+
+# Memory technology decides how much of the peak bandwidth single-stream kernels reach. Derived from the
+# catalog's architecture string (the die name): HBM dies are GA100, GH100, GH200, GV100, GP100, GB100/GB200 and
+# AMD's Vega 20 / CDNA parts; Apple silicon and GB10 use unified LPDDR.
+_HBM = re.compile(r"GA100|GH1\d\d|GV100|GP100|GB1\d\d|GB2\d\d|Vega 20|CDNA|Instinct|Hopper|A100|H100|H200|MI\d", re.I)
+_UNIFIED = re.compile(r"Apple|GB10\b|M\d (Pro|Max|Ultra)?", re.I)
+
+
+def memory_technology(spec: GpuSpec) -> str:
+    if spec.kind == "cpu":
+        return "dram"
+    text = f"{spec.arch} {spec.name}"
+    if _HBM.search(text):
+        return "hbm"
+    if _UNIFIED.search(text):
+        return "unified"
+    return "gddr"
+
+
+def default_backend(spec: GpuSpec) -> str:
+    if spec.kind == "cpu":
+        return "CPU"
+    vendor = spec.vendor.lower()
+    if "apple" in vendor or spec.name.lower().startswith("apple"):
+        return "Metal"
+    if vendor in ("amd", "ati") or "radeon" in spec.name.lower() or "instinct" in spec.name.lower():
+        return "ROCm"
+    return "CUDA"
+
+
+def quant_class(quant_id: str) -> str:
+    q = quant_id.lower()
+    if q in ("f32", "f16", "bf16"):
+        return "float"
+    if q in ("q8_0", "fp8", "int8"):
+        return "q8"
+    return "quantized"
+
+
+_ARCH_FAMILIES = ("Kepler", "Maxwell", "Pascal", "Volta", "Turing", "Ampere", "Ada", "Hopper", "Blackwell",
+                  "RDNA", "CDNA", "GCN", "Apple", "Xe")  # fmt: skip
+
+
+def arch_family(spec: GpuSpec) -> str:
+    text = f"{spec.arch} {spec.name}"
+    for family in _ARCH_FAMILIES:
+        if family.lower() in text.lower():
+            return family
+    if "vega" in text.lower():
+        return "GCN"
+    return "other"

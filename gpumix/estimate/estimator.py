@@ -1,0 +1,356 @@
+"""Memory and speed of one model under one placement: the estimator's single entry point, `estimate`."""
+
+from __future__ import annotations
+
+import math
+
+from gpumix.errors import GpumixError
+from gpumix.estimate.calibration import Calibration, default_calibration
+from gpumix.estimate.memory import layer_params, memory_for_layers, non_layer_params, service_memory
+from gpumix.estimate.speed import (
+    GB,
+    achieved_bandwidth_gb_per_s,
+    achieved_flops,
+    allreduce_s,
+    decode_bytes_on_device,
+    device_fixed_overhead_s,
+    layer_split_hop_s,
+    peak_bandwidth_gb_per_s,
+)
+from gpumix.estimate.types import DeviceEstimate, Estimate, Links, Placement, Workload
+from gpumix.hardware.spec import Device
+from gpumix.models.spec import ModelSpec, QuantSpec
+from gpumix.plan.result import MemoryBreakdown
+
+
+def estimate(
+    model: ModelSpec,
+    quant: QuantSpec,
+    placement: Placement,
+    workload: Workload | None = None,
+    links: Links | None = None,
+    calibration: Calibration | None = None,
+    backend: str | None = None,
+) -> Estimate:
+    """Memory per device and decode/prefill speed for `model` in `quant` placed as `placement`."""
+    workload = workload or Workload()
+    links = links or Links()
+    cal = calibration or default_calibration()
+    if not placement.devices:
+        raise GpumixError("no devices to place the model on", hint="give at least one --gpu or --cpu")
+    if model.kind != "llm" or model.n_layers == 0:
+        return _service_estimate(model, placement)
+    if placement.mode == "tensor_parallel":
+        return _tensor_parallel(model, quant, placement, workload, links, cal, backend)
+    if placement.mode == "replica":
+        return _replicas(model, quant, placement, workload, links, cal, backend)
+    return _layer_pipeline(model, quant, placement, workload, links, cal, backend)
+
+
+def layers_for(model: ModelSpec, placement: Placement) -> tuple[int, ...]:
+    """Layer counts per device: as given, all on one device for `single`, else proportional to free memory."""
+    n = model.n_layers
+    if placement.mode == "single" or len(placement.devices) == 1:
+        return (n,) + (0,) * (len(placement.devices) - 1)
+    if placement.layers:
+        if len(placement.layers) != len(placement.devices) or sum(placement.layers) != n:
+            raise GpumixError(
+                f"layer split {list(placement.layers)} does not cover the model's {n} layers on "
+                f"{len(placement.devices)} devices",
+                hint="give one count per device, summing to the layer count",
+            )
+        return placement.layers
+    return proportional_layers(n, [d.memory_free_bytes for d in placement.devices])
+
+
+def proportional_layers(n_layers: int, weights: list[float]) -> tuple[int, ...]:
+    """Largest-remainder rounding of n_layers in proportion to `weights` (llama.cpp's default -ts)."""
+    total = sum(weights) or 1.0
+    raw = [n_layers * w / total for w in weights]
+    counts = [math.floor(r) for r in raw]
+    for i in sorted(range(len(raw)), key=lambda i: raw[i] - counts[i], reverse=True)[: n_layers - sum(counts)]:
+        counts[i] += 1
+    return tuple(counts)
+
+
+def _layer_ranges(layers: tuple[int, ...]) -> list[list[int]]:
+    ranges, start = [], 0
+    for count in layers:
+        ranges.append(list(range(start, start + count)))
+        start += count
+    return ranges
+
+
+def _device_estimate(
+    device: Device, layers: int, memory: MemoryBreakdown, decode_s: float, bound_s: float
+) -> DeviceEstimate:
+    total = memory.total_bytes
+    shortfall = max(total - device.memory_free_bytes, 0)
+    return DeviceEstimate(
+        device_index=device.index,
+        name=device.name,
+        layers=layers,
+        memory=memory,
+        memory_bytes=total,
+        memory_free_bytes=device.memory_free_bytes,
+        fits=shortfall == 0,
+        shortfall_bytes=shortfall,
+        decode_s_per_token=decode_s,
+        bandwidth_bound_s_per_token=bound_s,
+    )
+
+
+def _stage_step_s(
+    model: ModelSpec,
+    quant: QuantSpec,
+    device: Device,
+    layer_ids: list[int],
+    holds_output: bool,
+    workload: Workload,
+    cal: Calibration,
+    backend: str | None,
+    batch: int,
+    depth: float,
+) -> float:
+    """Time for one decode step of `batch` sequences on one stage: bandwidth- or compute-bound, plus overhead."""
+    if not layer_ids and not holds_output:
+        return 0.0
+    weight_and_kv_1 = decode_bytes_on_device(model, quant, layer_ids, holds_output, workload, depth)
+    kv_only_1 = weight_and_kv_1 - decode_bytes_on_device(model, quant, layer_ids, holds_output, workload, 0)
+    bytes_read = weight_and_kv_1 + (batch - 1) * kv_only_1
+    bw = achieved_bandwidth_gb_per_s(device, quant, cal, backend) * GB
+    flops_per_token = 2 * layer_params(model) * len(layer_ids) * (model.active_params / model.params_total)
+    if holds_output:
+        flops_per_token += 2 * non_layer_params(model) / (1 if model.tied_embeddings else 2)
+    flops = achieved_flops(device, quant, cal, backend)
+    compute_s = batch * flops_per_token / flops if flops > 0 else 0.0
+    overhead = device_fixed_overhead_s(device, len(layer_ids), workload, cal, backend)
+    return max(bytes_read / bw, compute_s) + overhead
+
+
+def _prefill_s(
+    model: ModelSpec,
+    quant: QuantSpec,
+    devices: list[Device],
+    ranges: list[list[int]],
+    workload: Workload,
+    cal: Calibration,
+    backend: str | None,
+    tp: int = 1,
+) -> float:
+    """Time to process `prompt_tokens` in ubatches: matmul FLOPs + attention FLOPs, weights re-read per ubatch."""
+    n = workload.prompt_tokens
+    chunks = math.ceil(n / workload.ubatch)
+    total = 0.0
+    last = len(devices) - 1
+    for pos, (device, ids) in enumerate(zip(devices, ranges, strict=True)):
+        if not ids and pos != last:
+            continue
+        params = layer_params(model) * len(ids) * (model.active_params / model.params_total) / tp
+        attn_flops = 4 * len(ids) * model.n_heads * model.head_dim * n * n / 2 / tp  # QK^T and AV, causal
+        flops = 2 * params * n + attn_flops
+        if pos == last:
+            flops += 2 * model.vocab_size * model.hidden_size / tp  # logits of the last token only
+        peak = achieved_flops(device, quant, cal, backend)
+        compute_s = flops / peak if peak > 0 else float("inf")
+        weights_s = decode_bytes_on_device(model, quant, ids, pos == last, workload, 0) / tp / (
+            achieved_bandwidth_gb_per_s(device, quant, cal, backend) * GB
+        )
+        total += compute_s + chunks * (weights_s + device_fixed_overhead_s(device, len(ids), workload, cal, backend))
+    return total
+
+
+def _layer_pipeline(
+    model: ModelSpec,
+    quant: QuantSpec,
+    placement: Placement,
+    workload: Workload,
+    links: Links,
+    cal: Calibration,
+    backend: str | None,
+) -> Estimate:
+    """single / layer_split / pipeline_parallel / cpu_offload: each device holds a contiguous range of layers."""
+    devices = list(placement.devices)
+    layers = layers_for(model, placement)
+    ranges = _layer_ranges(layers)
+    used = [i for i, count in enumerate(layers) if count > 0]
+    last = used[-1] if used else len(devices) - 1
+    depth = workload.context / 2
+    multi = len(used) > 1
+    uses_nccl = placement.mode == "pipeline_parallel" and workload.engine == "vllm"
+    per_device: list[DeviceEstimate] = []
+    stage_1: list[float] = []
+    bound_s = 0.0
+    for pos, device in enumerate(devices):
+        ids = ranges[pos]
+        holds_output = pos == last
+        memory = memory_for_layers(
+            model, quant, workload, ids,
+            holds_output=holds_output, holds_input=pos == (used[0] if used else 0),
+            is_gpu=device.kind == "gpu", uses_nccl=uses_nccl,
+        )  # fmt: skip
+        step = _stage_step_s(model, quant, device, ids, holds_output, workload, cal, backend, 1, depth)
+        dev_bytes = decode_bytes_on_device(model, quant, ids, holds_output, workload, depth)
+        dev_bound = dev_bytes / (peak_bandwidth_gb_per_s(device, cal) * GB)
+        bound_s += dev_bound
+        stage_1.append(step)
+        per_device.append(_device_estimate(device, len(ids), memory, step, dev_bound))
+    hops = sum(layer_split_hop_s(model, links, cal, pos) for pos in used[1:])
+    token_s = sum(stage_1) + hops + cal.fixed_overhead_s
+    decode = 1.0 / token_s
+    aggregate = _pipelined_aggregate(model, quant, devices, ranges, last, workload, links, cal, backend, used)
+    prefill_s = _prefill_s(model, quant, devices, ranges, workload, cal, backend)
+    prefill_tps = workload.prompt_tokens / prefill_s
+    notes = []
+    if multi:
+        notes.append(f"layer split {list(layers)}: one stream's token passes every device in turn")
+    return Estimate(
+        fits=all(d.fits for d in per_device),
+        mode=placement.mode,
+        devices=tuple(per_device),
+        decode_tokens_per_s=decode,
+        aggregate_tokens_per_s=max(aggregate, decode),
+        prefill_tokens_per_s=prefill_tps,
+        ttft_s=prefill_s + token_s,
+        bandwidth_bound_tokens_per_s=1.0 / bound_s,
+        link_s_per_token=hops,
+        notes=tuple(notes),
+    )
+
+
+def _pipelined_aggregate(
+    model: ModelSpec,
+    quant: QuantSpec,
+    devices: list[Device],
+    ranges: list[list[int]],
+    last: int,
+    workload: Workload,
+    links: Links,
+    cal: Calibration,
+    backend: str | None,
+    used: list[int],
+) -> float:
+    """Tokens/s over `parallel` sequences. With several stages, micro-batches pipeline: the slowest stage sets
+    the pace (VISION.md: the best split for many streams balances stage times)."""
+    batch = max(workload.parallel, 1)
+    depth = workload.context / 2
+    stages = max(len(used), 1)
+    micro = max(batch // stages, 1) if stages > 1 and batch >= stages else batch
+    steps = [
+        _stage_step_s(model, quant, devices[pos], ranges[pos], pos == last, workload, cal, backend, micro, depth)
+        for pos in used
+    ]
+    hops = [layer_split_hop_s(model, links, cal, pos, micro) for pos in used[1:]]
+    if stages > 1 and batch >= stages:
+        return micro / (max(steps + hops) + cal.fixed_overhead_s / stages)
+    return batch / (sum(steps) + sum(hops) + cal.fixed_overhead_s)
+
+
+def _tensor_parallel(
+    model: ModelSpec,
+    quant: QuantSpec,
+    placement: Placement,
+    workload: Workload,
+    links: Links,
+    cal: Calibration,
+    backend: str | None,
+) -> Estimate:
+    """Every layer is sharded over all devices: each step waits for the slowest device, plus two all-reduces
+    per layer (attention and MLP outputs). KV is sharded by heads; vLLM caps KV by the smallest card."""
+    devices = list(placement.devices)
+    tp = len(devices)
+    ids = list(range(model.n_layers))
+    depth = workload.context / 2
+    per_device: list[DeviceEstimate] = []
+    steps_1: list[float] = []
+    bound_s = 0.0
+    for device in devices:
+        memory = memory_for_layers(
+            model, quant, workload, ids, holds_output=True, holds_input=True,
+            is_gpu=device.kind == "gpu", tensor_parallel=tp, uses_nccl=tp > 1,
+        )  # fmt: skip
+        dev_bytes = decode_bytes_on_device(model, quant, ids, True, workload, depth) / tp
+        bw = achieved_bandwidth_gb_per_s(device, quant, cal, backend) * GB
+        overhead = device_fixed_overhead_s(device, model.n_layers, workload, cal, backend)
+        step = dev_bytes / bw + overhead
+        steps_1.append(step)
+        bound_s = max(bound_s, dev_bytes / (peak_bandwidth_gb_per_s(device, cal) * GB))
+        per_device.append(_device_estimate(device, model.n_layers, memory, step, dev_bytes / (peak_bandwidth_gb_per_s(device, cal) * GB)))
+    comm_1 = 2 * model.n_layers * allreduce_s(model, links, tp, 1, range(tp))
+    token_s = max(steps_1) + comm_1 + cal.fixed_overhead_s
+    batch = max(workload.parallel, 1)
+    batch_steps = []
+    for device in devices:
+        full = decode_bytes_on_device(model, quant, ids, True, workload, depth)
+        weights = decode_bytes_on_device(model, quant, ids, True, workload, 0)
+        bytes_b = (weights + batch * (full - weights)) / tp
+        bw = achieved_bandwidth_gb_per_s(device, quant, cal, backend) * GB
+        flops = achieved_flops(device, quant, cal, backend)
+        compute = batch * 2 * model.active_params / tp / flops if flops > 0 else 0.0
+        batch_steps.append(max(bytes_b / bw, compute) + device_fixed_overhead_s(device, model.n_layers, workload, cal, backend))
+    comm_b = 2 * model.n_layers * allreduce_s(model, links, tp, batch, range(tp))
+    aggregate = batch / (max(batch_steps) + comm_b + cal.fixed_overhead_s)
+    prefill_s = max(
+        _prefill_s(model, quant, [d], [ids], workload, cal, backend, tp=tp) for d in devices
+    ) + 2 * model.n_layers * allreduce_s(model, links, tp, workload.prompt_tokens, range(tp))
+    notes = []
+    if len({d.spec.id for d in devices}) > 1:
+        notes.append("tensor parallel over mismatched cards: every layer waits for the slowest card")
+    return Estimate(
+        fits=all(d.fits for d in per_device),
+        mode="tensor_parallel",
+        devices=tuple(per_device),
+        decode_tokens_per_s=1.0 / token_s,
+        aggregate_tokens_per_s=max(aggregate, 1.0 / token_s),
+        prefill_tokens_per_s=workload.prompt_tokens / prefill_s,
+        ttft_s=prefill_s + token_s,
+        bandwidth_bound_tokens_per_s=1.0 / bound_s,
+        link_s_per_token=comm_1,
+        notes=tuple(notes),
+    )
+
+
+def _replicas(
+    model: ModelSpec,
+    quant: QuantSpec,
+    placement: Placement,
+    workload: Workload,
+    links: Links,
+    cal: Calibration,
+    backend: str | None,
+) -> Estimate:
+    """One full copy per device; requests spread over them. A stream runs on one replica."""
+    singles = [
+        _layer_pipeline(model, quant, Placement(mode="single", devices=(d,)), workload, links, cal, backend)
+        for d in placement.devices
+    ]
+    per_device = tuple(s.devices[0] for s in singles)
+    return Estimate(
+        fits=all(s.fits for s in singles),
+        mode="replica",
+        devices=per_device,
+        decode_tokens_per_s=min(s.decode_tokens_per_s for s in singles),
+        aggregate_tokens_per_s=sum(s.aggregate_tokens_per_s for s in singles),
+        prefill_tokens_per_s=min(s.prefill_tokens_per_s for s in singles),
+        ttft_s=max(s.ttft_s for s in singles),
+        bandwidth_bound_tokens_per_s=max(s.bandwidth_bound_tokens_per_s for s in singles),
+        notes=(f"{len(singles)} replicas; each stream runs on one",),
+    )
+
+
+def _service_estimate(model: ModelSpec, placement: Placement) -> Estimate:
+    """Non-LLM services: resident memory from the catalog, no token speeds."""
+    device = placement.devices[0]
+    memory = service_memory(model, device.kind == "gpu")
+    per = _device_estimate(device, 0, memory, 0.0, 0.0)
+    return Estimate(
+        fits=per.fits,
+        mode="single",
+        devices=(per,),
+        decode_tokens_per_s=0.0,
+        aggregate_tokens_per_s=0.0,
+        prefill_tokens_per_s=0.0,
+        ttft_s=0.0,
+        bandwidth_bound_tokens_per_s=0.0,
+        notes=(f"{model.name}: speed in {model.speed_unit or 'its own unit'}",),
+    )

@@ -1,0 +1,141 @@
+"""Fit the speed model's few physical parameters on measured llama.cpp throughput.
+
+    python -m gpumix.estimate.fit ../shared/calibration/measurements.csv ../shared/calibration/multigpu.csv
+
+writes gpumix/estimate/data/calibration.json. Fitted: per backend (CUDA, Metal, Vulkan, ROCm) the achieved
+fraction of peak bandwidth, a per-layer launch overhead and the achieved fraction of peak FLOP/s; per quant class
+a bandwidth and a compute factor; one factor for HBM parts; one layer-split hop latency; and per architecture
+family a compute factor pulled toward 1 (so a family with little data stays near the backend's mean). No per-GPU
+parameter exists. Least squares on log(predicted/measured), all mapped rows; `--holdout` reports a
+leave-GPUs-out check (5 folds by GPU: fit without them, predict them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from gpumix.estimate.calibration import BackendParams, Calibration
+from gpumix.estimate.validate import MappedRow, is_headline_row, map_file, predict_row
+
+BACKENDS = ("CUDA", "Metal", "Vulkan", "ROCm")
+FAMILIES = ("Pascal", "Volta", "Turing", "Ampere", "Ada", "Hopper", "Blackwell", "RDNA", "CDNA", "GCN", "Apple")
+DATA_FILE = Path(__file__).parent / "data" / "calibration.json"
+FAMILY_PRIOR_WEIGHT = 0.5  # residual weight pulling each family's compute factor toward 1 (log space)
+# CPU backend: not in the published data. Decode is capped per thread (speed.CPU_GB_PER_S_PER_THREAD); prefill
+# reached ~58 t/s on one core for Gemma 3 270M (0.54 GFLOP/token) = 31 GFLOP/s of the 80 GFLOP/s AVX2 peak, measured
+# with `llama-bench -t 1 -p 128` on this project's VM (noisy, shared). `gpumix tune` replaces both per device.
+CPU_PARAMS = BackendParams(bandwidth_efficiency=0.5, per_layer_overhead_s=20e-6, compute_efficiency=0.39)
+
+_NAMES: list[str] = (
+    [f"bw_eff.{b}" for b in BACKENDS]
+    + [f"layer_overhead_us.{b}" for b in BACKENDS]
+    + [f"compute_eff.{b}" for b in BACKENDS]
+    + ["bw_factor.q8", "bw_factor.quantized", "compute_factor.q8", "compute_factor.quantized", "hbm_factor",
+       "link_latency_us"]  # fmt: skip
+    + [f"arch.{f}" for f in FAMILIES]
+)
+_X0 = [0.8] * 4 + [30.0] * 4 + [0.4] * 4 + [0.9, 0.8, 0.8, 0.8, 0.7, 30.0] + [1.0] * len(FAMILIES)
+_LOWER = [0.05] * 4 + [0.0] * 4 + [0.01] * 4 + [0.2, 0.2, 0.1, 0.1, 0.2, 0.0] + [0.2] * len(FAMILIES)
+_UPPER = [1.0] * 4 + [400.0] * 4 + [1.0] * 4 + [1.0, 1.0, 3.0, 3.0, 1.0, 500.0] + [3.0] * len(FAMILIES)
+
+
+def calibration_from_vector(x: Sequence[float], method: str = "", stats: dict | None = None) -> Calibration:
+    p = dict(zip(_NAMES, x, strict=True))
+    backends = {
+        b: BackendParams(
+            bandwidth_efficiency=p[f"bw_eff.{b}"],
+            per_layer_overhead_s=p[f"layer_overhead_us.{b}"] * 1e-6,
+            compute_efficiency=p[f"compute_eff.{b}"],
+        )
+        for b in BACKENDS
+    }
+    backends["CPU"] = CPU_PARAMS
+    return Calibration(
+        method=method,
+        fit_stats=stats or {},
+        backends=backends,
+        quant_bandwidth_factor={"float": 1.0, "q8": p["bw_factor.q8"], "quantized": p["bw_factor.quantized"]},
+        quant_compute_factor={"float": 1.0, "q8": p["compute_factor.q8"], "quantized": p["compute_factor.quantized"]},
+        hbm_bandwidth_factor=p["hbm_factor"],
+        link_latency_s=p["link_latency_us"] * 1e-6,
+        arch_compute_factor={f: p[f"arch.{f}"] for f in FAMILIES},
+    )
+
+
+def _residuals(x: np.ndarray, rows: list[MappedRow]) -> np.ndarray:
+    cal = calibration_from_vector(x)
+    out = [np.log(predict_row(r, cal) / r.measured_tokens_per_s) for r in rows]
+    prior = [FAMILY_PRIOR_WEIGHT * np.log(x[_NAMES.index(f"arch.{f}")]) for f in FAMILIES]
+    return np.asarray(out + prior)
+
+
+def fit_rows(rows: list[MappedRow]) -> np.ndarray:
+    result = least_squares(_residuals, np.asarray(_X0), bounds=(_LOWER, _UPPER), args=(rows,), x_scale="jac")
+    return result.x
+
+
+def mape(rows: list[MappedRow], cal: Calibration, kind: str) -> tuple[int, float]:
+    errs = [abs(predict_row(r, cal) / r.measured_tokens_per_s - 1) for r in rows if r.kind == kind]
+    return len(errs), (sum(errs) / len(errs) if errs else float("nan"))
+
+
+def holdout_check(rows: list[MappedRow], folds: int = 5, seed: int = 0) -> dict[str, float]:
+    """Leave-GPUs-out: split the GPUs into folds; fit without a fold's GPUs, predict their rows."""
+    gpus = sorted({r.gpu_label for r in rows})
+    random.Random(seed).shuffle(gpus)
+    held: list[tuple[MappedRow, float]] = []
+    for k in range(folds):
+        out = set(gpus[k::folds])
+        train = [r for r in rows if r.gpu_label not in out]
+        cal = calibration_from_vector(fit_rows(train))
+        held += [(r, predict_row(r, cal)) for r in rows if r.gpu_label in out and is_headline_row(r)]
+    stats: dict[str, float] = {}
+    for kind in ("decode", "prefill"):
+        errs = [abs(p / r.measured_tokens_per_s - 1) for r, p in held if r.kind == kind]
+        stats[f"holdout_{kind}_n"] = len(errs)
+        stats[f"holdout_{kind}_mape"] = round(sum(errs) / len(errs), 4) if errs else float("nan")
+    return stats
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("csv", nargs="+", type=Path)
+    parser.add_argument("--holdout", action="store_true", help="also run the leave-GPUs-out check (slow)")
+    parser.add_argument("-o", "--output", type=Path, default=DATA_FILE)
+    args = parser.parse_args(argv)
+    rows: list[MappedRow] = []
+    for path in args.csv:
+        rows += map_file(path)[2]
+    x = fit_rows(rows)
+    cal = calibration_from_vector(x)
+    headline = [r for r in rows if is_headline_row(r)]
+    stats: dict[str, float | int | str] = {"rows_fitted": len(rows)}
+    for kind in ("decode", "prefill"):
+        n, err = mape(headline, cal, kind)
+        stats[f"headline_{kind}_n"] = n
+        stats[f"headline_{kind}_mape"] = round(err, 4)
+    if args.holdout:
+        stats.update(holdout_check(rows))
+    method = (
+        f"scipy.optimize.least_squares on log(predicted/measured) over {len(rows)} rows of "
+        f"{', '.join(p.name for p in args.csv)} (all mapped tgN/ppN rows; family compute factors with a "
+        f"log-prior of weight {FAMILY_PRIOR_WEIGHT} toward 1); fitted {datetime.now(UTC).date().isoformat()} by "
+        "`python -m gpumix.estimate.fit " + " ".join(str(p) for p in args.csv) + "`"
+    )
+    cal = calibration_from_vector(x, method=method, stats=stats)
+    payload = json.loads(cal.model_dump_json())
+    payload["parameters"] = {name: round(float(v), 6) for name, v in zip(_NAMES, x, strict=True)}
+    args.output.write_text(json.dumps(payload, indent=2) + "\n")
+    print(json.dumps(stats, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""Memory per device: weights, KV cache, compute buffers and engine overhead.
+
+Weights are exact when the model came from a GGUF (per-tensor bytes); otherwise parameters × the quant's true
+bytes per weight. KV cache follows llama.cpp's allocation (cells rounded to 256, sliding-window layers hold
+fewer cells) or vLLM's (pages for the whole context of every sequence).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from gpumix.estimate.types import Workload
+from gpumix.models.spec import ModelSpec, QuantSpec
+from gpumix.plan.result import MemoryBreakdown
+from gpumix.units import MiB
+
+# Bytes per KV element by cache type. Source: ggml block sizes (gguf.GGML_QUANT_SIZES): q8_0 = 34 B / 32,
+# q4_0 = 18 B / 32, q4_1 = 20 B / 32, q5_0 = 22 B / 32, q5_1 = 24 B / 32; engines.md §2.
+KV_BYTES_PER_ELEMENT: dict[str, float] = {
+    "f32": 4.0,
+    "f16": 2.0,
+    "bf16": 2.0,
+    "fp8": 1.0,
+    "fp8_e4m3": 1.0,
+    "fp8_e5m2": 1.0,
+    "q8_0": 34 / 32,
+    "q5_1": 24 / 32,
+    "q5_0": 22 / 32,
+    "q4_1": 20 / 32,
+    "q4_0": 18 / 32,
+    "iq4_nl": 18 / 32,
+}
+LLAMA_KV_CELL_ROUNDING = 256  # llama.cpp pads n_ctx to a multiple of 256 (engines.md §1.1 `-c`)
+# Driver/runtime memory a CUDA process holds outside llama.cpp's or vLLM's own buffers (CUDA context, cuBLAS
+# workspace). ~300-500 MiB on recent drivers: llama.cpp's exit table reports it as "unaccounted". We plan 400 MiB.
+CUDA_CONTEXT_BYTES = 400 * MiB
+# NCCL communicator buffers per GPU for tensor/pipeline parallel (NCCL_BUFFSIZE default 4 MiB × channels × peers);
+# vLLM logs ~200-300 MiB extra per rank with TP. We plan 256 MiB.
+NCCL_BUFFER_BYTES = 256 * MiB
+# vLLM's activation peak from its profiling run with max_num_batched_tokens=8192 (its default for chunked
+# prefill on large GPUs): hidden + MLP intermediates in bf16, plus CUDA graphs (~0.5 GiB). See vLLM
+# "Available KV cache memory" log lines; we plan intermediate-size based activations + 512 MiB graphs.
+VLLM_CUDA_GRAPH_BYTES = 512 * MiB
+VLLM_DEFAULT_BATCHED_TOKENS = 8192
+
+
+def kv_bytes_per_element(dtype: str) -> float:
+    key = dtype.lower()
+    if key not in KV_BYTES_PER_ELEMENT:
+        from gpumix.errors import GpumixError
+
+        raise GpumixError(f"unknown KV cache type '{dtype}'", hint=f"use one of {', '.join(KV_BYTES_PER_ELEMENT)}")
+    return KV_BYTES_PER_ELEMENT[key]
+
+
+def weight_bytes_per_param(quant: QuantSpec) -> float:
+    """Whole-file average (mixed recipes keep some tensors in higher precision), else the block cost."""
+    return (quant.file_bits_per_weight or quant.bits_per_weight) / 8
+
+
+def non_layer_params(model: ModelSpec) -> float:
+    """Token embedding + output projection (shared when tied)."""
+    return model.vocab_size * model.hidden_size * (1 if model.tied_embeddings else 2)
+
+
+def layer_params(model: ModelSpec) -> float:
+    n_layers = max(model.n_layers, 1)
+    return max(model.params_total - non_layer_params(model), 0.0) / n_layers
+
+
+def layer_weight_bytes(model: ModelSpec, quant: QuantSpec) -> tuple[int, ...]:
+    """Bytes of each transformer block's weights."""
+    if model.layer_weight_bytes is not None and _is_file_quant(model, quant):
+        return model.layer_weight_bytes
+    per_layer = int(layer_params(model) * weight_bytes_per_param(quant))
+    return (per_layer,) * model.n_layers
+
+
+def non_layer_weight_bytes(model: ModelSpec, quant: QuantSpec) -> int:
+    if model.non_layer_weight_bytes is not None and _is_file_quant(model, quant):
+        return model.non_layer_weight_bytes
+    return int(non_layer_params(model) * weight_bytes_per_param(quant))
+
+
+def output_weight_bytes(model: ModelSpec, quant: QuantSpec) -> int:
+    """The output projection, read in full every token (the embedding lookup reads one row). Tied models reuse
+    the embedding table, which llama.cpp duplicates onto the output device."""
+    if model.non_layer_weight_bytes is not None and _is_file_quant(model, quant):
+        return model.non_layer_weight_bytes if model.tied_embeddings else model.non_layer_weight_bytes // 2
+    return int(model.vocab_size * model.hidden_size * weight_bytes_per_param(quant))
+
+
+def input_embedding_bytes(model: ModelSpec, quant: QuantSpec) -> int:
+    if model.tied_embeddings:
+        return output_weight_bytes(model, quant)
+    return non_layer_weight_bytes(model, quant) - output_weight_bytes(model, quant)
+
+
+def total_weight_bytes(model: ModelSpec, quant: QuantSpec) -> int:
+    return sum(layer_weight_bytes(model, quant)) + non_layer_weight_bytes(model, quant)
+
+
+def active_fraction(model: ModelSpec) -> float:
+    """Share of a layer's weights read per token: 1 for dense, active experts only for MoE."""
+    if not model.is_moe or model.params_active is None:
+        return 1.0
+    dense_rest = non_layer_params(model)
+    total_layer = max(model.params_total - dense_rest, 1.0)
+    return min(max(model.params_active - dense_rest, 0.0) / total_layer, 1.0)
+
+
+def _is_file_quant(model: ModelSpec, quant: QuantSpec) -> bool:
+    return model.file_quant is None or model.file_quant.lower() == quant.id.lower()
+
+
+def kv_cells(workload: Workload) -> int:
+    """llama.cpp KV cells for full-attention layers: n_ctx (= context × slots) rounded up to 256."""
+    total = workload.context * workload.parallel
+    return _round_up(total, LLAMA_KV_CELL_ROUNDING)
+
+
+def swa_kv_cells(model: ModelSpec, workload: Workload) -> int:
+    """Cells sliding-window layers hold: min(n_ctx, n_swa·n_seq + n_ubatch) rounded up to 256 with a unified KV;
+    one such window per stream otherwise (engines.md §2; checked against llama-server -lv 4 on Gemma 3)."""
+    full = kv_cells(workload)
+    if not model.sliding_window:
+        return full
+    if workload.kv_unified:
+        return min(full, _round_up(model.sliding_window * workload.parallel + workload.ubatch, LLAMA_KV_CELL_ROUNDING))
+    per_stream = min(full // workload.parallel, _round_up(model.sliding_window + workload.ubatch, LLAMA_KV_CELL_ROUNDING))
+    return per_stream * workload.parallel
+
+
+def kv_cache_bytes_per_token(model: ModelSpec, dtype: str = "f16", n_layers: int | None = None) -> float:
+    """Bytes of K and V one token adds across `n_layers` layers (default: all)."""
+    layers = model.n_layers if n_layers is None else n_layers
+    return layers * model.n_kv_heads * model.head_dim * 2 * kv_bytes_per_element(dtype)
+
+
+def kv_cache_bytes(model: ModelSpec, workload: Workload, layer_ids: Sequence[int]) -> int:
+    """KV cache for the given layers under this workload (llama.cpp or vLLM semantics)."""
+    per_layer_token = model.n_kv_heads * model.head_dim * 2 * kv_bytes_per_element(workload.kv_cache_dtype)
+    if workload.engine == "vllm":
+        # vLLM pages hold the whole context of every sequence; sliding-window layers keep a window per sequence.
+        full = workload.context * workload.parallel
+        swa = min(full, (model.sliding_window or full) * workload.parallel)
+    else:
+        full = kv_cells(workload)
+        swa = swa_kv_cells(model, workload)
+    total = 0.0
+    for layer in layer_ids:
+        cells = swa if _is_swa_layer(model, layer) else full
+        total += cells * per_layer_token
+    return int(total)
+
+
+def _is_swa_layer(model: ModelSpec, layer: int) -> bool:
+    return bool(model.swa_layers) and layer < len(model.swa_layers) and model.swa_layers[layer]
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def llama_compute_buffer_bytes(model: ModelSpec, workload: Workload) -> int:
+    """llama.cpp's scheduler compute buffer on one device (`sched_reserve: ... compute buffer size`).
+
+    The graph is reserved for one ubatch. Two terms, fitted to llama-server 0c1e570 `-lv 4` output on Gemma 3 270M
+    (ub 256/512, n_ctx 4096-32768, 1-8 slots, flash attention on/off; see tests/estimate/test_llama_memory.py):
+    FFN-width intermediates ≈ 20 bytes × n_ff per ubatch token (gate, up, their product in f32, plus the
+    hidden-size tensors they feed), and the attention mask/scores per KV stream: with flash attention an f16 mask
+    of ubatch × cells, without it f32 scores of ubatch × cells × heads.
+    """
+    ub = workload.ubatch
+    cells = kv_cells(workload)
+    stream_cells = cells if workload.kv_unified else cells // workload.parallel
+    ffn = ub * max(model.intermediate_size, model.hidden_size) * 20
+    if workload.flash_attention:
+        attention = ub * stream_cells * 2
+    else:
+        attention = ub * stream_cells * model.n_heads * 4
+    return int(ffn + attention)
+
+
+def vllm_activation_bytes(model: ModelSpec, tp: int) -> int:
+    tokens = VLLM_DEFAULT_BATCHED_TOKENS
+    bf16 = 2
+    act = tokens * (model.hidden_size * 4 + 2 * model.intermediate_size // max(tp, 1)) * bf16
+    logits = 256 * model.vocab_size * 4  # sampler over max-num-seqs rows, f32
+    return int(act + logits)
+
+
+def memory_for_layers(
+    model: ModelSpec,
+    quant: QuantSpec,
+    workload: Workload,
+    layer_ids: Sequence[int],
+    *,
+    holds_output: bool,
+    holds_input: bool,
+    is_gpu: bool,
+    tensor_parallel: int = 1,
+    uses_nccl: bool = False,
+) -> MemoryBreakdown:
+    """Memory one device needs to hold `layer_ids` (for TP: 1/tp of each) plus its share of the rest."""
+    layer_bytes = layer_weight_bytes(model, quant)
+    weights = sum(layer_bytes[i] for i in layer_ids) / tensor_parallel
+    # llama.cpp keeps token_embd in host memory (a row lookup per token); other engines put it on the GPU.
+    embd_here = holds_input and (workload.engine != "llama.cpp" or not is_gpu)
+    if embd_here:
+        weights += input_embedding_bytes(model, quant) / tensor_parallel
+    if holds_output and not (embd_here and model.tied_embeddings):
+        weights += output_weight_bytes(model, quant) / tensor_parallel
+    kv = kv_cache_bytes(model, workload, layer_ids) / tensor_parallel
+    if workload.engine == "vllm":
+        compute = vllm_activation_bytes(model, tensor_parallel) + VLLM_CUDA_GRAPH_BYTES
+    elif workload.engine == "llama.cpp":
+        compute = llama_compute_buffer_bytes(model, workload) if layer_ids or holds_output else 0
+    else:
+        compute = 0
+    overhead = (CUDA_CONTEXT_BYTES if is_gpu else 0) + (NCCL_BUFFER_BYTES if uses_nccl else 0)
+    return MemoryBreakdown(
+        weights_bytes=int(weights), kv_cache_bytes=int(kv), compute_bytes=int(compute), overhead_bytes=int(overhead)
+    )
+
+
+def service_memory(model: ModelSpec, is_gpu: bool) -> MemoryBreakdown:
+    """Non-LLM services (diffusion, whisper, embeddings served by TEI): their resident memory from the catalog."""
+    resident = model.service_memory_bytes or 0
+    return MemoryBreakdown(
+        weights_bytes=int(resident),
+        kv_cache_bytes=0,
+        compute_bytes=0,
+        overhead_bytes=CUDA_CONTEXT_BYTES if is_gpu else 0,
+    )

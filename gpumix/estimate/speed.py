@@ -1,0 +1,171 @@
+"""Speed: decode is memory-bound, prefill compute-bound (VISION.md, "The physics").
+
+One token of decode on a device costs (bytes it reads ÷ its achieved bandwidth) + a per-layer launch overhead;
+a layer split adds the devices' times and a link hop per boundary. Achieved bandwidth is the catalog peak ×
+fitted efficiencies (never above 1), so no prediction beats bytes ÷ peak bandwidth.
+"""
+
+from __future__ import annotations
+
+from gpumix.estimate.calibration import (
+    Calibration,
+    arch_family,
+    default_backend,
+    memory_technology,
+    quant_class,
+)
+from gpumix.estimate.memory import (
+    active_fraction,
+    kv_bytes_per_element,
+    layer_weight_bytes,
+    output_weight_bytes,
+)
+from gpumix.estimate.types import Links, Workload
+from gpumix.hardware.spec import Device
+from gpumix.models.spec import ModelSpec, QuantSpec
+
+GB = 1e9
+# PCIe payload bandwidth per lane per direction in GB/s after encoding (PCI-SIG: Gen3 8 GT/s 128b/130b ≈ 0.985,
+# Gen4 16 GT/s ≈ 1.969, Gen5 32 GT/s ≈ 3.938; Gen2 5 GT/s 8b/10b = 0.5, Gen1 0.25).
+PCIE_GB_PER_S_PER_LANE = {1: 0.25, 2: 0.5, 3: 0.985, 4: 1.969, 5: 3.938, 6: 7.563}
+# Latency of one small all-reduce step over PCIe through the host bridge (NCCL ring, 2 GPUs): ~10-20 µs
+# (NCCL tests' small-message latency on PCIe Gen4 systems). NVLink: ~5 µs.
+ALLREDUCE_LATENCY_PCIE_S = 15e-6
+ALLREDUCE_LATENCY_NVLINK_S = 5e-6
+# Cross-socket (SYS) traffic goes over the CPU interconnect: NCCL falls back to staging through host memory.
+SYS_TOPOLOGY_PENALTY = 2.0
+# CPU FP32 FMA throughput when the catalog has none: cores × 2.5 GHz × 32 FLOP/cycle (AVX2: 2 FMA units × 8 lanes ×
+# 2 FLOP). Intel/AMD optimisation manuals give 2 × 256-bit FMA per cycle on Haswell+ / Zen 2+.
+CPU_FLOP_PER_CORE_PER_S = 2.5e9 * 32
+# One core streams quantized weights through its dot-product kernels at a few GB/s, far below RAM bandwidth:
+# measured 21 t/s per core on Gemma 3 270M Q4_K_M (253 MB) with llama.cpp on this project's x86-64 VMs (VISION.md,
+# "A real model") = 5.3 GB/s per thread. CPU decode is capped at threads × this.
+CPU_GB_PER_S_PER_THREAD = 5.3
+
+
+def backend_for(device: Device, workload: Workload, backend: str | None = None) -> str:
+    return backend or default_backend(device.spec)
+
+
+def achieved_bandwidth_gb_per_s(
+    device: Device, quant: QuantSpec, calibration: Calibration, backend: str | None = None
+) -> float:
+    """Bandwidth a single decode stream reaches on this device: peak × fitted efficiencies, or tune's measurement."""
+    measured = calibration.measurement_for(device)
+    if measured is not None:
+        return measured.achieved_bandwidth_gb_per_s
+    params = calibration.backend(backend or default_backend(device.spec))
+    eff = params.bandwidth_efficiency * calibration.quant_bandwidth_factor.get(quant_class(quant.id), 1.0)
+    if memory_technology(device.spec) == "hbm":
+        eff *= calibration.hbm_bandwidth_factor
+    eff = min(eff, 1.0)
+    bw = device.spec.mem_bandwidth_gb_per_s * eff
+    if device.kind == "cpu":
+        bw = min(bw, (device.threads or 1) * CPU_GB_PER_S_PER_THREAD)
+    return 1.0 / (1.0 / bw + 1.0 / calibration.saturation_bandwidth_gb_per_s)
+
+
+def peak_bandwidth_gb_per_s(device: Device, calibration: Calibration) -> float:
+    measured = calibration.measurement_for(device)
+    peak = device.spec.mem_bandwidth_gb_per_s
+    return max(peak, measured.achieved_bandwidth_gb_per_s) if measured else peak
+
+
+def per_layer_overhead_s(device: Device, calibration: Calibration, backend: str | None = None) -> float:
+    if calibration.measurement_for(device) is not None:
+        return 0.0  # tune measures the device's whole overhead per token instead
+    return calibration.backend(backend or default_backend(device.spec)).per_layer_overhead_s
+
+
+def device_fixed_overhead_s(
+    device: Device, n_layers_on_device: int, workload: Workload, calibration: Calibration, backend: str | None = None
+) -> float:
+    """Per-token time on a device that does not scale with bytes: kernel launches per layer, or tune's measurement."""
+    if n_layers_on_device <= 0:
+        return 0.0
+    measured = calibration.measurement_for(device)
+    if measured is not None:
+        return measured.per_token_overhead_s
+    return n_layers_on_device * per_layer_overhead_s(device, calibration, backend)
+
+
+def kv_read_bytes_per_layer(model: ModelSpec, workload: Workload, depth_tokens: float, layer: int) -> float:
+    """K and V bytes attention reads for one token at this context depth (sliding-window layers cap it)."""
+    per_token = model.n_kv_heads * model.head_dim * 2 * kv_bytes_per_element(workload.kv_cache_dtype)
+    swa = bool(model.swa_layers) and layer < len(model.swa_layers) and model.swa_layers[layer]
+    depth = min(depth_tokens, model.sliding_window) if swa and model.sliding_window else depth_tokens
+    return per_token * depth
+
+
+def decode_bytes_on_device(
+    model: ModelSpec, quant: QuantSpec, layer_ids: list[int], holds_output: bool, workload: Workload, depth: float
+) -> float:
+    """Bytes a device reads per decode token: its layers' (active) weights, their KV, and the output matrix."""
+    layer_bytes = layer_weight_bytes(model, quant)
+    frac = active_fraction(model)
+    weights = sum(layer_bytes[i] for i in layer_ids) * frac
+    kv = sum(kv_read_bytes_per_layer(model, workload, depth, i) for i in layer_ids)
+    out = output_weight_bytes(model, quant) if holds_output else 0
+    return weights + kv + out
+
+
+def decode_seconds_per_layer(
+    model: ModelSpec,
+    quant: QuantSpec,
+    device: Device,
+    workload: Workload,
+    calibration: Calibration,
+    depth: float | None = None,
+    backend: str | None = None,
+) -> float:
+    """Average time one transformer layer costs per decode token on `device` (weights, KV and launch overhead)."""
+    depth = workload.context / 2 if depth is None else depth
+    n = max(model.n_layers, 1)
+    bytes_all = decode_bytes_on_device(model, quant, list(range(n)), False, workload, depth) / n
+    bw = achieved_bandwidth_gb_per_s(device, quant, calibration, backend) * GB
+    return bytes_all / bw + per_layer_overhead_s(device, calibration, backend)
+
+
+def achieved_flops(device: Device, quant: QuantSpec, calibration: Calibration, backend: str | None = None) -> float:
+    """FLOP/s prefill reaches: peak dense FP16 tensor (FP32 where no tensor figure) × fitted efficiencies."""
+    measured = calibration.measurement_for(device)
+    if measured is not None and measured.prefill_tflops:
+        return measured.prefill_tflops * 1e12
+    spec = device.spec
+    peak_tflops = spec.fp16_tflops or getattr(spec, "fp32_tflops", None)
+    if not peak_tflops:
+        if spec.kind == "cpu":
+            return (device.threads or 1) * CPU_FLOP_PER_CORE_PER_S
+        return 0.0
+    params = calibration.backend(backend or default_backend(spec))
+    eff = params.compute_efficiency
+    eff *= calibration.quant_compute_factor.get(quant_class(quant.id), 1.0)
+    eff *= calibration.arch_compute_factor.get(arch_family(spec), 1.0)
+    return peak_tflops * 1e12 * min(eff, 1.0)
+
+
+def link_gb_per_s(links: Links, device_position: int) -> float:
+    if links.network_gb_per_s is not None:
+        return links.network_gb_per_s
+    if links.nvlink and links.nvlink_gb_per_s:
+        return links.nvlink_gb_per_s
+    lanes = links.pcie_lanes[device_position] if device_position < len(links.pcie_lanes) else 16
+    return PCIE_GB_PER_S_PER_LANE.get(links.pcie_gen, 1.969) * lanes
+
+
+def layer_split_hop_s(model: ModelSpec, links: Links, calibration: Calibration, position: int, batch: int = 1) -> float:
+    """One activation copy between consecutive devices of a layer split (f32 hidden state per sequence)."""
+    payload = model.hidden_size * 4 * batch
+    latency = calibration.link_latency_s + links.network_latency_s
+    return latency + payload / (link_gb_per_s(links, position) * GB)
+
+
+def allreduce_s(model: ModelSpec, links: Links, tp: int, batch: int, positions: range) -> float:
+    """One all-reduce of the hidden state across `tp` GPUs (ring: 2(tp-1)/tp of the payload per GPU)."""
+    payload = model.hidden_size * 2 * batch  # bf16 activations
+    bw = min(link_gb_per_s(links, p) for p in positions) * GB
+    latency = ALLREDUCE_LATENCY_NVLINK_S if links.nvlink else ALLREDUCE_LATENCY_PCIE_S
+    t = latency * (tp - 1) + 2 * (tp - 1) / tp * payload / bw
+    if links.topology == "SYS" and not links.nvlink:
+        t *= SYS_TOPOLOGY_PENALTY
+    return t

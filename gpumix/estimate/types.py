@@ -1,0 +1,78 @@
+"""Inputs and outputs of the estimator: what runs (Workload), where (Placement), and the answer (Estimate)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gpumix.hardware.spec import Device
+from gpumix.plan.result import MemoryBreakdown
+
+EngineName = Literal["llama.cpp", "vllm", "tei", "whisper", "image"]
+PlacementMode = Literal["single", "layer_split", "tensor_parallel", "pipeline_parallel", "replica", "cpu_offload"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+
+class Workload(_Frozen):
+    """How the model is run: context, parallel sequences, engine and its knobs."""
+
+    context: int = 4096  # tokens of KV per sequence
+    parallel: int = 1  # sequences held in KV at once (llama.cpp -np, vLLM max-num-seqs)
+    engine: EngineName = "llama.cpp"
+    kv_cache_dtype: str = "f16"  # f32 | f16 | bf16 | q8_0 | q4_0 | fp8 ...
+    ubatch: int = 512  # llama.cpp -ub: sets the compute buffer
+    prompt_tokens: int = 512  # for prefill speed and TTFT
+    kv_unified: bool = True  # llama-server default with auto -np: one KV shared by all slots
+    flash_attention: bool = True
+    gpu_memory_utilization: float | None = None  # vLLM: fraction of each GPU it claims
+
+
+class Links(_Frozen):
+    """Interconnect between devices (defaults: PCIe 4.0 x16, no NVLink)."""
+
+    pcie_gen: int = 4
+    pcie_lanes: tuple[int, ...] = ()  # per device; empty = x16 everywhere
+    nvlink: bool = False
+    nvlink_gb_per_s: float = 0.0  # per direction, when nvlink
+    topology: Literal["PIX", "PXB", "PHB", "NODE", "SYS"] = "PHB"
+    network_gb_per_s: float | None = None  # devices on different hosts (RPC): Ethernet/IB bandwidth
+    network_latency_s: float = 0.0
+
+
+class Placement(_Frozen):
+    """Where the model's layers live. `layers[i]` layers on `devices[i]`; sum = model layers."""
+
+    mode: PlacementMode
+    devices: tuple[Device, ...]
+    layers: tuple[int, ...] = ()  # empty for single / replica / tensor parallel: derived
+
+
+class DeviceEstimate(_Frozen):
+    device_index: int
+    name: str
+    layers: int
+    memory: MemoryBreakdown
+    memory_bytes: int
+    memory_free_bytes: int
+    fits: bool
+    shortfall_bytes: int  # > 0: how much more memory this device would need
+    decode_s_per_token: float  # this device's share of one token's decode time (incl. its fixed overhead)
+    bandwidth_bound_s_per_token: float  # bytes it reads per token / its peak bandwidth
+
+
+class Estimate(_Frozen):
+    fits: bool
+    mode: PlacementMode
+    devices: tuple[DeviceEstimate, ...]
+    decode_tokens_per_s: float  # one stream
+    aggregate_tokens_per_s: float  # all `parallel` streams together
+    prefill_tokens_per_s: float
+    ttft_s: float
+    # Physics ceiling: no prediction may beat bytes read per token ÷ peak bandwidth.
+    bandwidth_bound_tokens_per_s: float
+    link_s_per_token: float = 0.0
+    notes: tuple[str, ...] = Field(default_factory=tuple)

@@ -1,0 +1,232 @@
+"""Predict published llama.cpp measurements and report the error (`gpumix validate FILE.csv`).
+
+Reads the exact formats of ../shared/calibration/measurements.csv (one GPU) and multigpu.csv (several),
+detected by header. Rows that cannot be mapped through the catalogs are skipped with a reason, never guessed.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from gpumix.errors import GpumixError
+from gpumix.estimate.calibration import Calibration, default_calibration
+from gpumix.estimate.estimator import estimate
+from gpumix.estimate.types import Placement, Workload
+from gpumix.hardware.catalog import parse_device_list, resolve_gpu
+from gpumix.hardware.devices import device_from_spec
+from gpumix.hardware.spec import Device
+from gpumix.models.catalog import resolve_model, resolve_quant
+from gpumix.models.spec import ModelSpec, QuantSpec
+
+SINGLE_COLUMNS = ("source", "gpu", "backend", "model", "quant", "model_size_gb", "params_b", "test", "tokens_per_s")
+MULTI_COLUMNS = ("source", "n_gpus", "gpus", "split_mode", "tensor_split", "backend", "model", "quant", "test",
+                 "tokens_per_s")  # fmt: skip
+_TEST = re.compile(r"^(tg|pp)(\d+)$")
+# Architectures before Pascal lack the int8 dot-product instruction (dp4a, CC 6.1) that llama.cpp's quantized CUDA
+# kernels are built on; their measured speeds come from fallback paths the bandwidth model does not describe.
+_UNMODELLED_ARCH = re.compile(r"Kepler|Maxwell", re.I)
+
+
+_UNKNOWN_MEMORY_BYTES = 2**50
+
+
+@dataclass(frozen=True)
+class MappedRow:
+    line: int
+    devices: tuple[Device, ...]
+    backend: str
+    model: ModelSpec
+    quant: QuantSpec
+    kind: str  # "decode" | "prefill"
+    tokens: int
+    measured_tokens_per_s: float
+    gpu_label: str
+    split_mode: str  # "single" | "layer_split" | "row"
+
+
+class RowResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    line: int
+    gpu: str
+    model: str
+    quant: str
+    test: str
+    kind: str
+    measured: float
+    predicted: float
+    error: float  # predicted/measured - 1
+
+
+class MetricSummary(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    n: int
+    mape: float | None
+
+
+class ValidationReport(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    file: str
+    format: str  # "single" | "multi"
+    rows: int
+    used: int
+    skipped: int
+    skipped_reasons: dict[str, int]
+    decode: MetricSummary
+    prefill: MetricSummary
+    results: list[RowResult]
+
+
+def read_rows(path: Path) -> tuple[str, list[tuple[int, dict[str, str]]]]:
+    """The CSV's format ("single"/"multi") and its rows with their line numbers."""
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            header = tuple(reader.fieldnames or ())
+            rows = [(i + 2, row) for i, row in enumerate(reader)]
+    except FileNotFoundError as exc:
+        raise GpumixError(f"{path}: no such file") from exc
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise GpumixError(f"{path}: cannot read as CSV ({exc})") from exc
+    if all(col in header for col in MULTI_COLUMNS):
+        return "multi", rows
+    if all(col in header for col in SINGLE_COLUMNS):
+        return "single", rows
+    expected = SINGLE_COLUMNS if "gpu" in header else MULTI_COLUMNS
+    missing = [c for c in expected if c not in header]
+    raise GpumixError(
+        f"{path}: missing columns {', '.join(missing)}",
+        hint="use the format of ../shared/calibration/measurements.csv or multigpu.csv",
+    )
+
+
+def map_row(line: int, row: dict[str, str], fmt: str) -> MappedRow | str:
+    """A row resolved through the catalogs, or the reason it can't be."""
+    match = _TEST.match((row.get("test") or "").strip())
+    if not match:
+        return "test is not a plain tgN/ppN"
+    kind = "decode" if match.group(1) == "tg" else "prefill"
+    try:
+        measured = float(row["tokens_per_s"])
+    except (TypeError, ValueError):
+        return "tokens_per_s is not a number"
+    try:
+        model = resolve_model(row["model"])
+    except GpumixError:
+        return "model not in catalog"
+    try:
+        quant = resolve_quant(row["quant"])
+    except GpumixError:
+        return "quant not in catalog"
+    split_mode = "single"
+    try:
+        if fmt == "multi":
+            specs = parse_device_list(row["gpus"])
+            mode = (row.get("split_mode") or "").lower()
+            if mode.startswith("row"):
+                return "row split mode not modelled"
+            if "even" not in (row.get("tensor_split") or "even").lower():
+                return "explicit tensor split not given as numbers"
+            split_mode = "layer_split" if len(specs) > 1 else "single"
+            label = row["gpus"]
+        else:
+            specs = [resolve_gpu(row["gpu"])]
+            label = row["gpu"]
+    except GpumixError:
+        return "GPU not in catalog"
+    if kind == "prefill" and any(not (s.fp16_tflops or s.kind == "cpu") for s in specs):
+        return "no published FP16/FP32 throughput for this GPU (prefill needs one)"
+    if any(_UNMODELLED_ARCH.search(s.arch) for s in specs):
+        return "pre-Pascal GPU (no dp4a): llama.cpp fallback kernels not modelled"
+    if all(s.vram_bytes > 0 for s in specs):
+        weights = model.params_total * quant.bits_per_weight / 8
+        if weights > sum(s.vram_bytes for s in specs) * 1.02:
+            return "model larger than the GPUs' memory (offloaded run)"
+    # The row was measured, so the model fitted; unified-memory parts (Apple) have no fixed VRAM in the catalog.
+    devices = tuple(
+        device_from_spec(spec, index=i, total_bytes=spec.vram_bytes or _UNKNOWN_MEMORY_BYTES)
+        for i, spec in enumerate(specs)
+    )
+    return MappedRow(
+        line=line, devices=devices, backend=(row.get("backend") or "CUDA").strip(), model=model, quant=quant,
+        kind=kind, tokens=int(match.group(2)), measured_tokens_per_s=measured, gpu_label=label, split_mode=split_mode,
+    )  # fmt: skip
+
+
+def predict_row(row: MappedRow, calibration: Calibration) -> float:
+    """Predicted tokens/s for a llama-bench test: tgN decodes N tokens from empty (mean depth N/2); ppN is one
+    prompt of N tokens in ubatches of 512."""
+    mode = "single" if len(row.devices) == 1 else "layer_split"
+    placement = Placement(mode=mode, devices=row.devices)
+    if row.kind == "decode":
+        workload = Workload(context=row.tokens, parallel=1, prompt_tokens=512)
+        result = estimate(row.model, row.quant, placement, workload, calibration=calibration, backend=row.backend)
+        return result.decode_tokens_per_s
+    workload = Workload(context=row.tokens, parallel=1, prompt_tokens=row.tokens)
+    result = estimate(row.model, row.quant, placement, workload, calibration=calibration, backend=row.backend)
+    return result.prefill_tokens_per_s
+
+
+def is_headline_row(row: MappedRow) -> bool:
+    """The rows the issue's targets are stated on: dense models, tg128–tg1024 and pp512."""
+    if row.model.is_moe:
+        return False
+    return (row.kind == "decode" and 128 <= row.tokens <= 1024) or (row.kind == "prefill" and row.tokens == 512)
+
+
+def map_file(path: Path) -> tuple[str, int, list[MappedRow], Counter[str]]:
+    fmt, rows = read_rows(path)
+    mapped: list[MappedRow] = []
+    reasons: Counter[str] = Counter()
+    for line, row in rows:
+        result = map_row(line, row, fmt)
+        if isinstance(result, str):
+            reasons[result] += 1
+        else:
+            mapped.append(result)
+    return fmt, len(rows), mapped, reasons
+
+
+def validate_file(path: Path, calibration: Calibration | None = None, headline_only: bool = False) -> ValidationReport:
+    cal = calibration or default_calibration()
+    fmt, n_rows, mapped, reasons = map_file(path)
+    if headline_only:
+        kept = [m for m in mapped if is_headline_row(m)]
+        reasons["outside dense tg128-tg1024/pp512 (--headline)"] += len(mapped) - len(kept)
+        mapped = kept
+    results: list[RowResult] = []
+    for row in mapped:
+        predicted = predict_row(row, cal)
+        results.append(
+            RowResult(
+                line=row.line, gpu=row.gpu_label, model=row.model.name, quant=row.quant.id,
+                test=f"{'tg' if row.kind == 'decode' else 'pp'}{row.tokens}", kind=row.kind,
+                measured=row.measured_tokens_per_s, predicted=predicted,
+                error=predicted / row.measured_tokens_per_s - 1,
+            )  # fmt: skip
+        )
+    return ValidationReport(
+        file=str(path),
+        format=fmt,
+        rows=n_rows,
+        used=len(results),
+        skipped=n_rows - len(results),
+        skipped_reasons=dict(reasons),
+        decode=_summary([r for r in results if r.kind == "decode"]),
+        prefill=_summary([r for r in results if r.kind == "prefill"]),
+        results=results,
+    )
+
+
+def _summary(results: list[RowResult]) -> MetricSummary:
+    if not results:
+        return MetricSummary(n=0, mape=None)
+    return MetricSummary(n=len(results), mape=sum(abs(r.error) for r in results) / len(results))
