@@ -8,12 +8,16 @@ Devices file (the same shape as a plan file's `devices:`; a file with a top-leve
       free_gb: 22.5            # optional, decimal GB (free_gib for binary); default = the card's VRAM
       total_gb: 24             # optional (a card whose catalog row has no VRAM, e.g. Apple), uuid: GPU-... optional
       count: 2                 # optional: this many identical cards with consecutive indices
+    - gpu: My Custom Card      # a card not in the catalog: give at least total_gb (or total_gib) and bandwidth_gbs,
+      total_gb: 24             #   optionally fp16_tflops and compute_capability (these replace a catalog card's figures)
+      bandwidth_gbs: 600
     - cpu: {ram_gb: 64, bandwidth_gbs: 51.2, threads: 8}   # every key optional; default = this machine
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ DEFAULT_CPU_BANDWIDTH_ROW = "CPU DDR4-3200 dual-channel"
 MEMINFO_PATH = Path("/proc/meminfo")
 MAX_DEVICES_FILE_BYTES = 1_000_000  # a devices file is a few lines; refuse to parse something huge
 _GPU_KEYS = {"gpu", "index", "host", "free_gb", "free_gib", "total_gb", "total_gib", "uuid", "count"}
+_CUSTOM_GPU_KEYS = {"bandwidth_gbs", "fp16_tflops", "compute_capability"}  # only for cards not in the catalog
 _CPU_KEYS = {"ram_gb", "ram_gib", "free_gb", "free_gib", "bandwidth_gbs", "memory", "threads"}
 
 
@@ -197,14 +202,20 @@ def _read_devices_yaml(path: Path) -> list[Any]:
 
 def _gpu_devices(item: _Item, next_index: int) -> list[Device]:
     data = item.data
-    item.check_keys(data, _GPU_KEYS)
+    custom = _CUSTOM_GPU_KEYS & set(data)
+    item.check_keys(data, _GPU_KEYS | _CUSTOM_GPU_KEYS)
     name = data["gpu"]
     if not isinstance(name, str | int) or not str(name).strip():
         raise item.fail(f"must be a GPU name, got {name!r}", "gpu")
-    try:
-        spec = resolve_gpu(str(name))
-    except GpumixError as exc:
-        raise item.fail(exc.message, "gpu") from None
+    spec = _custom_spec(item, str(name).strip()) if custom else None
+    if spec is None:
+        try:
+            spec = resolve_gpu(str(name))
+        except GpumixError as exc:
+            extra = (
+                "; for a card not in the catalog give total_gb and bandwidth_gbs" if "unknown" in exc.message else ""
+            )
+            raise item.fail(exc.message + extra, "gpu") from None
     index = data.get("index", next_index)
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise item.fail(f"must be a whole number >= 0, got {index!r}", "index")
@@ -225,6 +236,28 @@ def _gpu_devices(item: _Item, next_index: int) -> list[Device]:
         ]
     except GpumixError as exc:
         raise item.fail(exc.message, "free_gb" if free is not None else "total_gb") from None
+
+
+def _custom_spec(item: _Item, name: str) -> GpuSpec:
+    """A card described in full by the file (not in the catalog): its memory and bandwidth are required."""
+    data = item.data
+    total = item.memory_bytes(data, "total_gb", "total_gib")
+    bandwidth = item.number(data, "bandwidth_gbs")
+    if total is None or not bandwidth:
+        raise item.fail("a card described by its own figures needs total_gb (or total_gib) and bandwidth_gbs > 0")
+    cc = data.get("compute_capability")
+    if cc is not None and not (isinstance(cc, str | float) and re.fullmatch(r"\d+\.\d+", str(cc))):
+        raise item.fail(f"must look like '8.9', got {cc!r}", "compute_capability")
+    return GpuSpec(
+        id="custom-" + (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"),
+        name=name,
+        arch="unknown (described in a devices file)",
+        compute_capability=None if cc is None else str(cc),
+        vram_bytes=total,
+        mem_bandwidth_gb_per_s=bandwidth,
+        fp16_tflops=item.number(data, "fp16_tflops"),
+        source=f"devices file {item.where}",
+    )
 
 
 def _cpu_device(item: _Item, index: int) -> Device:

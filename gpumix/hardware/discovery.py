@@ -162,6 +162,7 @@ def _catalog_spec(probe: dict, warnings: list[str]) -> tuple[GpuSpec, str | None
     warnings.append(
         f"GPU {probe['pci_bus_id']} {name!r} ({total / 2**30:.1f} GiB) is not in the gpumix catalog; "
         "using NVML's numbers (no compute throughput: speed estimates for it are bandwidth-only)"
+        + ("" if probe["bandwidth"] else "; NVML gave no memory bus width/clock, so its bandwidth is unknown (0)")
     )
     built = _spec_from_nvml(name, total, probe["cc"], probe["bandwidth"], probe["gen_max"], probe["width_max"])
     return built, None

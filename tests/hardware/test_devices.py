@@ -165,6 +165,34 @@ def test_devices_file_errors_name_file_item_and_field(tmp_path, text, message):
     assert str(path) in err.value.message
 
 
+def test_a_card_not_in_the_catalog_can_be_described(tmp_path):
+    path = _write(
+        tmp_path,
+        """\
+        - gpu: Fancy Card 9000
+          total_gb: 24
+          bandwidth_gbs: 700
+          fp16_tflops: 100
+          compute_capability: "8.9"
+          free_gb: 20
+        """,
+    )
+    (device,) = load_devices_file(path)
+    assert (device.name, device.spec.id, device.spec.compute_capability) == (
+        "Fancy Card 9000",
+        "custom-fancy-card-9000",
+        "8.9",
+    )
+    assert device.memory_total_bytes == 24 * GB and device.memory_free_bytes == 20 * GB
+    assert (device.spec.mem_bandwidth_gb_per_s, device.spec.fp16_tflops) == (700, 100)
+    path.write_text("- gpu: Fancy Card 9000\n  bandwidth_gbs: 700\n")
+    with pytest.raises(GpumixError, match=r"devices\[0\]: a card described by its own figures needs total_gb"):
+        load_devices_file(path)
+    path.write_text("- gpu: Fancy Card 9000\n  total_gb: 24\n")
+    with pytest.raises(GpumixError, match="for a card not in the catalog give total_gb and bandwidth_gbs"):
+        load_devices_file(path)
+
+
 def test_missing_devices_file(tmp_path):
     with pytest.raises(GpumixError, match="cannot read devices file"):
         load_devices_file(tmp_path / "nope.yaml")

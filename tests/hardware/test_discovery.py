@@ -33,7 +33,7 @@ def test_discovers_cards_with_free_memory_links_and_catalog_match(monkeypatch, n
     assert mystery.catalog_id is None
     assert mystery.device.spec.vram_bytes == 48 * GiB and mystery.device.spec.compute_capability == "8.6"
     assert mystery.nvml_bandwidth_gb_per_s is None  # bus width not supported on that card
-    assert any("Mystery Accelerator" in w and "not in the gpumix catalog" in w for w in machine.warnings)
+    assert any("Mystery Accelerator" in w and "bandwidth is unknown" in w for w in machine.warnings)
     assert [(x.a, x.b, x.label) for x in machine.links] == [(0, 1, "PHB"), (0, 2, "SYS"), (1, 2, "SYS")]
     assert [d.name for d in machine.devices] == ["RTX 4090", "RTX 5060 Ti 16GB", "NVIDIA Mystery Accelerator"]
     assert nvml.calls == ["init", "shutdown"]
