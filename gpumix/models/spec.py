@@ -22,6 +22,9 @@ class QuantSpec(BaseModel):
     engines: tuple[str, ...] = ("llama.cpp",)
     aliases: tuple[str, ...] = ()
     source: str = ""
+    # Whole-file average on a real model (tensors kept at higher precision included, e.g. output.weight in Q6_K);
+    # None when not measured. bits_per_weight stays the block cost for single-type formats.
+    file_bits_per_weight: float | None = None
 
     @property
     def bytes_per_weight(self) -> float:
@@ -39,7 +42,9 @@ class ModelSpec(BaseModel):
     architecture: str = "llama"
     aliases: tuple[str, ...] = ()
     params_total: float  # count of weights (not billions)
-    params_active: float | None = None  # MoE: weights read per token; None = dense
+    # MoE: all weights except the inactive experts (token-embedding table included, the convention of Mixtral's
+    # "12.9B active"; OpenAI's "3.6B active" for gpt-oss-20b leaves the 0.58B embedding out). None = dense.
+    params_active: float | None = None
     n_layers: int = 0
     hidden_size: int = 0
     n_heads: int = 0
@@ -51,6 +56,8 @@ class ModelSpec(BaseModel):
     sliding_window: int | None = None  # tokens a sliding-window layer attends to
     # Per layer: True = sliding-window (local) attention. Empty = all layers global.
     swa_layers: tuple[bool, ...] = ()
+    # Per layer KV heads when the file gives an array (0 = a layer without KV cache); empty = n_kv_heads everywhere.
+    kv_heads_per_layer: tuple[int, ...] = ()
     n_experts: int = 0
     n_experts_active: int = 0
     tied_embeddings: bool = False

@@ -1,0 +1,109 @@
+"""`gpumix models [QUERY]`, `gpumix models show REF`, `gpumix quants`: the model and quantisation catalogs."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gpumix.errors import GpumixError
+from gpumix.models.catalog import all_quants, load_model, search_models
+from gpumix.models.spec import ModelSpec
+from gpumix.units import fmt_gib
+
+console = Console()
+
+
+def _billions(count: float | None) -> str:
+    return "-" if count is None else f"{count / 1e9:.2f}B"
+
+
+def _attention(spec: ModelSpec) -> str:
+    if not spec.n_layers:
+        return "-"
+    if not spec.swa_layers or not any(spec.swa_layers):
+        return "full"
+    return f"{sum(spec.swa_layers)}/{spec.n_layers} SWA {spec.sliding_window}"
+
+
+def _list_models(query: str | None, as_json: bool) -> None:
+    specs = search_models(query or "")
+    if as_json:
+        print(json.dumps([s.model_dump(mode="json", exclude={"layer_weight_bytes"}) for s in specs], indent=2))
+        return
+    if not specs:
+        raise GpumixError(f"no catalog model matches '{query}'", hint="run `gpumix models` for the full list")
+    table = Table(title="models")
+    table.add_column("id", no_wrap=True)
+    for col in ("kind", "params", "active", "layers", "kv", "context", "attention"):
+        table.add_column(col)
+    for s in specs:
+        kv = f"{s.n_kv_heads}x{s.head_dim}" if s.n_layers else "-"
+        active = _billions(s.params_active) if s.params_active else "-"
+        table.add_row(s.id, s.kind, _billions(s.params_total), active, str(s.n_layers or "-"), kv, str(s.context_length or "-"), _attention(s))
+    console.print(table)
+
+
+def _show_model(ref: str, as_json: bool) -> None:
+    spec = load_model(ref)
+    if as_json:
+        data = spec.model_dump(mode="json")
+        if spec.layer_weight_bytes is not None:
+            data["total_weight_bytes"] = sum(spec.layer_weight_bytes) + (spec.non_layer_weight_bytes or 0)
+        print(json.dumps(data, indent=2))
+        return
+    table = Table(title=spec.name, show_header=False)
+    table.add_column("field")
+    table.add_column("value")
+    skip = {"layer_weight_bytes", "swa_layers", "aliases", "kv_heads_per_layer"}
+    for key, value in spec.model_dump().items():
+        if key not in skip and value not in (None, (), "", 0):
+            table.add_row(key, str(value))
+    table.add_row("attention", _attention(spec))
+    if spec.aliases:
+        table.add_row("aliases", ", ".join(spec.aliases))
+    if spec.layer_weight_bytes is not None:
+        layers = spec.layer_weight_bytes
+        table.add_row("layer weights", f"{fmt_gib(sum(layers))} over {len(layers)} layers (min {min(layers, default=0):,} / max {max(layers, default=0):,} bytes)")
+        table.add_row("other weights", fmt_gib(spec.non_layer_weight_bytes or 0) + " (embeddings, output, norms)")
+        table.add_row("total weights", fmt_gib(sum(layers) + (spec.non_layer_weight_bytes or 0)))
+    console.print(table)
+
+
+def models(
+    query: str = typer.Argument(None, help="Filter by name, or `show` followed by REF (catalog name, .gguf, config.json)."),
+    ref: str = typer.Argument(None, help="With `show`: the model to describe.", show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable."),
+) -> None:
+    """List catalog models (optionally matching QUERY), or `gpumix models show REF` for one model or file."""
+    if query == "show":
+        if not ref:
+            raise GpumixError("`gpumix models show` needs a model", hint="e.g. gpumix models show llama-3-8b  or  ./model.gguf")
+        _show_model(ref, as_json)
+        return
+    if ref:
+        raise GpumixError(f"unexpected argument '{ref}'", hint="use `gpumix models QUERY` or `gpumix models show REF`")
+    _list_models(query, as_json)
+
+
+def quants(as_json: bool = typer.Option(False, "--json", help="Machine-readable.")) -> None:
+    """List weight formats with their true bits per weight."""
+    specs = all_quants()
+    if as_json:
+        print(json.dumps([q.model_dump(mode="json") for q in specs], indent=2))
+        return
+    table = Table(title="quantisations")
+    for col in ("id", "bits/weight", "file bpw", "block", "compute", "engines", "aliases"):
+        table.add_column(col)
+    for q in specs:
+        block = f"{q.block_bytes:g} B / {q.block_weights}" if q.block_weights > 1 else f"{q.block_bytes:g} B"
+        file_bpw = f"{q.file_bits_per_weight:.4g}" if q.file_bits_per_weight else "-"
+        table.add_row(q.id, f"{q.bits_per_weight:.4g}", file_bpw, block, q.compute_dtype, ",".join(q.engines), ", ".join(q.aliases))
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("models")(models)
+    app.command("quants")(quants)
