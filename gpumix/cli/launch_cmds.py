@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -68,5 +70,29 @@ def engines_install(
     console.print(f"llama.cpp {install.version}: {install.bin_dir}")
 
 
+def export(
+    fmt: Annotated[str, typer.Argument(help="compose | caddy | nginx | litellm | systemd | commands")],
+    plan_path: Annotated[Path, typer.Option("--plan", "-p", help="plan.json from `gpumix plan`")],
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="directory to write into (default: print)")] = None,
+    base_port: int = typer.Option(8001, "--base-port", help="first backend port; the rest follow in plan order"),
+    front_port: int = typer.Option(8080, "--port", help="front port of the caddy/nginx proxy"),
+    stagger_s: float = typer.Option(10.0, "--stagger-s", help="seconds between GPU service starts"),
+) -> None:
+    """Write launch artifacts for a plan: compose, caddy, nginx, litellm, systemd or a commands script."""
+    from gpumix.launch.export import render_export, write_export
+    from gpumix.run.up import load_plan
+
+    files = render_export(load_plan(plan_path), fmt, base_port=base_port, front_port=front_port, stagger_s=stagger_s)
+    if out_dir is None:
+        for name, content in files.items():
+            if len(files) > 1:
+                print(f"# ---- {name}")
+            print(content, end="")
+        return
+    for path in write_export(files, out_dir):
+        console.print(f"wrote {path}", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(engines_app, name="engines")
+    app.command("export")(export)

