@@ -252,6 +252,10 @@ def _format_error(err: dict[str, Any], lines: _Lines, source: str) -> str:
 
 def parse_plan_text(text: str, source: str = "<plan>") -> PlanSpec:
     """Validate plan-file text; raise GpumixError naming file:line and field."""
+    return parse_plan_text_with_lines(text, source)[0]
+
+
+def parse_plan_text_with_lines(text: str, source: str = "<plan>") -> tuple[PlanSpec, _Lines]:
     if len(text.encode("utf-8", "replace")) > MAX_PLAN_FILE_BYTES:
         raise GpumixError(f"{source}: larger than {MAX_PLAN_FILE_BYTES} bytes; not a plan file")
     data, lines = read_yaml_with_lines(text, source)
@@ -273,7 +277,7 @@ def parse_plan_text(text: str, source: str = "<plan>") -> PlanSpec:
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise GpumixError(first + more, hint="see docs/plan-file.md for the plan-file keys") from None
     _check_names(spec, lines, source)
-    return spec
+    return spec, lines
 
 
 def _check_names(spec: PlanSpec, lines: _Lines, source: str) -> None:
@@ -304,6 +308,10 @@ def _all_keys(data: Any) -> list[Any]:
 
 
 def load_plan_spec(path: Path) -> PlanSpec:
+    return load_plan_with_lines(path)[0]
+
+
+def load_plan_with_lines(path: Path) -> tuple[PlanSpec, _Lines]:
     try:
         if path.stat().st_size > MAX_PLAN_FILE_BYTES:
             raise GpumixError(f"{path}: larger than {MAX_PLAN_FILE_BYTES} bytes; not a plan file")
@@ -316,4 +324,4 @@ def load_plan_spec(path: Path) -> PlanSpec:
         raise GpumixError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise GpumixError(f"cannot read plan file {path}: {exc.strerror}") from None
-    return parse_plan_text(text, str(path))
+    return parse_plan_text_with_lines(text, str(path))

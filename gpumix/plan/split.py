@@ -137,14 +137,15 @@ def device_costs(
 def _solve(
     costs: Sequence[DeviceCosts], n_layers: int, output_at: int, objective: SplitObjective
 ) -> tuple[tuple[float, float], tuple[int, ...]] | None:
-    """Best contiguous split with device `output_at` holding the output layer (devices after it get nothing when
-    it is the last GPU; an offloading CPU at position 0 holds the output when it holds any layer, as in llama.cpp).
+    """Best contiguous split with device `output_at` holding the output layer (it must hold ≥ 1 layer and every
+    device after it gets none). Returns ((primary, secondary) cost, layers) or None when nothing fits.
 
-    Returns ((primary, secondary) cost, layers) or None when nothing fits.
+    Convention shared with the estimator: the output layer sits on the last device with layers, also when a CPU
+    holds the first layers. (llama.cpp keeps it on the CPU when `-ngl` ≤ n_layer, so for CPU offload the GPU
+    memory planned here is conservative by the output weights.)
     """
     n_dev = len(costs)
     inf = (math.inf, math.inf)
-    cpu_holds_output = costs[output_at].device.kind == "cpu"
     # best[k] = cost of placing the first k layers on devices 0..i-1; choice[i][k] = layers on device i.
     best: list[tuple[float, float]] = [(0.0, 0.0)] + [inf] * n_layers
     choices: list[list[int]] = []
@@ -153,12 +154,7 @@ def _solve(
         pick = [-1] * (n_layers + 1)
         out = i == output_at
         min_n = 1 if out else 0
-        if cpu_holds_output:
-            allowed = True
-        elif dev.device.kind == "cpu":
-            allowed = False  # any layer on the CPU would pull the output layer there too
-        else:
-            allowed = i <= output_at  # the output layer sits with the last layers
+        allowed = i <= output_at  # the output layer sits with the last layers
         for start in range(n_layers + 1):
             if best[start] == inf:
                 continue
@@ -246,6 +242,8 @@ def solve_layer_split(
 def solve_from_costs(costs: Sequence[DeviceCosts], n_layers: int, objective: SplitObjective) -> tuple[int, ...] | None:
     candidates = []
     for output_at in range(len(costs)):
+        if costs[output_at].device.kind == "cpu" and len(costs) > 1:
+            continue  # with GPUs present the output layer goes to a GPU
         found = _solve(costs, n_layers, output_at, objective)
         if found is not None:
             candidates.append(found)
@@ -271,9 +269,7 @@ def split_cost_s(costs: Sequence[DeviceCosts], layers: Sequence[int]) -> tuple[f
 
 
 def output_device(costs: Sequence[DeviceCosts], layers: Sequence[int]) -> int:
-    """llama.cpp puts the output layer on the CPU when any layer is offloaded to it, else on the last device."""
-    if costs and costs[0].device.kind == "cpu" and layers[0] > 0:
-        return 0
+    """The output layer sits on the last device that holds layers (the estimator's convention)."""
     active = [i for i, n in enumerate(layers) if n > 0]
     return active[-1] if active else len(layers) - 1
 

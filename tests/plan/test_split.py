@@ -76,7 +76,7 @@ def test_no_split_fits_is_a_clear_error(calibration):
         best_layer_split(LLAMA_70B, Q4_K_M, devices, Workload(context=8192), calibration=calibration)
 
 
-def test_cpu_offload_keeps_first_layers_and_output_on_cpu(calibration):
+def test_cpu_offload_keeps_the_first_layers_on_the_cpu(calibration):
     cpu = cpu_device(64 * GB, 60, 8)
     gpus = _devices("RTX 3090", "RTX 3060 12GB")
     layers = best_layer_split(

@@ -1,0 +1,220 @@
+"""Anti-pattern warnings with stable codes. Codes never change meaning; new checks get new numbers.
+
+| code   | slug                      | fires when                                                                     |
+|--------|---------------------------|--------------------------------------------------------------------------------|
+| GPX001 | tp-mismatched-cards       | tensor parallel over cards of different types (each layer waits for the slowest; vLLM caps KV by the smallest) |
+| GPX002 | pp-mismatched-partition   | pipeline parallel over mismatched cards: needs the speed-aware VLLM_PP_LAYER_PARTITION gpumix sets (even stages stall on the slow card) |
+| GPX003 | slow-main-gpu             | the first (main) device of a multi-device service is not its fastest          |
+| GPX004 | split-fits-one-card       | a model is split although it fits one card (and would be faster there)          |
+| GPX005 | service-steals-llm-kv     | a small service shares the LLM's card while another card had room for it        |
+| GPX006 | replicas-crowd-out        | replicas of one model occupy cards another service would use better             |
+| GPX007 | containers-see-all-gpus   | containers get `--gpus all` / `count: all` instead of pinned device_ids        |
+| GPX008 | mixed-driver-branches     | cards on one host report different driver branches                             |
+| GPX009 | slow-link-split           | a split/TP/PP crosses a slow link (≤ PCIe Gen2 x4 class, < 4 GB/s) or the network |
+| GPX010 | over-free-memory          | planned memory is above a device's free memory − margin                        |
+| GPX011 | tp-across-sockets         | tensor parallel across CPU sockets (SYS topology) without NVLink               |
+| GPX012 | slo-missed                | a service's predicted speed misses its SLO                                      |
+| GPX013 | cpu-offload               | layers run from system RAM (slow): says how much faster more VRAM would be     |
+| GPX014 | service-unplaced          | a service could not be placed (see the plan's reasons)                          |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gpumix.hardware.spec import Device
+from gpumix.plan import split as splitmod
+from gpumix.plan.result import Plan, Warning_
+from gpumix.units import GB
+
+SLOW_LINK_GB_PER_S = 4.0  # PCIe Gen2 x4 = 2 GB/s, Gen3 x4 = 3.9 GB/s: below this a split's hops dominate
+
+
+@dataclass
+class LintContext:
+    spec: Any
+    devices: list[Device]
+    services: list[Any]  # planner.Resolved
+    options: list[list[Any]]  # planner.Option per service
+    chosen: list[Any]  # planner.Option | None per service
+    sockets: dict
+
+
+def _w(code: str, slug: str, message: str, service: str | None = None, severity: str = "warning") -> Warning_:
+    return Warning_(code=f"{code}-{slug}", message=message, service=service, severity=severity)  # type: ignore[arg-type]
+
+
+def lint(plan: Plan, ctx: LintContext) -> list[Warning_]:
+    out: list[Warning_] = []
+    for svc, opt in zip(ctx.services, ctx.chosen, strict=True):
+        name = svc.entry.name
+        if opt is None:
+            out.append(_w("GPX014", "service-unplaced", f"{name}: not placed — {svc.model.name} does not fit "
+                          "(see reasons)", name, "error"))  # fmt: skip
+            continue
+        out.extend(_service_checks(svc, opt, ctx))
+    out.extend(_device_checks(plan, ctx))
+    if ctx.spec.runtime.containers and ctx.spec.runtime.container_gpus == "all":
+        out.append(_w("GPX007", "containers-see-all-gpus",
+                      "containers would see all GPUs (`--gpus all`): a service can then allocate on the LLM's card; "
+                      "pin each with compose device_ids / CUDA_VISIBLE_DEVICES (gpumix launch does)"))  # fmt: skip
+    return out
+
+
+def _service_checks(svc: Any, opt: Any, ctx: LintContext) -> list[Warning_]:
+    out: list[Warning_] = []
+    name = svc.entry.name
+    devs = list(opt.devices)
+    gpus = [d for d in devs if d.kind == "gpu"]
+    mismatched = len({d.spec.id for d in gpus}) > 1
+    if opt.mode == "tensor_parallel" and mismatched:
+        out.append(_w("GPX001", "tp-mismatched-cards",
+                      f"{name}: tensor parallel over {' + '.join(d.name for d in gpus)}: every layer waits for the "
+                      "slower card and vLLM sizes KV by the smallest; use a layer split or pipeline parallel", name))  # fmt: skip
+    if opt.mode == "pipeline_parallel" and mismatched:
+        part = ",".join(str(n) for n in opt.layers)
+        out.append(_w("GPX002", "pp-mismatched-partition",
+                      f"{name}: pipeline parallel over mismatched cards; gpumix sets VLLM_PP_LAYER_PARTITION={part} "
+                      "(speed-aware). Without it vLLM splits layers evenly and the slow card stalls the pipeline",
+                      name, "info"))  # fmt: skip
+    if len(gpus) > 1 and opt.mode != "replica":
+        fastest = max(gpus, key=lambda d: d.spec.mem_bandwidth_gb_per_s)
+        if gpus[0].spec.mem_bandwidth_gb_per_s < fastest.spec.mem_bandwidth_gb_per_s:
+            out.append(_w("GPX003", "slow-main-gpu",
+                          f"{name}: device {gpus[0].index} ({gpus[0].name}) is first (main GPU) but "
+                          f"{fastest.name} is faster; put the fastest card first", name))  # fmt: skip
+    if opt.mode in ("layer_split", "pipeline_parallel", "tensor_parallel"):
+        singles = [o for o in ctx.options[svc.index] if o.mode == "single" and o.fits()]
+        if singles:
+            best = max(singles, key=lambda o: o.speed)
+            out.append(_w("GPX004", "split-fits-one-card",
+                          f"{name}: split over {len(devs)} devices although it fits {best.devices[0].name} alone "
+                          f"(one card: {best.decode:.1f} tok/s one stream vs {opt.decode:.1f} split)", name,
+                          "info" if (opt.speed or 0) > best.speed else "warning"))  # fmt: skip
+    if opt.mode in ("layer_split", "pipeline_parallel", "tensor_parallel", "cpu_offload") and len(devs) > 1:
+        slow = _slow_link(devs, ctx)
+        if slow:
+            out.append(_w("GPX009", "slow-link-split", f"{name}: {slow}", name))
+    if opt.mode == "tensor_parallel":
+        socks = {ctx.sockets.get((d.host, d.index)) for d in devs} - {None}
+        links = ctx.spec.links
+        topology = links.topology if links and links.topology else ("SYS" if len(socks) > 1 else None)
+        nvlink = bool(links and links.nvlink)
+        if topology == "SYS" and not nvlink:
+            out.append(_w("GPX011", "tp-across-sockets",
+                          f"{name}: tensor parallel across CPU sockets (SYS) without NVLink: two all-reduces per layer "
+                          "cross the socket link; prefer pipeline parallel or cards on one socket", name))  # fmt: skip
+        elif not nvlink:
+            out.append(_w("GPX009", "slow-link-split",
+                          f"{name}: tensor parallel over PCIe without NVLink: 2 all-reduces per layer; expect "
+                          "~1.6-1.7x of one card, not 2x (pipeline parallel is less link-sensitive)", name, "info"))  # fmt: skip
+    if opt.mode == "cpu_offload":
+        gpu_only = [o for o in ctx.options[svc.index] if o.mode != "cpu_offload" and o.decode]
+        ram_gb = opt.memory_bytes[0] / GB
+        out.append(_w("GPX013", "cpu-offload",
+                      f"{name}: {opt.layers[0]} of {sum(opt.layers)} layers ({ram_gb:.1f} GB) run from system RAM; "
+                      f"predicted {opt.decode:.1f} tok/s" + ("" if gpu_only else
+                      "; more VRAM (a bigger second card) would keep it all on GPUs"), name, "info"))  # fmt: skip
+    for check in _slo(svc, opt):
+        out.append(check)
+    out.extend(_co_location(svc, opt, ctx))
+    return out
+
+
+def _slo(svc: Any, opt: Any) -> list[Warning_]:
+    from gpumix.plan.planner import _slo_checks
+
+    out = []
+    for check in _slo_checks(svc, opt):
+        if not check.met:
+            by = "" if check.margin is None else f" (missed by {-check.margin * 100:.0f}%)"
+            out.append(_w("GPX012", "slo-missed", f"{svc.entry.name}: {check.metric} predicted "
+                          f"{check.predicted} vs target {check.target}{by}", svc.entry.name))  # fmt: skip
+    return out
+
+
+def _co_location(svc: Any, opt: Any, ctx: LintContext) -> list[Warning_]:
+    """GPX005 / GPX006: card sharing that costs an LLM its KV space, or replicas that crowd others out."""
+    out: list[Warning_] = []
+    name = svc.entry.name
+    mine = {(d.host, d.index) for d in opt.devices}
+    if svc.model.kind != "llm":
+        for other, other_opt in zip(ctx.services, ctx.chosen, strict=True):
+            if other is svc or other_opt is None or other.model.kind != "llm":
+                continue
+            shared = mine & {(d.host, d.index) for d in other_opt.devices}
+            if not shared:
+                continue
+            elsewhere = [o for o in ctx.options[svc.index] if not ({(d.host, d.index) for d in o.devices} & shared)
+                         and _fits_beside(o, ctx)]  # fmt: skip
+            if elsewhere:
+                out.append(_w("GPX005", "service-steals-llm-kv",
+                              f"{name}: shares a card with LLM {other.entry.name}, taking "
+                              f"{sum(opt.memory_bytes) / GB:.1f} GB it could use for KV cache, while "
+                              f"{elsewhere[0].devices[0].name} had room", name))  # fmt: skip
+    if opt.mode == "replica":
+        for other, other_opt in zip(ctx.services, ctx.chosen, strict=True):
+            if other is svc:
+                continue
+            best = max((o.speed for o in ctx.options[other.index] if o.fits()), default=0.0)
+            if other_opt is None or (best and other_opt.speed < best * 0.9):
+                out.append(_w("GPX006", "replicas-crowd-out",
+                              f"{name}: {len(opt.devices)} replicas of {svc.model.name} take cards that "
+                              f"{other.entry.name} would use better", name))  # fmt: skip
+                break
+    return out
+
+
+def _fits_beside(option: Any, ctx: LintContext) -> bool:
+    """Would `option` fit next to what the plan already put on its devices?"""
+    used: dict[tuple, int] = {}
+    for o in ctx.chosen:
+        if o is None:
+            continue
+        for d, m in zip(o.devices, o.memory_bytes, strict=True):
+            used[(d.host, d.index)] = used.get((d.host, d.index), 0) + m
+    return all(
+        used.get((d.host, d.index), 0) + m <= splitmod.usable_bytes(d)
+        for d, m in zip(option.devices, option.memory_bytes, strict=True)
+    )
+
+
+def _slow_link(devs: list[Device], ctx: LintContext) -> str | None:
+    from gpumix.estimate.speed import PCIE_GB_PER_S_PER_LANE
+
+    if len({d.host for d in devs}) > 1:
+        return "the split crosses hosts: every token's activations go over the network (llama.cpp RPC)"
+    lanes_cfg = ctx.spec.links.pcie_lanes if ctx.spec.links and ctx.spec.links.pcie_lanes else None
+    gen_cfg = ctx.spec.links.pcie_gen if ctx.spec.links and ctx.spec.links.pcie_gen else None
+    for d in devs:
+        if d.kind != "gpu":
+            continue
+        lanes = lanes_cfg[d.index] if lanes_cfg and 0 <= d.index < len(lanes_cfg) else (d.pcie_width or 16)
+        gen = d.pcie_gen or gen_cfg or 4
+        rate = PCIE_GB_PER_S_PER_LANE.get(gen, 1.969) * lanes
+        if rate < SLOW_LINK_GB_PER_S:
+            return (f"device {d.index} ({d.name}) sits on a PCIe Gen{gen} x{lanes} link ({rate:.1f} GB/s); "
+                    "splits over it pay for every hop — move it to an x8/x16 slot")  # fmt: skip
+    return None
+
+
+def _device_checks(plan: Plan, ctx: LintContext) -> list[Warning_]:
+    out: list[Warning_] = []
+    for dev, planned in zip(ctx.devices, plan.devices, strict=True):
+        limit = splitmod.usable_bytes(dev)
+        if planned.memory_planned_bytes > limit:
+            out.append(_w("GPX010", "over-free-memory",
+                          f"device {dev.index} ({dev.name}): planned {planned.memory_planned_bytes / GB:.1f} GB is "
+                          f"above free − margin ({limit / GB:.1f} GB)", severity="error"))  # fmt: skip
+    by_host: dict[str | None, set[str]] = {}
+    for dev in ctx.devices:
+        if dev.driver_version:
+            by_host.setdefault(dev.host, set()).add(dev.driver_version.split(".")[0])
+    for host, branches in by_host.items():
+        if len(branches) > 1:
+            where = f" on host {host}" if host else ""
+            out.append(_w("GPX008", "mixed-driver-branches",
+                          f"cards{where} report driver branches {', '.join(sorted(branches))}: one machine runs one "
+                          "driver; install the same branch for all cards"))  # fmt: skip
+    return out

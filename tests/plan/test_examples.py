@@ -1,0 +1,118 @@
+"""The shipped examples plan right in substance: what goes where, infeasible where physics says so, the warnings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gpumix.plan.planner import plan_file, plan_services
+from gpumix.plan.result import Plan
+from gpumix.plan.spec import load_plan_spec
+from gpumix.units import GB
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _plan(name: str) -> Plan:
+    plan = plan_file(EXAMPLES / name)
+    # The artifact round-trips through JSON (launch/run/gateway read it back).
+    assert Plan.model_validate_json(plan.model_dump_json()) == plan
+    return plan
+
+
+def _codes(plan: Plan) -> set[str]:
+    return {w.code.split("-")[0] for w in plan.warnings}
+
+
+def test_hybrid_box_puts_the_llm_on_the_4090_and_packs_services_on_the_5060ti():
+    plan = _plan("hybrid-box.yaml")
+    assert plan.feasible and plan.optimal and plan.solver.startswith("HiGHS")
+    names = {d.index: d.name for d in plan.devices}
+    assert names[plan.service("chat").devices[0]] == "RTX 4090"
+    assert plan.service("chat").mode == "single" and plan.service("chat").engine == "vllm"
+    on_5060 = {s.name for s in plan.services if s.devices == [1]}
+    # The 5060 Ti (16 GiB) holds what fits of the small services; SDXL (8 GB) can only go there next to the LLM's KV.
+    assert "images" in on_5060 and len(on_5060) >= 3
+    usable_5060 = plan.device(1).memory_free_bytes - 2**30
+    assert plan.device(1).memory_planned_bytes > 0.8 * usable_5060
+    for dev in plan.devices:
+        assert dev.memory_planned_bytes <= dev.memory_free_bytes - 2**30
+    assert "GPX007" not in _codes(plan) and "GPX005" not in _codes(plan)
+    chat = plan.service("chat")
+    assert chat.endpoints == ["/v1/chat/completions", "/v1/completions"]
+    assert "/v1/moderations" in plan.service("guard").endpoints
+    assert plan.service("embeddings").endpoints == ["/v1/embeddings"] and plan.service("embeddings").engine == "tei"
+    assert plan.service("rerank").endpoints == ["/v1/rerank"]
+    assert plan.service("images").endpoints == ["/v1/images/generations"] and plan.service("images").engine == "image"
+    assert plan.service("transcribe").endpoints == ["/v1/audio/transcriptions"]
+    assert all(c.met for c in chat.slo) and {c.metric for c in chat.slo} == {"decode_tokens_per_s", "ttft_ms"}
+    assert plan.cost.gbp_per_month == 575 + 160
+    assert plan.cost.gbp_per_million_tokens and plan.cost.gbp_per_million_tokens > 0
+
+
+def test_3090_3060_cannot_hold_70b_q4_k_m_and_says_by_how_much():
+    plan = _plan("3090-3060-70b.yaml")
+    assert not plan.feasible
+    (reason,) = plan.reasons
+    # ~43 GB of weights vs 36 GiB (38.7 GB) of VRAM: the folklore is wrong.
+    assert "weights 43." in reason and "38.7 GB" in reason and "short by" in reason
+    short_gb = float(reason.split("short by ")[1].split(" GB")[0])
+    assert 5 < short_gb < 15
+    assert "GPX014" in _codes(plan)
+
+
+def test_3090_3060_with_64gb_ram_offloads_and_predicts_a_speed():
+    plan = _plan("3090-3060-70b-ram.yaml")
+    assert plan.feasible
+    chat = plan.service("chat")
+    assert chat.mode == "cpu_offload" and chat.devices[0] < 0  # the CPU holds the first layers
+    assert sum(chat.layers) == 80 and chat.layers[0] > 0
+    assert chat.n_gpu_layers == 80 - chat.layers[0]
+    # Memory-bound on RAM: ~1-3 tok/s, well below the GPUs-only speed the pair would give.
+    assert 0.5 < chat.predicted.decode_tokens_per_s < 4
+    assert "GPX013" in _codes(plan)
+
+
+def test_4090_3090_70b_fills_the_4090_first_for_one_stream():
+    plan = _plan("4090-3090-70b.yaml")
+    chat = plan.service("chat")
+    assert plan.feasible and chat.mode == "layer_split" and chat.devices == [0, 1]
+    assert chat.layers[0] >= chat.layers[1]  # faster card first and fuller
+    assert plan.device(0).memory_planned_bytes > plan.device(0).memory_free_bytes - 2**30 - 1.5 * GB
+    assert chat.tensor_split == [float(chat.layers[0]), float(chat.layers[1] + 1)]
+    assert chat.split == [round(n / 80, 4) for n in chat.layers]
+    assert 8 < chat.predicted.decode_tokens_per_s < 25
+
+
+def test_4090_3090_coder_32b_stays_on_one_card():
+    plan = _plan("4090-3090-coder32b.yaml")
+    coder = plan.service("coder")
+    assert coder.mode == "single" and plan.device(coder.devices[0]).name == "RTX 4090"
+    assert "GPX004" not in _codes(plan)
+
+
+def test_2x4090_70b_fp8_does_not_fit():
+    plan = _plan("2x4090-70b-fp8.yaml")
+    assert not plan.feasible and "weights 70.6 GB" in plan.reasons[0]
+
+
+def test_2x4090_32b_fp8_uses_two_cards_with_the_pcie_warning():
+    plan = _plan("2x4090-32b-fp8.yaml")
+    chat = plan.service("chat")
+    assert plan.feasible and chat.mode in ("tensor_parallel", "pipeline_parallel") and chat.engine == "vllm"
+    assert sorted(chat.devices) == [0, 1]
+    assert "GPX009" in _codes(plan)
+
+
+def test_2x4090_8b_replicas_double_aggregate():
+    plan = _plan("2x4090-8b-replicas.yaml")
+    chat = plan.service("chat")
+    assert chat.mode == "replica" and chat.devices == [0, 1] and chat.replicas == 2
+    latency = plan_file(EXAMPLES / "2x4090-8b-replicas.yaml", objective="latency")
+    assert latency.service("chat").mode == "replica"  # replicas: 2 is asked for explicitly
+    spec = load_plan_spec(EXAMPLES / "2x4090-8b-replicas.yaml")
+    one = spec.model_copy(update={"services": [spec.services[0].model_copy(update={"replicas": 1, "mode": "single"})]})
+    single = plan_services(one).service("chat")
+    assert single.mode == "single"
+    assert chat.predicted.aggregate_tokens_per_s == pytest.approx(2 * single.predicted.aggregate_tokens_per_s, rel=1e-3)
