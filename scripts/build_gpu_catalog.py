@@ -22,7 +22,7 @@ DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
 COLUMNS = [
     "id", "name", "kind", "vendor", "arch", "compute_capability", "vram_gb", "mem_bandwidth_gbs",
-    "fp16_tflops", "bf16_tflops", "fp8_tflops", "int8_tops", "fp8_supported", "pcie_gen", "pcie_lanes",
+    "fp16_tflops", "bf16_tflops", "fp8_tflops", "int8_tops", "fp32_tflops", "fp8_supported", "pcie_gen", "pcie_lanes",
     "tdp_w", "price_gbp_per_month", "price_gbp_purchase", "aliases", "source",
 ]  # fmt: skip
 
@@ -232,6 +232,36 @@ EXTRA: dict[str, tuple[dict[str, object], str]] = {
 }
 
 # Rows not in the reference: the scenario/rental cards. Figures from the named vendor datasheets.
+
+# Apple GPUs: FP32 ALU peak = GPU cores × 128 ALUs × 2 FLOP (FMA) × GPU clock. Apple's own figures: M1 2.6 TFLOPS
+# (8-core), M1 Pro 5.2 (16-core), M1 Max 10.4 (32-core), M1 Ultra 21 (64-core), M2 3.6 (10-core), M2 Max 13.6
+# (38-core), M2 Ultra 27.2 (76-core) — Apple Newsroom launch releases (Nov 2020, Oct 2021, Mar 2022, Jun 2022,
+# Jan 2023, Jun 2023). Other core counts scale by cores at the same clock (M1 1.278 GHz, M2 1.398 GHz); M3 (1.38 GHz)
+# and M4 (1.578 GHz) clocks per Wikipedia's Apple M3/M4 GPU tables.
+APPLE_SRC_APPLE = "fp32_tflops: Apple Newsroom launch release figure"
+APPLE_SRC_SCALED = "fp32_tflops: cores x 128 ALUs x 2 FLOP x clock (Apple's figure for the same chip scaled by cores)"
+APPLE_SRC_CLOCK = f"fp32_tflops: cores x 128 ALUs x 2 FLOP x clock (clock per Wikipedia Apple M3/M4 tables; {RECALLED})"
+APPLE_FP32: dict[str, tuple[float, str]] = {
+    "Apple M1 (7-core GPU)": (2.29, APPLE_SRC_SCALED),
+    "Apple M1 (8-core GPU)": (2.6, APPLE_SRC_APPLE),
+    "Apple M1 Pro (16-core GPU)": (5.2, APPLE_SRC_APPLE),
+    "Apple M1 Max (32-core GPU)": (10.4, APPLE_SRC_APPLE),
+    "Apple M1 Ultra (64-core GPU)": (21.0, APPLE_SRC_APPLE),
+    "Apple M2 (10-core GPU)": (3.6, APPLE_SRC_APPLE),
+    "Apple M2 Pro (16-core GPU)": (5.73, APPLE_SRC_SCALED),
+    "Apple M2 Max (30-core GPU)": (10.74, APPLE_SRC_SCALED),
+    "Apple M2 Ultra (60-core GPU)": (21.47, APPLE_SRC_SCALED),
+    "Apple M2 Ultra (76-core GPU)": (27.2, APPLE_SRC_APPLE),
+    "Apple M3 Pro (18-core GPU)": (6.36, APPLE_SRC_CLOCK),
+    "Apple M3 Max (40-core GPU)": (14.13, APPLE_SRC_CLOCK),
+    "Apple M4 (10-core GPU)": (4.04, APPLE_SRC_CLOCK),
+    "Apple M4 Pro (20-core GPU)": (8.08, APPLE_SRC_CLOCK),
+    "Apple M4 Max (40-core GPU)": (16.16, APPLE_SRC_CLOCK),
+}
+for _name, (_tflops, _src) in APPLE_FP32.items():
+    _extra, _note = EXTRA.get(_name, ({}, ""))
+    EXTRA[_name] = ({**_extra, "fp32_tflops": _tflops}, "; ".join(n for n in (_note, _src) if n))
+
 NEW_GPUS: list[dict[str, object]] = [
     {
         "name": "RTX PRO 6000 Blackwell",

@@ -108,9 +108,9 @@ def read_measurements(path: Path) -> tuple[DeviceMeasurement, ...]:
 
 
 # Memory technology decides how much of the peak bandwidth single-stream kernels reach. Derived from the
-# catalog's architecture string (the die name): HBM dies are GA100, GH100, GH200, GV100, GP100, GB100/GB200 and
+# catalog's architecture string (the die name): HBM dies are GA100, GH100, GH200, GV100, GP100, GB100 and
 # AMD's Vega 20 / CDNA parts; Apple silicon and GB10 use unified LPDDR.
-_HBM = re.compile(r"GA100|GH1\d\d|GV100|GP100|GB1\d\d|GB2\d\d|Vega 20|CDNA|Instinct|Hopper|A100|H100|H200|MI\d", re.I)
+_HBM = re.compile(r"GA100|GH1\d\d|GV100|GP100|GB1\d\d|Vega 20|CDNA|Instinct|Hopper|A100|H100|H200|MI\d", re.I)
 _UNIFIED = re.compile(r"Apple|GB10\b|M\d (Pro|Max|Ultra)?", re.I)
 
 

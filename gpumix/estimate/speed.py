@@ -7,6 +7,8 @@ fitted efficiencies (never above 1), so no prediction beats bytes ÷ peak bandwi
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from gpumix.estimate.calibration import (
     Calibration,
     arch_family,
@@ -21,7 +23,7 @@ from gpumix.estimate.memory import (
     output_weight_bytes,
 )
 from gpumix.estimate.types import Links, Workload
-from gpumix.hardware.spec import Device
+from gpumix.hardware.spec import Device, GpuSpec
 from gpumix.models.spec import ModelSpec, QuantSpec
 
 GB = 1e9
@@ -132,16 +134,33 @@ def achieved_flops(device: Device, quant: QuantSpec, calibration: Calibration, b
     if measured is not None and measured.prefill_tflops:
         return measured.prefill_tflops * 1e12
     spec = device.spec
-    peak_tflops = spec.fp16_tflops or getattr(spec, "fp32_tflops", None)
+    peak_tflops = spec.fp16_tflops or spec.fp32_tflops
     if not peak_tflops:
         if spec.kind == "cpu":
-            return (device.threads or 1) * CPU_FLOP_PER_CORE_PER_S
-        return 0.0
+            return (device.threads or 1) * CPU_FLOP_PER_CORE_PER_S * calibration.backend("CPU").compute_efficiency
+        peak_tflops = spec.mem_bandwidth_gb_per_s * family_flop_per_byte(spec) / 1000
     params = calibration.backend(backend or default_backend(spec))
     eff = params.compute_efficiency
     eff *= calibration.quant_compute_factor.get(quant_class(quant.id), 1.0)
     eff *= calibration.arch_compute_factor.get(arch_family(spec), 1.0)
     return peak_tflops * 1e12 * min(eff, 1.0)
+
+
+@lru_cache(maxsize=64)
+def family_flop_per_byte(spec: GpuSpec) -> float:
+    """For a card with no published FP16 figure: the median FLOP:byte ratio (FP16 TFLOPS ÷ bandwidth) of catalog
+    cards of its architecture family (all cards when the family has none). Prefill from it is an approximation."""
+    from gpumix.hardware.catalog import all_gpus
+
+    def ratios(same_family: bool) -> list[float]:
+        return sorted(
+            g.fp16_tflops * 1000 / g.mem_bandwidth_gb_per_s
+            for g in all_gpus()
+            if g.fp16_tflops and g.mem_bandwidth_gb_per_s and (not same_family or arch_family(g) == arch_family(spec))
+        )
+
+    values = ratios(True) or ratios(False)
+    return values[len(values) // 2] if values else 100.0
 
 
 def link_gb_per_s(links: Links, device_position: int) -> float:

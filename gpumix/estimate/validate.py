@@ -142,7 +142,7 @@ def map_row(line: int, row: dict[str, str], fmt: str) -> MappedRow | str:
             label = row["gpu"]
     except GpumixError:
         return "GPU not in catalog"
-    if kind == "prefill" and any(not (s.fp16_tflops or s.kind == "cpu") for s in specs):
+    if kind == "prefill" and any(not (s.fp16_tflops or s.fp32_tflops or s.kind == "cpu") for s in specs):
         return "no published FP16/FP32 throughput for this GPU (prefill needs one)"
     if any(_UNMODELLED_ARCH.search(s.arch) for s in specs):
         return "pre-Pascal GPU (no dp4a): llama.cpp fallback kernels not modelled"

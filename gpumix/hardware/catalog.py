@@ -189,6 +189,7 @@ def _spec_from_row(row: dict[str, str], where: str) -> GpuSpec:
             bf16_tflops=_number(row, "bf16_tflops", where),
             fp8_tflops=_number(row, "fp8_tflops", where),
             int8_tops=_number(row, "int8_tops", where),
+            fp32_tflops=_number(row, "fp32_tflops", where),
             fp8_supported=_bool(row, "fp8_supported", where),
             pcie_gen=_int(row, "pcie_gen", where),
             pcie_lanes=_int(row, "pcie_lanes", where),

@@ -26,6 +26,9 @@ class GpuSpec(BaseModel):
     bf16_tflops: float | None = None
     fp8_tflops: float | None = None
     int8_tops: float | None = None
+    # Non-tensor FP32 ALU peak. Apple GPUs have no separate tensor rate (their matrix units run at the ALU rate,
+    # FP16 as fast as FP32), so this is the compute figure prefill uses for them.
+    fp32_tflops: float | None = None
     fp8_supported: bool = False
     pcie_gen: int | None = None
     pcie_lanes: int | None = None
