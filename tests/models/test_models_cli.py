@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import write_gguf
+from models_fixtures import write_gguf
 from typer.testing import CliRunner
 
 from gpumix.cli.main import app

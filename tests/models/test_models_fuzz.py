@@ -9,9 +9,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import pytest
-from conftest import write_gguf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from models_fixtures import write_gguf
 
 from gpumix.errors import GpumixError
 from gpumix.models.gguf_file import read_gguf

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gguf
 import pytest
-from conftest import write_gguf
+from models_fixtures import write_gguf
 
 from gpumix.errors import GpumixError
 from gpumix.models.catalog import load_model, resolve_model
