@@ -10,11 +10,13 @@ Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md (v2/v3, little
 
 from __future__ import annotations
 
+import glob
 import math
 import mmap
 import re
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -424,7 +426,30 @@ def gguf_header_to_spec(headers: list[GGUFHeader]) -> ModelSpec:
 
 
 def read_gguf(path: str | Path) -> ModelSpec:
-    """A ModelSpec from a .gguf file (every shard of a split model), with exact per-layer weight bytes."""
+    """A ModelSpec from a .gguf file (every shard of a split model), with exact per-layer weight bytes.
+
+    Cached per (path, mtime, size) of the file and its sibling shards: planners call this once per candidate.
+    """
+    path = Path(path)
+    try:
+        key = _file_state(path)
+    except OSError:
+        return _read_gguf_uncached(str(path))  # raises the not-found error
+    return _read_gguf_cached(str(path.resolve()), key)
+
+
+def _file_state(path: Path) -> tuple[tuple[str, int, int], ...]:
+    match = _SHARD_NAME.match(path.name)
+    files = sorted(path.parent.glob(f"{glob.escape(match['stem'])}-*-of-{match['count']}.gguf")) if match else []
+    return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in [path, *files])
+
+
+@lru_cache(maxsize=32)
+def _read_gguf_cached(path: str, _state: tuple[tuple[str, int, int], ...]) -> ModelSpec:
+    return _read_gguf_uncached(path)
+
+
+def _read_gguf_uncached(path: str) -> ModelSpec:
     headers = read_gguf_headers(path)
     try:
         return gguf_header_to_spec(headers)
