@@ -568,7 +568,7 @@ def plan_services(
         local = result.chosen[svc.index]
         chosen.append(None if local is None else per_service[svc.index][local])
 
-    reasons = [_unplaced_reason(svc, all_options[svc.index], devs, per_service.get(svc.index))
+    reasons = [_unplaced_reason(svc, all_options[svc.index], devs, per_service.get(svc.index), chosen)
                for svc, opt in zip(services, chosen, strict=True) if opt is None]  # fmt: skip
     planned_services = [_planned_service(svc, opt) for svc, opt in zip(services, chosen, strict=True)]
     planned_devices = _planned_devices(devs, services, chosen, prices)
@@ -605,12 +605,20 @@ def _device_shares(opt: Option) -> list[float]:
     return [t / total for t in times]
 
 
-def _unplaced_reason(svc: Resolved, options: list[Option], devs: Sequence[Device], fitting: list[Option] | None) -> str:
+def _unplaced_reason(svc: Resolved, options: list[Option], devs: Sequence[Device], fitting: list[Option] | None,
+                     chosen: list[Option | None]) -> str:  # fmt: skip
     from gpumix.units import GB
 
     name = f"{svc.entry.name} ({svc.model.name} {svc.quant.id})"
     if fitting:
-        return f"{name}: fits on its own but not next to the other services; add memory or drop a service"
+        placed = sum(sum(o.memory_bytes) for o in chosen if o is not None)
+        need = min(sum(o.memory_bytes) for o in fitting)
+        usable = sum(max(splitmod.usable_bytes(d), 0) for d in devs)
+        return (
+            f"{name} fits on its own but not next to the other services: they take {placed / GB:.1f} GB, it needs "
+            f"{need / GB:.1f} GB more, and the devices offer {usable / GB:.1f} GB usable (free − margin) — "
+            "a card's leftover space cannot be pooled; add memory or drop a service"
+        )
     weights = total_weight_bytes(svc.model, svc.quant) if svc.model.kind == "llm" else svc.model.service_memory_bytes
     if not options:
         return f"{name}: no device can run it (mode {svc.entry.mode}, engine {svc.engine})"

@@ -1,0 +1,161 @@
+"""`compare`: the same services planned on several hardware options; `explain`: the alternatives behind one
+service's placement (memory-proportional split vs the chosen split vs one card vs tensor parallel ...)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gpumix.errors import GpumixError
+from gpumix.estimate import estimate
+from gpumix.estimate.calibration import Calibration, load_calibration
+from gpumix.estimate.types import Placement
+from gpumix.hardware.spec import Device
+from gpumix.plan import planner
+from gpumix.plan import split as splitmod
+from gpumix.plan.result import Plan
+from gpumix.plan.spec import PlanSpec, _suggest, load_plan_with_lines
+
+# The rental buyer's shortlist (VISION.md): used when `gpumix compare` gets no --option.
+DEFAULT_OPTIONS = (
+    "RTX 4090",
+    "RTX 4090 + RTX 5060 Ti 16GB",
+    "RTX 5090",
+    "2x RTX 4090",
+    "RTX PRO 6000",
+    "H100 PCIe",
+)
+
+
+@dataclass
+class ComparisonRow:
+    option: str
+    plan: Plan
+    slos_met: int
+    slos_total: int
+    verdict: str = ""
+
+
+def devices_for_option(text: str) -> list[Device]:
+    from gpumix.hardware.catalog import parse_device_list
+    from gpumix.hardware.devices import device_from_spec
+
+    return [device_from_spec(spec, i) for i, spec in enumerate(parse_device_list(text))]
+
+
+def compare(spec: PlanSpec, options: Sequence[str] = DEFAULT_OPTIONS, objective: str | None = None,
+            calibration: Path | Calibration | None = None) -> list[ComparisonRow]:  # fmt: skip
+    cal = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)
+    rows = []
+    for text in options:
+        plan = planner.plan_services(spec, objective=objective, calibration=cal, devices=devices_for_option(text))
+        checks = [c for s in plan.services for c in s.slo]
+        rows.append(ComparisonRow(option=text, plan=plan, slos_met=sum(c.met for c in checks), slos_total=len(checks)))
+    _verdicts(rows)
+    return rows
+
+
+def _verdicts(rows: list[ComparisonRow]) -> None:
+    good = [r for r in rows if r.plan.feasible and r.slos_met == r.slos_total]
+    cheapest = min(good, key=lambda r: r.plan.cost.gbp_per_month or float("inf"), default=None)
+    fastest = max(good, key=lambda r: _llm_tokens(r.plan), default=None)
+    for row in rows:
+        if not row.plan.feasible:
+            row.verdict = "does not fit: " + (row.plan.reasons[0] if row.plan.reasons else "?")
+        elif row.slos_met < row.slos_total:
+            missed = [f"{s.name} {c.metric}" for s in row.plan.services for c in s.slo if not c.met]
+            row.verdict = "misses SLO: " + ", ".join(missed[:3])
+        elif row is cheapest:
+            row.verdict = "best value: cheapest option that fits and meets every SLO"
+        elif row is fastest:
+            row.verdict = "fastest aggregate throughput"
+        else:
+            row.verdict = "fits and meets SLOs"
+
+
+def _llm_tokens(plan: Plan) -> float:
+    return sum(s.predicted.aggregate_tokens_per_s or 0.0 for s in plan.services if s.model_kind == "llm")
+
+
+@dataclass
+class Alternative:
+    label: str
+    mode: str
+    devices: list[str]
+    layers: list[int] = field(default_factory=list)
+    fits: bool = True
+    decode_tokens_per_s: float | None = None
+    aggregate_tokens_per_s: float | None = None
+    ttft_s: float | None = None
+    memory_gb: list[float] = field(default_factory=list)
+    chosen: bool = False
+    note: str = ""
+
+
+def explain(path: Path, service: str, objective: str | None = None,
+            calibration: Path | None = None) -> tuple[Plan, list[Alternative]]:  # fmt: skip
+    """The plan, and every placement considered for `service` with its predicted speed."""
+    spec, lines = load_plan_with_lines(path)
+    names = [s.name for s in spec.services]
+    if service not in names:
+        raise GpumixError(f"{path}: no service named {service!r}{_suggest(service, names)}",
+                          hint=f"services: {', '.join(names)}")  # fmt: skip
+    cal = load_calibration(calibration)
+    plan = planner.plan_services(spec, objective=objective, calibration=cal, source=str(path), lines=lines)
+    index = names.index(service)
+    svc = planner.resolve_service(spec.services[index], index, spec, str(path), lines, objective)
+    devices, sockets = planner.build_devices(spec, str(path), lines)
+    chosen = plan.service(service)
+    if svc.model.kind != "llm":
+        options = planner.service_options(svc, devices)
+    else:
+        options = planner.llm_options(svc, devices, spec, sockets, cal)
+    alternatives = [_from_option(o, chosen) for o in options]
+    if svc.model.kind == "llm":
+        alternatives += _default_splits(svc, devices, spec, sockets, cal)
+    alternatives.sort(key=lambda a: (not a.chosen, not a.fits, -(a.decode_tokens_per_s or 0.0)))
+    return plan, alternatives
+
+
+def _from_option(opt: planner.Option, chosen) -> Alternative:
+    is_chosen = opt.mode == chosen.mode and [d.index for d in opt.devices] == chosen.devices and (
+        not chosen.layers or list(opt.layers) == chosen.layers
+    )
+    label = {"layer_split": "speed-aware layer split", "pipeline_parallel": "pipeline parallel (speed-aware)"}.get(
+        opt.mode, opt.mode.replace("_", " ")
+    )
+    return Alternative(
+        label=label, mode=opt.mode, devices=[d.name for d in opt.devices], layers=list(opt.layers),
+        fits=opt.fits(), decode_tokens_per_s=opt.decode, aggregate_tokens_per_s=opt.aggregate, ttft_s=opt.ttft_s,
+        memory_gb=[round(m / 1e9, 2) for m in opt.memory_bytes], chosen=is_chosen,
+        note="chosen" if is_chosen else ("" if opt.fits() else "does not fit (free − margin)"),
+    )  # fmt: skip
+
+
+def _default_splits(svc, devices, spec, sockets, cal) -> list[Alternative]:
+    """What llama.cpp would do by itself: -ts proportional to free memory, and equal shares."""
+    gpus = sorted((d for d in devices if d.kind == "gpu"), key=lambda d: d.spec.mem_bandwidth_gb_per_s, reverse=True)
+    hosts: dict[str | None, list[Device]] = {}
+    for d in gpus:
+        hosts.setdefault(d.host, []).append(d)
+    out = []
+    for group in hosts.values():
+        if len(group) < 2:
+            continue
+        n = svc.model.n_layers
+        for label, layers in (
+            ("llama.cpp default split (-ts ∝ free memory)", splitmod.memory_proportional_split(group, n)),
+            ("even split", splitmod.even_split(len(group), n)),
+        ):
+            links = planner.links_for(spec, group, sockets)
+            est = estimate(svc.model, svc.quant, Placement(mode="layer_split", devices=tuple(group), layers=layers),
+                           svc.workload, links, cal)  # fmt: skip
+            fits = all(d.memory_bytes <= splitmod.usable_bytes(dev) for d, dev in zip(est.devices, group, strict=True))
+            out.append(Alternative(
+                label=label, mode="layer_split", devices=[d.name for d in group], layers=list(layers), fits=fits,
+                decode_tokens_per_s=est.decode_tokens_per_s, aggregate_tokens_per_s=est.aggregate_tokens_per_s,
+                ttft_s=est.ttft_s, memory_gb=[round(d.memory_bytes / 1e9, 2) for d in est.devices],
+                note="" if fits else "does not fit (free − margin)",
+            ))  # fmt: skip
+    return out
