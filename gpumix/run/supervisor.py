@@ -3,7 +3,8 @@ crashed processes with exponential backoff, writes state.json, and stops everyth
 
 One thread, one loop: each tick starts what is due, reaps what exited, probes health and writes the state.
 Children run in their own process group (so a signal reaches their helpers too) and get SIGTERM from the
-kernel if the supervisor dies without cleaning up (PR_SET_PDEATHSIG), so no orphan keeps a GPU busy.
+kernel if the supervisor dies without cleaning up (PR_SET_PDEATHSIG, tied to the thread that started them:
+run the supervisor on the main thread), so no orphan keeps a GPU busy.
 """
 
 from __future__ import annotations
@@ -231,12 +232,12 @@ class Supervisor:
         child.next_probe_at = now + (0.5 if st.state == "starting" else self.settings.health_interval_s)
 
     def _log(self, child: _Child, text: str) -> None:
-        line = f"==== gpumix: {child.status.name}: {text}\n"
+        line = f"{child.status.name}: {text}\n"
         if child.log_handle:
-            child.log_handle.write(line.encode())
+            child.log_handle.write(f"==== gpumix: {line}".encode())
             child.log_handle.flush()
         with (self.run_dir / SUPERVISOR_LOG).open("a") as log:
-            log.write(f"{time.strftime('%H:%M:%S')} {line[12:]}")
+            log.write(f"{time.strftime('%H:%M:%S')} {line}")
 
     # ---- stopping ----------------------------------------------------------------------------------------
     def stop_all(self) -> None:

@@ -1,0 +1,126 @@
+"""The CPU demo for real: two llama-server processes (Gemma 3 270M) under the supervisor, plus the gateway."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import httpx
+import psutil
+import pytest
+
+from gpumix.launch.commands import render_plan
+from gpumix.run.memlog import parse_llama_memory_breakdown
+from gpumix.run.preflight import free_port
+from gpumix.run.state import read_state
+from gpumix.run.up import UpOptions, start_detached, stop
+
+pytestmark = pytest.mark.llama
+
+CHAT = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 8, "temperature": 0}
+
+
+def _chat(url: str) -> str:
+    reply = httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=60)
+    reply.raise_for_status()
+    return reply.json()["choices"][0]["message"]["content"]
+
+
+def _embed(url: str) -> list[float]:
+    reply = httpx.post(f"{url}/v1/embeddings", json={"input": "a red apple"}, timeout=60)
+    reply.raise_for_status()
+    return reply.json()["data"][0]["embedding"]
+
+
+@pytest.fixture(scope="module")
+def llama_ready():
+    from gpumix.launch.llamacpp import require_llama_cpp
+
+    require_llama_cpp()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_cpu_demo_serves_restarts_a_killed_backend_and_stops_clean(llama_ready, cpu_demo_plan, tmp_path):
+    plan_path = tmp_path / "cpu-demo.plan.json"
+    plan_path.write_text(cpu_demo_plan.model_dump_json())
+    run_dir = tmp_path / "run"
+    front = free_port()
+    pids: set[int] = set()
+    try:
+        state = start_detached(plan_path, UpOptions(run_dir=run_dir, front_port=front, health_timeout_s=120))
+        pids |= {state.supervisor_pid} | {p.pid for p in state.processes if p.pid}
+        chat, embed = state.process("chat"), state.process("embed")
+        assert chat.argv[chat.argv.index("-t") + 1] == "1" and "--embeddings" in embed.argv
+        assert _chat(chat.url)
+        vector = _embed(embed.url)
+        assert len(vector) == 640  # Gemma 3 270M hidden size
+        if any(p.kind == "gateway" for p in state.processes):  # the gateway routes by endpoint on the front port
+            assert _chat(f"http://127.0.0.1:{front}")
+            assert len(_embed(f"http://127.0.0.1:{front}")) == 640
+
+        os.kill(chat.pid, signal.SIGKILL)
+        embed_answers_while_chat_down = 0
+        deadline = time.monotonic() + 90
+        restarted = None
+        while time.monotonic() < deadline:
+            assert len(_embed(embed.url)) == 640
+            embed_answers_while_chat_down += 1
+            current = read_state(run_dir).process("chat")
+            if current.restarts == 1 and current.state == "healthy":
+                restarted = current
+                break
+            time.sleep(0.3)
+        assert restarted is not None, "chat was not restarted"
+        assert embed_answers_while_chat_down >= 1
+        assert restarted.pid != chat.pid and restarted.last_error == "killed by signal 9"
+        after = read_state(run_dir)
+        assert after.process("embed").pid == embed.pid and after.process("embed").restarts == 0
+        pids.add(restarted.pid)
+        assert _chat(restarted.url)
+    finally:
+        stop(run_dir)
+    time.sleep(0.3)
+    assert [pid for pid in pids if _alive(pid)] == []
+    assert all(p.state == "stopped" for p in read_state(run_dir).processes)
+    stray = [p for p in psutil.process_iter(["cmdline"]) if str(run_dir) in " ".join(p.info["cmdline"] or [])]
+    assert stray == []
+
+
+def test_llama_server_memory_breakdown_of_the_demo_chat_service(llama_ready, cpu_demo_plan, tmp_path):
+    """Start the demo's chat command with -lv 4, stop it with SIGINT and read llama.cpp's own accounting."""
+    spec = render_plan(cpu_demo_plan, allocate_port=free_port)[0]
+    log_path = tmp_path / "chat.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([*spec.argv, "-lv", "4"], env=os.environ | spec.env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(spec.health_url, timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    report = parse_llama_memory_breakdown(log_path.read_text())
+    host = report.row("Host")
+    gguf_mib = os.path.getsize(spec.files[0]) / 2**20
+    assert 0.85 * gguf_mib < host.model_mib + sum(r.model_mib for r in report.rows if r.name != "Host") < 1.1 * gguf_mib
+    service = cpu_demo_plan.service("chat")
+    # -c = context × slots; every slot holds `context` cells for the full-attention layers.
+    full = max(report.kv_caches, key=lambda kv: kv.cells)
+    assert (full.cells, full.seqs) == (service.context, service.concurrency)
+    assert report.kv_cache_mib == host.context_mib
