@@ -263,3 +263,21 @@ def test_unknown_quant() -> None:
 def test_every_quant_cites_a_source() -> None:
     for quant in all_quants():
         assert quant.source and math.isfinite(quant.bits_per_weight) and quant.bits_per_weight > 0
+
+
+def test_file_bpw_predicts_calibration_file_sizes() -> None:
+    """params x file_bits_per_weight reproduces every llama-bench model size in the calibration CSVs within 3%."""
+    if not CALIBRATION.is_dir():
+        pytest.skip("shared/calibration not present")
+    checked = set()
+    for file in ("measurements.csv", "multigpu.csv"):
+        with (CALIBRATION / file).open() as handle:
+            for row in csv.DictReader(handle):
+                if not row["model_size_gb"] or (row["model"], row["quant"]) in checked:
+                    continue
+                model, quant = resolve_model(row["model"]), resolve_quant(row["quant"])
+                bpw = quant.file_bits_per_weight or quant.bits_per_weight
+                predicted_gb = model.params_total * bpw / 8 / 1e9
+                assert predicted_gb == pytest.approx(float(row["model_size_gb"]), rel=0.03), (row["model"], row["quant"])
+                checked.add((row["model"], row["quant"]))
+    assert len(checked) >= 10
