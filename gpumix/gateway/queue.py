@@ -100,11 +100,13 @@ def _job_from_hash(job_id: str, h: dict[str, str]) -> Job:
 class JobQueue:
     def __init__(self, redis_url: str, settings: QueueSettings = QueueSettings()) -> None:
         self.settings = settings
-        self.redis = aioredis.from_url(redis_url, decode_responses=True)
+        # A blocking pool: a burst of submits waits for a connection instead of failing or opening hundreds.
+        pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=64, timeout=30, decode_responses=True)
+        self.redis = aioredis.Redis(connection_pool=pool)
         self._complete = self.redis.register_script(_COMPLETE_LUA)
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await self.redis.aclose(close_connection_pool=True)
 
     def stream_key(self, job_class: str) -> str:
         return f"{self.settings.prefix}:jobs:{job_class}"

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import os
 import re
 import time
 import uuid
@@ -430,7 +431,12 @@ def _multipart_field(content_type: str, body: bytes, name: str) -> str | None:
     return None
 
 
+LOOP_ENV = "GPUMIX_GATEWAY_LOOP"  # "uvloop" (default when installed) or "asyncio"
+
+
 def _use_uvloop() -> None:
+    if os.environ.get(LOOP_ENV, "uvloop") != "uvloop":
+        return
     with contextlib.suppress(ImportError):
         import uvloop
 
