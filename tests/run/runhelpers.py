@@ -10,6 +10,7 @@ from gpumix.plan.result import Plan, PlannedDevice, PlannedService
 from gpumix.run.preflight import free_port
 
 DATA = Path(__file__).parent / "data"
+EXAMPLES = Path(__file__).parents[2] / "examples"
 FAKE_ENGINE = Path(__file__).parent / "fake_engine.py"
 
 
