@@ -158,7 +158,7 @@ def _tensor_split(service: PlannedService, gpu_positions: list[int]) -> list[str
 
 
 def _llama_server(plan: Plan, service: PlannedService, devices: list[int], port: int) -> tuple[list[str], list[str], int]:
-    model = resolve_model_file(service.name, service.model, service.model_path)
+    model = resolve_model_file(service.name, service.model, service.model_path, gguf_quant=service.quant)
     slots = max(1, service.concurrency)
     # With an explicit -np the KV cache is not unified, so each slot gets n_ctx/np cells (engines.md §1.1):
     # -c = per-request context × slots gives every slot the planned context.

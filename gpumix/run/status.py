@@ -68,26 +68,35 @@ def probe(url: str) -> str:
     return "ok" if code == 200 else str(code)
 
 
-def _process_usage(pid: int | None, sample_s: float) -> tuple[int | None, float | None, psutil.Process | None]:
-    if pid is None:
-        return None, None, None
-    try:
-        proc = psutil.Process(pid)
-        group = [proc, *proc.children(recursive=True)]
-        for p in group:
-            p.cpu_percent(None)
-        time.sleep(sample_s)
-        cpu = sum(p.cpu_percent(None) for p in group)
-        return sum(p.memory_info().rss for p in group), cpu, proc
-    except psutil.Error:
-        return None, None, None
+def _sample_usage(pids: list[int | None], sample_s: float) -> dict[int, tuple[int, float]]:
+    """RSS and CPU% (summed over each process and its children) for every pid, from one shared sample window."""
+    groups: dict[int, list[psutil.Process]] = {}
+    for pid in pids:
+        if pid is None:
+            continue
+        try:
+            proc = psutil.Process(pid)
+            groups[pid] = [proc, *proc.children(recursive=True)]
+            for p in groups[pid]:
+                p.cpu_percent(None)
+        except psutil.Error:
+            continue
+    time.sleep(sample_s)
+    usage = {}
+    for pid, group in groups.items():
+        try:
+            usage[pid] = (sum(p.memory_info().rss for p in group), sum(p.cpu_percent(None) for p in group))
+        except psutil.Error:
+            continue
+    return usage
 
 
 def process_reports(state: RunState, sample_s: float = 0.2) -> list[ProcessReport]:
     now = time.time()
+    usage = _sample_usage([p.pid for p in state.processes], sample_s)
     reports = []
     for proc in state.processes:
-        rss, cpu, _ = _process_usage(proc.pid, sample_s)
+        rss, cpu = usage.get(proc.pid, (None, None)) if proc.pid else (None, None)
         reports.append(
             ProcessReport(
                 name=proc.name, service=proc.service, state=proc.state, pid=proc.pid, port=proc.port,

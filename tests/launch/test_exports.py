@@ -165,3 +165,27 @@ def test_export_cli_writes_every_format(hybrid_plan, tmp_path):
     assert script.st_mode & 0o111  # executable
     with pytest.raises(GpumixError, match="unknown export format"):
         render_export(hybrid_plan, "helm")
+
+
+def test_exports_of_the_planned_hybrid_box_example_validate(tmp_path):
+    """The real planner's plan of examples/hybrid-box.yaml, through every exporter and the real validators."""
+    planner = pytest.importorskip("gpumix.plan.planner")
+    plan = planner.plan_file(Path(__file__).parents[2] / "examples" / "hybrid-box.yaml")
+    assert plan.feasible, plan.reasons
+    rendered = {fmt: render_export(plan, fmt) for fmt in FORMATS}
+    compose = yaml.safe_load(rendered["compose"]["compose.yaml"])["services"]
+    assert set(compose) == {svc.name for svc in plan.services}
+    for svc in plan.services:
+        ids = compose[svc.name]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
+        assert ids == [str(i) for i in svc.devices]
+    if shutil.which("caddy"):
+        path = tmp_path / "Caddyfile"
+        path.write_text(rendered["caddy"]["Caddyfile"])
+        out = subprocess.run(["caddy", "validate", "--config", str(path), "--adapter", "caddyfile"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr[-2000:]
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx:
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(wrap_nginx_conf(rendered["nginx"]["gpumix-nginx.conf"], str(tmp_path)))
+        out = subprocess.run([nginx, "-t", "-c", str(conf), "-p", f"{tmp_path}/"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,7 +11,9 @@ import time
 import httpx
 import psutil
 import pytest
+from typer.testing import CliRunner
 
+from gpumix.cli.main import app
 from gpumix.launch.commands import render_plan
 from gpumix.run.memlog import parse_llama_memory_breakdown
 from gpumix.run.preflight import free_port
@@ -65,6 +68,12 @@ def test_cpu_demo_serves_restarts_a_killed_backend_and_stops_clean(llama_ready, 
         if any(p.kind == "gateway" for p in state.processes):  # the gateway routes by endpoint on the front port
             assert _chat(f"http://127.0.0.1:{front}")
             assert len(_embed(f"http://127.0.0.1:{front}")) == 640
+
+        report = CliRunner().invoke(app, ["status", "--json", "--run-dir", str(run_dir)])
+        assert report.exit_code == 0, report.output
+        status = json.loads(report.output)
+        assert status["running"] and {p["name"]: p["health"] for p in status["processes"]}["embed"] == "ok"
+        assert status["devices"][0]["source"] == "process rss" and status["devices"][0]["memory_used_bytes"] > 400 * 2**20
 
         os.kill(chat.pid, signal.SIGKILL)
         embed_answers_while_chat_down = 0
