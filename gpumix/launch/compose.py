@@ -31,6 +31,7 @@ def render_compose(specs: list[LaunchSpec], stagger_s: float = 10.0) -> str:
         "# Inside a container the pinned GPUs are renumbered from 0 (CUDA0, CUDA1, ...).\n"
         f"# GPU services start one after another (depends_on: service_healthy), {stagger_s:g} s apart at least.\n"
     )
+    header += "# Healthchecks run curl inside each image; whether every image ships curl is [unverified].\n"
     unverified = sorted({spec.engine for spec in specs if spec.engine in UNVERIFIED_IMAGES})
     if unverified:
         header += f"# Image names for {', '.join(unverified)} are [unverified]: check them before pulling.\n"

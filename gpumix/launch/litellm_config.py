@@ -11,7 +11,8 @@ import yaml
 from gpumix.launch.spec import LaunchSpec
 from gpumix.plan.result import Plan
 
-# LiteLLM model_info.mode per gpumix model kind.
+# LiteLLM model_info.mode per gpumix model kind. Rerank through the `openai/` provider is [unverified]: LiteLLM
+# routes /rerank by provider, and llama-server/TEI rerank APIs are Cohere/Jina-like rather than OpenAI.
 MODES = {
     "llm": "chat",
     "embedding": "embedding",

@@ -82,7 +82,9 @@ def spec_problems(plan: Plan, spec: LaunchSpec, port_free: Callable[[int], bool]
     for file in spec.files:
         if not Path(file).is_file():
             service = plan.service(spec.service)
-            problems.append(f"{spec.name}: model file {file} does not exist ({download_hint(service.model, Path(file))})")
+            named = service.model_path and not service.model_path.startswith("pypi:")
+            hint = "check the service's file: in the plan file" if named else download_hint(service.model, Path(file))
+            problems.append(f"{spec.name}: model file {file} does not exist ({hint})")
     if not port_free(spec.port):
         problems.append(f"{spec.name}: port {spec.port} on {spec.host} is already in use")
     return problems

@@ -124,7 +124,7 @@ def start_detached(plan_file: Path, options: UpOptions, wait_s: float | None = N
 
     On failure (a process exits before it is ever healthy, misses its health timeout, or the supervisor dies)
     everything is stopped and a GpumixError carries the failing process's log tail."""
-    run_dir = options.run_dir
+    run_dir = options.run_dir.resolve()
     refuse_if_running(run_dir)
     plan = load_plan(plan_file)
     use_gateway = options.gateway and gateway_available()
