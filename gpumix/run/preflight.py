@@ -17,6 +17,14 @@ from gpumix.plan.result import Plan
 from gpumix.run.gpuinfo import GpuReading, read_gpus
 from gpumix.units import fmt_gib
 
+_INSTALL_HINTS = {
+    "llama.cpp": "run `gpumix engines install llama.cpp`",
+    "vllm": "pip install vllm on the GPU machine, or run it in a container: `gpumix export compose`",
+    "tei": "install text-embeddings-inference, or run it in a container: `gpumix export compose`",
+    "whisper": "build whisper.cpp's whisper-server, or run it in a container: `gpumix export compose`",
+    "image": "build stable-diffusion.cpp's sd-server, or run it in a container: `gpumix export compose`",
+}
+
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -77,7 +85,7 @@ def spec_problems(plan: Plan, spec: LaunchSpec, port_free: Callable[[int], bool]
     problems = []
     binary = binary_problem(spec.argv[0])
     if binary:
-        hint = "run `gpumix engines install llama.cpp`" if spec.engine == "llama.cpp" else f"install the {spec.engine} server"
+        hint = _INSTALL_HINTS.get(spec.engine, f"install the {spec.engine} server")
         problems.append(f"{spec.name}: {binary} ({hint})")
     for file in spec.files:
         if not Path(file).is_file():
