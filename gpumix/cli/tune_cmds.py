@@ -1,0 +1,171 @@
+"""`gpumix tune` and `gpumix testbed up|down|status` (logic in gpumix.tune)."""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gpumix.errors import GpumixError
+
+console = Console()
+testbed_app = typer.Typer(help="A heterogeneous test bed: ggml-rpc-server devices of different CPU speed.")
+
+
+def _split_list(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").replace("/", ",").split(",") if v.strip()]
+
+
+def tune_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="GGUF path (or a catalog id with a local file)."),
+    devices: str = typer.Option(None, "--devices", help="llama.cpp devices, e.g. CUDA0,CUDA1 or RPC0,RPC1."),
+    rpc: str = typer.Option(None, "--rpc", help="ggml-rpc-server list host:port,... (`gpumix testbed up` prints it)."),
+    ctx: int = typer.Option(4096, "--ctx", help="Context per sequence the split must leave room for."),
+    objective: str = typer.Option("latency", "--objective", help="latency (one stream) | throughput (parallel)."),
+    parallel: int = typer.Option(4, "--parallel", help="Sequences for --objective throughput."),
+    budget: int = typer.Option(4, "--budget", help="Most llama-bench runs to spend."),
+    n_gen: int = typer.Option(64, "--n-gen", help="Tokens generated per llama-bench run (-n)."),
+    repetitions: int = typer.Option(2, "--repetitions", "-r", help="llama-bench -r."),
+    prefill_tokens: int = typer.Option(
+        64, "--prefill-tokens", help="Prompt tokens (-p) measured with each device-alone run, for the calibration's "
+        "prefill TFLOP/s; 0 skips it."
+    ),  # fmt: skip
+    plot: Path = typer.Option(None, "--plot", help="Write the predicted curve and measured points to FILE.png."),
+    host_offload: bool = typer.Option(
+        False, "--cpu-offload", help="Also consider keeping the first layers on the host CPU (-ngl sweep: GPU + CPU)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    calibration_out: Path = typer.Option(
+        None, "--calibration-out", help="Calibration file to write (default $GPUMIX_CALIBRATION or "
+        "~/.config/gpumix/calibration.json)."
+    ),  # fmt: skip
+    no_calibration: bool = typer.Option(False, "--no-calibration", help="Do not write a calibration file."),
+) -> None:
+    """Measure splits on the real devices (each alone, then the ones the fitted model points to) and write
+    this machine's calibration."""
+    from gpumix.tune.calibration_file import save_machine_calibration
+    from gpumix.tune.session import BenchSettings, tune_machine
+
+    if objective not in ("latency", "throughput"):
+        raise GpumixError(f"unknown --objective '{objective}'", hint="use latency or throughput")
+    rpc_list = _split_list(rpc)
+    settings = BenchSettings(n_gen=n_gen, n_prompt_alone=prefill_tokens, repetitions=repetitions)
+
+    def on_point(point, n: int) -> None:
+        if as_json:
+            return
+        from gpumix.tune.splits import describe
+
+        pred = f" (predicted {point.predicted_tokens_per_s:.1f})" if point.predicted_tokens_per_s else ""
+        console.print(
+            f"[bold]run {n}/{budget}[/] {point.phase:6} {describe(point.split, names)}  layers "
+            f"{'/'.join(map(str, point.assignment.layers))}  →  [green]{point.tokens_per_s:.2f} t/s[/]{pred}"
+        )
+
+    from gpumix.tune.session import resolve_devices
+
+    resolved = resolve_devices(_split_list(devices), rpc_list)
+    names = [d.name for d in resolved]
+    if not as_json:
+        console.print(f"tuning on {', '.join(names)} (budget {budget} llama-bench runs)")
+    with console.status("llama-bench running...", spinner="dots") if not as_json else nullcontext():
+        result, cal = tune_machine(
+            model, devices=_split_list(devices), rpc=rpc_list, resolved=resolved, budget=budget, objective=objective,  # type: ignore[arg-type]
+            parallel=parallel, context=ctx, settings=settings, on_point=on_point, host_offload=host_offload,
+        )  # fmt: skip
+    written = None
+    if not no_calibration and cal.devices:
+        written = save_machine_calibration(cal, calibration_out)
+    if plot:
+        from gpumix.tune.plot import plot_tune
+
+        plot_tune(result, plot)
+    data = result.to_json() | {"calibration_file": str(written) if written else None}
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    _print_result(data)
+    if result.stopped:
+        console.print(f"[yellow]stopped early:[/] {result.stopped} (measurements so far kept)")
+    if written:
+        console.print(f"calibration written to {written}")
+    if plot:
+        console.print(f"plot written to {plot}")
+
+
+def _print_result(data: dict) -> None:
+    table = Table(title=f"splits ({data['objective']}, {data['runs']} llama-bench runs)")
+    for col in ("-dev", "-ts", "layers", "output on", "t/s", "measured", "predicted"):
+        table.add_column(col)
+    rows = sorted(data["points"], key=lambda p: -p["tokens_per_s"])
+    shown = [p for p in rows if p["measured"]] + [p for p in rows if not p["measured"]][:5]
+    for p in shown:
+        table.add_row(p["dev"], p["ts"], "/".join(map(str, p["layers"])), str(p["output_device"]),
+                      f"{p['tokens_per_s']:.2f}", "yes" if p["measured"] else "no",
+                      "-" if p["predicted_tokens_per_s"] is None else f"{p['predicted_tokens_per_s']:.2f}")  # fmt: skip
+    console.print(table)
+    best = data["best"]
+    console.print(
+        f"[bold]best:[/] -dev {best['dev']} -ts {best['ts']} (layers {'/'.join(map(str, best['layers']))}, "
+        f"output on {best['output_device']}) = [green]{best['tokens_per_s']:.2f} t/s[/]"
+    )
+    for name, gain in data["gain_vs"].items():
+        base = data["baselines"][name]
+        kind = "measured" if base["measured"] else "predicted"
+        console.print(f"  {gain:.2f}x vs {name.replace('_', '-')} split (-ts {base['ts']}: {base['tokens_per_s']:.2f} t/s, {kind})")
+
+
+@testbed_app.command("up")
+def testbed_up_cmd(
+    fast: float = typer.Option(1.0, "--fast", help="CPU share of the fast device's core (0-1]."),
+    slow: float = typer.Option(0.4, "--slow", help="CPU share of the slow device's core (cgroup quota)."),
+    port_base: int = typer.Option(None, "--port-base", help="First port (default: free ports)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Start two ggml-rpc-server devices pinned to separate cores, the slow one CPU-throttled."""
+    from gpumix.tune.testbed import testbed_up
+
+    bed = testbed_up((("fast", fast), ("slow", slow)), port_base=port_base)
+    if as_json:
+        print(json.dumps(bed.to_json(), indent=2))
+        return
+    for i, s in enumerate(bed.servers):
+        console.print(f"RPC{i}: {s.address}  {s.label}  pid {s.pid}" + (f"  cgroup {s.cgroup}" if s.cgroup else ""))
+    console.print(f"--rpc {bed.rpc}")
+
+
+@testbed_app.command("down")
+def testbed_down_cmd() -> None:
+    """Stop the test bed's servers and remove its cgroups."""
+    from gpumix.tune.testbed import testbed_down
+
+    done = testbed_down()
+    for line in done or ["no test bed was up"]:
+        console.print(line)
+
+
+@testbed_app.command("status")
+def testbed_status_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show the test bed's servers and whether they are alive."""
+    from gpumix.tune.testbed import testbed_status
+
+    bed = testbed_status()
+    if as_json:
+        print(json.dumps(bed.to_json() if bed else None, indent=2))
+        return
+    if bed is None:
+        console.print("no test bed is up (`gpumix testbed up`)")
+        return
+    for i, s in enumerate(bed.to_json()["servers"]):
+        state = "[green]alive[/]" if s["alive"] else "[red]gone[/]"
+        console.print(f"RPC{i}: {s['address']}  {s['role']} ({s['cpu_fraction']:g} of core {s['core']})  {state}")
+    console.print(f"--rpc {bed.rpc}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tune")(tune_cmd)
+    app.add_typer(testbed_app, name="testbed")
