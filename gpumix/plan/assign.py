@@ -30,8 +30,9 @@ class Choice:
 @dataclass(frozen=True)
 class Assignment:
     chosen: list[int | None]  # per service: index into its choices, None = unplaced
-    optimal: bool
+    optimal: bool  # proven: HiGHS closed the gap to zero
     objective: float
+    gap: float  # relative gap between the solution and HiGHS's bound
 
 
 def solve_assignment(
@@ -39,6 +40,8 @@ def solve_assignment(
     choices: Sequence[Choice],
     capacity_bytes: dict[int, int],
     load_capacity: float = 1.0,
+    rel_gap: float = 0.0,
+    time_limit_s: float = TIME_LIMIT_S,
 ) -> Assignment:
     """Pick one choice per service (or none) minimising cost, with memory and load capacities per device."""
     n_opt = len(choices)
@@ -60,8 +63,9 @@ def solve_assignment(
         rows_lower.append(-np.inf)
         rows_upper.append(float(capacity_bytes[key]) / 1e9)  # GB: keeps coefficients well scaled
     load_row = {}
+    loaded = {key for c in choices for key in c.load}
     for key in devices:
-        if any(key in c.load for c in choices):
+        if key in loaded:
             load_row[key] = len(rows_upper)
             rows_lower.append(-np.inf)
             rows_upper.append(load_capacity)
@@ -96,10 +100,15 @@ def solve_assignment(
 
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
-    h.setOptionValue("time_limit", TIME_LIMIT_S)
-    h.setOptionValue("mip_rel_gap", 0.0)
+    h.setOptionValue("time_limit", time_limit_s)
+    h.setOptionValue("mip_rel_gap", rel_gap)
     h.setOptionValue("threads", 1)
     h.passModel(lp)
+    start = _greedy_start(n_services, choices, capacity_bytes)
+    solution = highspy.HighsSolution()
+    solution.col_value = start
+    solution.value_valid = True
+    h.setSolution(solution)  # an incumbent from the first second on: large problems stop early with a plan
     h.run()
     status = h.getModelStatus()
     values = np.asarray(h.getSolution().col_value) if h.getInfo().primal_solution_status else np.zeros(n_col)
@@ -111,8 +120,31 @@ def solve_assignment(
         for local, j in enumerate(by_service.get(s, [])):
             if values[j] > 0.5:
                 chosen[s] = local
+    info = h.getInfo()
+    gap = float(info.mip_gap) if info.mip_gap == info.mip_gap else 1.0
     return Assignment(
         chosen=chosen,
-        optimal=status == highspy.HighsModelStatus.kOptimal,
-        objective=float(h.getInfo().objective_function_value),
+        optimal=status == highspy.HighsModelStatus.kOptimal and gap <= 1e-9,
+        objective=float(info.objective_function_value),
+        gap=gap,
     )
+
+
+def _greedy_start(n_services: int, choices: Sequence[Choice], capacity_bytes: dict[int, int]) -> list[float]:
+    """Biggest services first, each on its cheapest option that still fits (loads ignored: HiGHS repairs)."""
+    used = dict.fromkeys(capacity_bytes, 0)
+    by_service: dict[int, list[int]] = {}
+    for j, c in enumerate(choices):
+        by_service.setdefault(c.service, []).append(j)
+    size = {s: max(sum(choices[j].memory.values()) for j in js) for s, js in by_service.items()}
+    x = [0.0] * (len(choices) + n_services)
+    for s in range(n_services):
+        x[len(choices) + s] = 1.0
+    for s in sorted(by_service, key=lambda s: -size[s]):
+        for j in sorted(by_service[s], key=lambda j: choices[j].cost):
+            if all(used.get(k, 0) + m <= capacity_bytes.get(k, 0) for k, m in choices[j].memory.items()):
+                for k, m in choices[j].memory.items():
+                    used[k] += m
+                x[j], x[len(choices) + s] = 1.0, 0.0
+                break
+    return x

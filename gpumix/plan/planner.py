@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -44,12 +45,22 @@ MAX_GROUP = 4  # largest device group tried for one model (splits/TP/PP), per ho
 VLLM_QUANTS = {"fp8", "awq-int4", "gptq-int4", "bf16", "f16"}  # weight formats vLLM loads from HF repos
 VLLM_ONLY_QUANTS = {"fp8", "awq-int4", "gptq-int4"}
 # Weights of the assignment objective: an LLM's lost speed dominates; a service's lost speed counts little (they
-# are rarely the bottleneck); the price share of the cards a service occupies steers small services to cheap cards.
+# are rarely the bottleneck); the share of fast memory a service occupies steers small services to the cheap card.
 LLM_SPEED_WEIGHT = 100.0
-SERVICE_SPEED_WEIGHT = 0.1
+SERVICE_SPEED_WEIGHT = 0.2
 PRICE_WEIGHT = 1.0
 SLO_MISS_PENALTY = 50.0
 DEFAULT_CONTEXT = 4096
+# Problem sizes: up to EXACT_CHOICES candidate placements HiGHS must prove optimality (gap 0); above, it stops at
+# LARGE_GAP or LARGE_TIME_LIMIT_S and the plan says "not proven optimal" with the gap. Above MAX_CHOICES each
+# service keeps PRUNED_PER_CLASS hosts' candidates per kind of placement (see _prune).
+EXACT_CHOICES = 400
+LARGE_GAP = 1e-3
+LARGE_TIME_LIMIT_S = 0.5
+MAX_CHOICES = 4000
+PRUNED_PER_CLASS = 3
+MAX_HOSTS_PER_SERVICE = 8  # above this many hosts each service sees HOSTS_PER_CLASS hosts of each machine kind
+HOSTS_PER_CLASS = 3
 
 
 @dataclass
@@ -84,14 +95,18 @@ class Option:
     cost: float = 0.0
     notes: list[str] = field(default_factory=list)
 
-    @property
+    @functools.cached_property
     def memory_bytes(self) -> list[int]:
         return [m.total_bytes for m in self.memory]
 
-    def fits(self) -> bool:
+    @functools.cached_property
+    def _fits(self) -> bool:
         return all(
             mem <= splitmod.usable_bytes(dev) for dev, mem in zip(self.devices, self.memory_bytes, strict=True)
         )
+
+    def fits(self) -> bool:
+        return self._fits
 
 
 def dkey(device: Device) -> tuple[str | None, int]:
@@ -302,14 +317,28 @@ def _speed_rank(device: Device) -> float:
     return device.spec.mem_bandwidth_gb_per_s
 
 
+def _model_key(svc: Resolved) -> tuple:
+    return (svc.model.id, svc.model.path, svc.quant.id)
+
+
+def device_class(device: Device) -> tuple:
+    """What makes two devices plan alike (identical cards of a fleet share estimates)."""
+    return (device.spec.id, device.kind, device.memory_free_bytes, device.pcie_gen, device.pcie_width, device.threads)
+
+
 def _llm_option(svc: Resolved, mode: str, group: Sequence[Device], layers: tuple[int, ...], links: Links,
-                cal: Calibration) -> Option:  # fmt: skip
+                cal: Calibration, cache: dict | None = None) -> Option:  # fmt: skip
     est_mode = "layer_split" if mode == "cpu_offload" else mode
-    placement = Placement(mode=est_mode, devices=tuple(group), layers=layers)
     workload = svc.workload
     if mode in ("tensor_parallel", "pipeline_parallel") or (mode in ("single", "replica") and svc.engine == "vllm"):
         workload = workload.model_copy(update={"engine": "vllm"})
-    est = estimate(svc.model, svc.quant, placement, workload, links, cal)
+    key = ("est", _model_key(svc), workload, mode, tuple(device_class(d) for d in group), layers, links)
+    est = None if cache is None else cache.get(key)
+    if est is None:
+        placement = Placement(mode=est_mode, devices=tuple(group), layers=layers)
+        est = estimate(svc.model, svc.quant, placement, workload, links, cal)
+        if cache is not None:
+            cache[key] = est
     opt = Option(
         service=svc.index, mode=mode, devices=tuple(group), layers=layers, est=est,
         memory=tuple(d.memory for d in est.devices),
@@ -322,7 +351,8 @@ def _llm_option(svc: Resolved, mode: str, group: Sequence[Device], layers: tuple
     return opt
 
 
-def llm_options(svc: Resolved, devices: Sequence[Device], spec: PlanSpec, sockets: dict, cal: Calibration) -> list[Option]:
+def llm_options(svc: Resolved, devices: Sequence[Device], spec: PlanSpec, sockets: dict, cal: Calibration,
+                cache: dict | None = None) -> list[Option]:  # fmt: skip
     """Every placement worth estimating for one LLM service, on each host separately."""
     entry = svc.entry
     pool = [d for d in devices if entry.devices is None or d.index in entry.devices]
@@ -345,7 +375,7 @@ def llm_options(svc: Resolved, devices: Sequence[Device], spec: PlanSpec, socket
         seen.add(key)
         links = links_for(spec, group, sockets)
         try:
-            options.append(_llm_option(svc, mode, group, layers, links, cal))
+            options.append(_llm_option(svc, mode, group, layers, links, cal, cache))
         except GpumixError:
             return
 
@@ -356,17 +386,18 @@ def llm_options(svc: Resolved, devices: Sequence[Device], spec: PlanSpec, socket
         if want in ("auto", "single") and entry.replicas == 1:
             for d in gpus:
                 add("single", [d])
+        fits_alone = {device_class(o.devices[0]) for o in options if o.mode == "single" and o.fits()}
         if svc.engine == "llama.cpp" and want in ("auto", "layer_split"):
             for group in distinct:
-                if len(group) < 2:
-                    continue
-                layers = _split(svc, group, svc.objective, spec, sockets, cal)
+                if len(group) < 2 or (want == "auto" and device_class(group[0]) in fits_alone):
+                    continue  # a split is slower than the group's fastest card when the model fits it
+                layers = _split(svc, group, svc.objective, spec, sockets, cal, cache=cache)
                 if layers is not None and all(layers):
                     add("layer_split", group, layers)
         if svc.engine == "llama.cpp" and want in ("auto", "cpu_offload") and cpus:
             for group in [g for g in distinct if len(g) <= 2]:
                 offload = [cpus[0], *group]
-                layers = _split(svc, offload, "latency", spec, sockets, cal)
+                layers = _split(svc, offload, "latency", spec, sockets, cal, cache=cache)
                 if layers is not None and layers[0] > 0:
                     add("cpu_offload", offload, layers)
         if svc.engine == "vllm" and want in ("auto", "tensor_parallel"):
@@ -377,7 +408,7 @@ def llm_options(svc: Resolved, devices: Sequence[Device], spec: PlanSpec, socket
         if svc.engine == "vllm" and want in ("auto", "pipeline_parallel"):
             for group in distinct:
                 if len(group) >= 2:
-                    layers = _split(svc, group, "throughput", spec, sockets, cal, vllm=True)
+                    layers = _split(svc, group, "throughput", spec, sockets, cal, vllm=True, cache=cache)
                     if layers is not None and all(layers):
                         add("pipeline_parallel", group, layers)
         n_rep = entry.replicas if entry.replicas > 1 else (2 if svc.objective == "throughput" else 0)
@@ -418,14 +449,19 @@ def _replica_groups(gpus: list[Device], n: int) -> list[list[Device]]:
 
 
 def _split(svc: Resolved, group: Sequence[Device], objective: str, spec: PlanSpec, sockets: dict,
-           cal: Calibration, vllm: bool = False) -> tuple[int, ...] | None:  # fmt: skip
+           cal: Calibration, vllm: bool = False, cache: dict | None = None) -> tuple[int, ...] | None:  # fmt: skip
     workload = svc.workload.model_copy(update={"engine": "vllm"}) if vllm else svc.workload
-    return splitmod.solve_layer_split(
-        svc.model, svc.quant, group, workload, objective, links_for(spec, group, sockets), cal  # type: ignore[arg-type]
-    )
+    links = links_for(spec, group, sockets)
+    key = ("split", _model_key(svc), workload, objective, tuple(device_class(d) for d in group), links)
+    if cache is not None and key in cache:
+        return cache[key]
+    layers = splitmod.solve_layer_split(svc.model, svc.quant, group, workload, objective, links, cal)  # type: ignore[arg-type]
+    if cache is not None:
+        cache[key] = layers
+    return layers
 
 
-def service_options(svc: Resolved, devices: Sequence[Device]) -> list[Option]:
+def service_options(svc: Resolved, devices: Sequence[Device], cache: dict | None = None) -> list[Option]:
     """Non-LLM services (image, audio, embeddings, rerankers): one card each, speed ∝ the card's FLOP/s."""
     from gpumix.estimate.memory import service_memory
 
@@ -437,7 +473,13 @@ def service_options(svc: Resolved, devices: Sequence[Device]) -> list[Option]:
         if d.kind == "cpu" and svc.model.kind == "image":
             continue  # diffusion on a CPU is minutes per image: not a placement anyone wants
         mem = service_memory(svc.model, d.kind == "gpu")
-        throughput = service_speed(svc.model, d)
+        key = ("speed", svc.model.id, device_class(d))
+        if cache is not None and key in cache:
+            throughput = cache[key]
+        else:
+            throughput = service_speed(svc.model, d)
+            if cache is not None:
+                cache[key] = throughput
         opt = Option(service=svc.index, mode="single", devices=(d,), memory=(mem,), throughput=throughput,
                      throughput_unit=svc.model.speed_unit)  # fmt: skip
         opt.speed = throughput or 0.0
@@ -490,14 +532,17 @@ def _slo_checks(svc: Resolved, opt: Option) -> list[SloCheck]:
     return checks
 
 
-def score_options(svc: Resolved, options: list[Option], prices: dict[tuple, float], max_price: float) -> None:
+def score_options(svc: Resolved, options: list[Option], max_bandwidth: float) -> None:
+    """Cost of each option (lower is better): log of the slowdown against the service's best option, weighted
+    heavily for LLMs; plus the share of the fleet's fastest memory system it occupies (keeps big cards for big
+    models); plus a penalty per missed SLO."""
     best = max((o.speed for o in options if o.fits()), default=0.0)
     weight = LLM_SPEED_WEIGHT if svc.model.kind == "llm" else SERVICE_SPEED_WEIGHT
     for opt in options:
-        slowdown = (best / opt.speed - 1.0) if opt.speed > 0 and best > 0 else 1.0
-        price = sum(prices.get(dkey(d), 0.0) for d in opt.devices) / max_price if max_price else 0.0
+        slowdown = math.log(best / opt.speed) if opt.speed > 0 and best > 0 else math.log(10.0)
+        occupied = sum(d.spec.mem_bandwidth_gb_per_s for d in opt.devices if d.kind == "gpu") / max_bandwidth
         missed = sum(1 for c in _slo_checks(svc, opt) if not c.met)
-        opt.cost = weight * min(slowdown, 10.0) + PRICE_WEIGHT * price + SLO_MISS_PENALTY * missed
+        opt.cost = round(weight * max(slowdown, 0.0) + PRICE_WEIGHT * occupied + SLO_MISS_PENALTY * missed, 6)
 
 
 # ---------------------------------------------------------------------------------------------- the plan
@@ -534,18 +579,23 @@ def plan_services(
         raise GpumixError(f"{src}: no devices to plan on", hint="add a `devices:` list")
     services = [resolve_service(e, i, spec, src, lines, objective) for i, e in enumerate(spec.services)]
     prices = {dkey(d): p for d in devs if (p := device_price(d, spec)) is not None}
-    max_price = max(prices.values(), default=0.0)
+    max_bandwidth = max((d.spec.mem_bandwidth_gb_per_s for d in devs), default=1.0)
     all_options: list[list[Option]] = []
+    cache: dict = {}
+    host_classes = _host_classes(devs)
+    pruned_hosts = sum(len(hosts) for hosts in host_classes.values()) > MAX_HOSTS_PER_SERVICE
     for svc in services:
+        pool = _candidate_devices(devs, host_classes, svc.index) if pruned_hosts and svc.entry.host is None else devs
         if svc.model.kind == "llm":
-            opts = llm_options(svc, devs, spec, sockets, cal)
+            opts = llm_options(svc, pool, spec, sockets, cal, cache)
         else:
-            opts = service_options(svc, devs)
-        score_options(svc, opts, prices, max_price)
+            opts = service_options(svc, pool, cache)
+        score_options(svc, opts, max_bandwidth)
         all_options.append(opts)
 
     choices: list[Choice] = []
     option_of: list[Option] = []
+    index_of = {dkey(d): i for i, d in enumerate(devs)}
     for svc, opts in zip(services, all_options, strict=True):
         for opt in opts:
             if not opt.fits():
@@ -554,12 +604,17 @@ def plan_services(
             shares = _device_shares(opt)
             choices.append(Choice(
                 service=svc.index, cost=opt.cost,
-                memory={_key_index(devs, d): m for d, m in zip(opt.devices, opt.memory_bytes, strict=True)},
-                load={_key_index(devs, d): load * s for d, s in zip(opt.devices, shares, strict=True)} if load else {},
+                memory={index_of[dkey(d)]: m for d, m in zip(opt.devices, opt.memory_bytes, strict=True)},
+                load={index_of[dkey(d)]: load * s for d, s in zip(opt.devices, shares, strict=True)} if load else {},
             ))  # fmt: skip
             option_of.append(opt)
     capacity = {i: splitmod.usable_bytes(d) for i, d in enumerate(devs)}
-    result = solve_assignment(len(services), choices, capacity)
+    pruned = len(choices) > MAX_CHOICES or pruned_hosts
+    if pruned:
+        choices, option_of = _prune(choices, option_of, len(services))
+    small = len(choices) <= EXACT_CHOICES
+    result = solve_assignment(len(services), choices, capacity, rel_gap=0.0 if small else LARGE_GAP,
+                              time_limit_s=20.0 if small else LARGE_TIME_LIMIT_S)  # fmt: skip
     per_service: dict[int, list[Option]] = {}
     for choice, opt in zip(choices, option_of, strict=True):
         per_service.setdefault(choice.service, []).append(opt)
@@ -576,8 +631,9 @@ def plan_services(
     plan = Plan(
         source=source,
         feasible=not reasons,
-        optimal=result.optimal,
-        solver=SOLVER_NAME,
+        optimal=result.optimal and not pruned,
+        solver=SOLVER_NAME + ("" if result.optimal and not pruned else
+                              f" (gap {result.gap:.2%}{', candidates pruned' if pruned else ''})"),
         reasons=reasons,
         devices=planned_devices,
         services=planned_services,
@@ -589,11 +645,49 @@ def plan_services(
     return plan.model_copy(update={"warnings": lint.lint(plan, context)})
 
 
-def _key_index(devs: Sequence[Device], device: Device) -> int:
-    for i, d in enumerate(devs):
-        if d is device or dkey(d) == dkey(device):
-            return i
-    raise KeyError(dkey(device))
+def _host_classes(devs: Sequence[Device]) -> dict[tuple, list[str | None]]:
+    """Hosts grouped by their set of device classes (identical machines plan alike)."""
+    by_host: dict[str | None, list[tuple]] = {}
+    for d in devs:
+        by_host.setdefault(d.host, []).append(device_class(d))
+    classes: dict[tuple, list[str | None]] = {}
+    for host, members in by_host.items():
+        classes.setdefault(tuple(sorted(members, key=repr)), []).append(host)
+    return classes
+
+
+def _candidate_devices(devs: Sequence[Device], host_classes: dict[tuple, list[str | None]],
+                       service: int) -> list[Device]:  # fmt: skip
+    """Large fleets: a service is offered HOSTS_PER_CLASS hosts of each kind of machine, rotated by service so that
+    services spread over the fleet; the plan then says it is not proven optimal."""
+    chosen: set[str | None] = set()
+    for hosts in host_classes.values():
+        for k in range(min(HOSTS_PER_CLASS, len(hosts))):
+            chosen.add(hosts[(service * HOSTS_PER_CLASS + k) % len(hosts)])
+    return [d for d in devs if d.host in chosen]
+
+
+def _prune(choices: list[Choice], option_of: list[Option], n_services: int) -> tuple[list[Choice], list[Option]]:
+    """Large fleets: identical cards on many hosts make thousands of equivalent candidates. Keep, per service and
+    per kind of placement (mode + card types), PRUNED_PER_CLASS candidates on different hosts — rotated by service
+    so that services sharing a card type are offered different hosts."""
+    groups: dict[tuple, list[int]] = {}
+    for j, (c, opt) in enumerate(zip(choices, option_of, strict=True)):
+        signature = (c.service, opt.mode, tuple(device_class(d) for d in opt.devices), opt.layers)
+        groups.setdefault(signature, []).append(j)
+    keep: list[int] = []
+    for (service, *_), js in groups.items():
+        hosts = sorted({option_of[j].devices[0].host or "" for j in js})
+        rank = {h: (i - service) % len(hosts) for i, h in enumerate(hosts)}
+        js.sort(key=lambda j: (rank[option_of[j].devices[0].host or ""], option_of[j].devices[0].index))
+        per_host: dict[str, int] = {}
+        for j in js:
+            host = option_of[j].devices[0].host or ""
+            if per_host.get(host, 0) < 2 and len(per_host) <= PRUNED_PER_CLASS:
+                per_host[host] = per_host.get(host, 0) + 1
+                keep.append(j)
+    keep.sort()
+    return [choices[j] for j in keep], [option_of[j] for j in keep]
 
 
 def _device_shares(opt: Option) -> list[float]:
@@ -711,6 +805,7 @@ def _r(value: float | None, digits: int = 2) -> float | None:
 
 def _planned_devices(devs: Sequence[Device], services: list[Resolved], chosen: list[Option | None],
                      prices: dict[tuple, float]) -> list[PlannedDevice]:  # fmt: skip
+    index_of = {dkey(d): i for i, d in enumerate(devs)}
     planned: dict[int, int] = {i: 0 for i in range(len(devs))}
     bw: dict[int, float] = {i: 0.0 for i in range(len(devs))}
     compute: dict[int, float] = {i: 0.0 for i in range(len(devs))}
@@ -719,7 +814,7 @@ def _planned_devices(devs: Sequence[Device], services: list[Resolved], chosen: l
             continue
         load = svc.entry.load if svc.entry.load is not None else (1.0 if svc.model.kind == "llm" else 0.0)
         for d, mem, share in zip(opt.devices, opt.memory_bytes, _device_shares(opt), strict=True):
-            i = _key_index(devs, d)
+            i = index_of[dkey(d)]
             planned[i] += mem
             if svc.model.kind == "llm":
                 bw[i] += load * share
