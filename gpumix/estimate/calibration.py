@@ -59,6 +59,7 @@ class Calibration(BaseModel):
     fixed_overhead_s: float = 0.0  # per token, whole model (sampling, sync)
     link_latency_s: float = 30e-6  # per device boundary per token in a layer split
     arch_compute_factor: dict[str, float] = Field(default_factory=dict)  # prefill, per architecture family
+    arch_bandwidth_factor: dict[str, float] = Field(default_factory=dict)  # decode, per architecture family
     measurements: tuple[DeviceMeasurement, ...] = ()  # from `gpumix tune`
     parameters: dict[str, float] = Field(default_factory=dict)  # the fitted vector, by name (for the record)
 

@@ -6,7 +6,8 @@ writes gpumix/estimate/data/calibration.json. Fitted: per backend (CUDA, Metal, 
 fraction of peak bandwidth, a per-layer launch overhead and the achieved fraction of peak FLOP/s; per quant class
 a bandwidth and a compute factor; one factor for HBM parts; one layer-split hop latency; and per architecture
 family a compute factor pulled toward 1 (so a family with little data stays near the backend's mean). No per-GPU
-parameter exists. Least squares on log(predicted/measured), all mapped rows; `--holdout` reports a
+parameter exists. Families also get a bandwidth factor (e.g. GDDR7 Blackwell reaches a higher share of peak at
+batch 1 than Ampere did), with the same prior. Least squares on log(predicted/measured), all mapped rows; `--holdout` reports a
 leave-GPUs-out check (5 folds by GPU: fit without them, predict them).
 """
 
@@ -28,7 +29,10 @@ from gpumix.estimate.validate import MappedRow, is_headline_row, map_file, predi
 BACKENDS = ("CUDA", "Metal", "Vulkan", "ROCm")
 FAMILIES = ("Pascal", "Volta", "Turing", "Ampere", "Ada", "Hopper", "Blackwell", "RDNA", "CDNA", "GCN", "Apple")
 DATA_FILE = Path(__file__).parent / "data" / "calibration.json"
-FAMILY_PRIOR_WEIGHT = 0.5  # residual weight pulling each family's compute factor toward 1 (log space)
+FAMILY_PRIOR_WEIGHT = 0.5  # residual weight pulling each family's compute/bandwidth factor toward 1 (log space)
+# multigpu.csv repeats a few GPU models at 2-6 cards; weight single-GPU rows up so the many GPUs of
+# measurements.csv, not the few multi-GPU boxes, set the per-device efficiencies.
+SINGLE_GPU_WEIGHT = 1.5
 # CPU backend: not in the published data. Decode is capped per thread (speed.CPU_GB_PER_S_PER_THREAD); prefill
 # reached ~58 t/s on one core for Gemma 3 270M (0.54 GFLOP/token) = 31 GFLOP/s of the 80 GFLOP/s AVX2 peak, measured
 # with `llama-bench -t 1 -p 128` on this project's VM (noisy, shared). `gpumix tune` replaces both per device.
@@ -41,10 +45,13 @@ _NAMES: list[str] = (
     + ["bw_factor.q8", "bw_factor.quantized", "compute_factor.q8", "compute_factor.quantized", "hbm_factor",
        "link_latency_us"]  # fmt: skip
     + [f"arch.{f}" for f in FAMILIES]
+    + [f"arch_bw.{f}" for f in FAMILIES]
 )
-_X0 = [0.8] * 4 + [30.0] * 4 + [0.4] * 4 + [0.9, 0.8, 0.8, 0.8, 0.7, 30.0] + [1.0] * len(FAMILIES)
-_LOWER = [0.05] * 4 + [0.0] * 4 + [0.01] * 4 + [0.2, 0.2, 0.1, 0.1, 0.2, 0.0] + [0.2] * len(FAMILIES)
-_UPPER = [1.0] * 4 + [400.0] * 4 + [1.0] * 4 + [1.0, 1.0, 3.0, 3.0, 1.0, 500.0] + [3.0] * len(FAMILIES)
+_X0 = [0.8] * 4 + [30.0] * 4 + [0.4] * 4 + [0.9, 0.8, 0.8, 0.8, 0.7, 30.0] + [1.0] * (2 * len(FAMILIES))
+_LOWER = [0.05] * 4 + [0.0] * 4 + [0.01] * 4 + [0.2, 0.2, 0.1, 0.1, 0.2, 0.0] + [0.2] * (2 * len(FAMILIES))
+_UPPER = [1.0] * 4 + [400.0] * 4 + [1.0] * 4 + [1.0, 1.0, 3.0, 3.0, 1.0, 2000.0] + [3.0] * len(FAMILIES) + [1.5] * len(
+    FAMILIES
+)
 
 
 def calibration_from_vector(x: Sequence[float], method: str = "", stats: dict | None = None) -> Calibration:
@@ -67,13 +74,16 @@ def calibration_from_vector(x: Sequence[float], method: str = "", stats: dict | 
         hbm_bandwidth_factor=p["hbm_factor"],
         link_latency_s=p["link_latency_us"] * 1e-6,
         arch_compute_factor={f: p[f"arch.{f}"] for f in FAMILIES},
+        arch_bandwidth_factor={f: p[f"arch_bw.{f}"] for f in FAMILIES},
     )
 
 
 def _residuals(x: np.ndarray, rows: list[MappedRow]) -> np.ndarray:
     cal = calibration_from_vector(x)
     out = [np.log(predict_row(r, cal) / r.measured_tokens_per_s) for r in rows]
-    prior = [FAMILY_PRIOR_WEIGHT * np.log(x[_NAMES.index(f"arch.{f}")]) for f in FAMILIES]
+    weights = [SINGLE_GPU_WEIGHT if len(r.devices) == 1 else 1.0 for r in rows]
+    out = [w * e for w, e in zip(weights, out, strict=True)]
+    prior = [FAMILY_PRIOR_WEIGHT * np.log(x[_NAMES.index(f"{k}.{f}")]) for k in ("arch", "arch_bw") for f in FAMILIES]
     return np.asarray(out + prior)
 
 
@@ -89,14 +99,18 @@ def mape(rows: list[MappedRow], cal: Calibration, kind: str) -> tuple[int, float
 
 def holdout_check(rows: list[MappedRow], folds: int = 5, seed: int = 0) -> dict[str, float]:
     """Leave-GPUs-out: split the GPUs into folds; fit without a fold's GPUs, predict their rows."""
-    gpus = sorted({r.gpu_label for r in rows})
+    def gpu_of(row: MappedRow) -> str:  # "4x A40" and "A40" are the same GPU model: hold both out together
+        return row.devices[0].spec.name
+
+    gpus = sorted({gpu_of(r) for r in rows})
     random.Random(seed).shuffle(gpus)
     held: list[tuple[MappedRow, float]] = []
     for k in range(folds):
         out = set(gpus[k::folds])
-        train = [r for r in rows if r.gpu_label not in out]
+        train = [r for r in rows if gpu_of(r) not in out]
         cal = calibration_from_vector(fit_rows(train))
-        held += [(r, predict_row(r, cal)) for r in rows if r.gpu_label in out and is_headline_row(r)]
+        held += [(r, predict_row(r, cal)) for r in rows if gpu_of(r) in out and is_headline_row(r)]
+        held = [(r, p) for r, p in held if len(r.devices) == 1]  # the headline is stated on single-GPU rows
     stats: dict[str, float] = {}
     for kind in ("decode", "prefill"):
         errs = [abs(p / r.measured_tokens_per_s - 1) for r, p in held if r.kind == kind]
@@ -111,23 +125,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--holdout", action="store_true", help="also run the leave-GPUs-out check (slow)")
     parser.add_argument("-o", "--output", type=Path, default=DATA_FILE)
     args = parser.parse_args(argv)
-    rows: list[MappedRow] = []
-    for path in args.csv:
-        rows += map_file(path)[2]
+    per_file: dict[str, list[MappedRow]] = {path.name: map_file(path)[2] for path in args.csv}
+    rows = [r for file_rows in per_file.values() for r in file_rows]
     x = fit_rows(rows)
     cal = calibration_from_vector(x)
-    headline = [r for r in rows if is_headline_row(r)]
     stats: dict[str, float | int | str] = {"rows_fitted": len(rows)}
-    for kind in ("decode", "prefill"):
-        n, err = mape(headline, cal, kind)
-        stats[f"headline_{kind}_n"] = n
-        stats[f"headline_{kind}_mape"] = round(err, 4)
+    for name, file_rows in per_file.items():
+        headline = [r for r in file_rows if is_headline_row(r)]
+        for kind in ("decode", "prefill"):
+            n, err = mape(headline, cal, kind)
+            stats[f"{name}:headline_{kind}_n"] = n
+            stats[f"{name}:headline_{kind}_mape"] = round(err, 4)
     if args.holdout:
         stats.update(holdout_check(rows))
     method = (
         f"scipy.optimize.least_squares on log(predicted/measured) over {len(rows)} rows of "
-        f"{', '.join(p.name for p in args.csv)} (all mapped tgN/ppN rows; family compute factors with a "
-        f"log-prior of weight {FAMILY_PRIOR_WEIGHT} toward 1); fitted {datetime.now(UTC).date().isoformat()} by "
+        f"{', '.join(p.name for p in args.csv)} (all mapped tgN/ppN rows, single-GPU rows weighted "
+        f"{SINGLE_GPU_WEIGHT}; family compute and bandwidth factors with a log-prior of weight {FAMILY_PRIOR_WEIGHT} "
+        f"toward 1); fitted {datetime.now(UTC).date().isoformat()} by "
         "`python -m gpumix.estimate.fit " + " ".join(str(p) for p in args.csv) + "`"
     )
     cal = calibration_from_vector(x, method=method, stats=stats)

@@ -60,6 +60,7 @@ def achieved_bandwidth_gb_per_s(
     eff = params.bandwidth_efficiency * calibration.quant_bandwidth_factor.get(quant_class(quant.id), 1.0)
     if memory_technology(device.spec) == "hbm":
         eff *= calibration.hbm_bandwidth_factor
+    eff *= calibration.arch_bandwidth_factor.get(arch_family(device.spec), 1.0)
     eff = min(eff, 1.0)
     bw = device.spec.mem_bandwidth_gb_per_s * eff
     if device.kind == "cpu":

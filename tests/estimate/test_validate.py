@@ -1,0 +1,90 @@
+"""`gpumix validate` on the published measurements: the estimator's headline accuracy and its error handling."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpumix.errors import GpumixError
+from gpumix.estimate.validate import validate_file
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "calibration"
+SINGLE = SHARED / "measurements.csv"
+MULTI = SHARED / "multigpu.csv"
+needs_shared = pytest.mark.skipif(not SINGLE.is_file(), reason="../shared/calibration not present beside the repo")
+
+
+@needs_shared
+def test_headline_accuracy_on_published_single_gpu_measurements():
+    """Issue #2's bar: decode MAPE <= 10% (dense, tg128-tg1024), prefill <= 20% (pp512), >= 90% of rows used."""
+    report = validate_file(SINGLE, headline_only=True)
+    headline_rows = report.used + sum(
+        n for reason, n in report.skipped_reasons.items() if not reason.startswith(("outside", "model not", "test is"))
+    )
+    assert report.used / headline_rows >= 0.90, report.skipped_reasons
+    assert report.decode.n >= 100 and report.decode.mape <= 0.10
+    assert report.prefill.n >= 70 and report.prefill.mape <= 0.20
+
+
+@needs_shared
+def test_multi_gpu_file_is_detected_and_predicted():
+    report = validate_file(MULTI)
+    assert report.format == "multi"
+    assert report.used > 200
+    assert report.decode.mape is not None and report.decode.mape < 0.35
+    assert report.prefill.n > 100
+    # Every skipped row has a stated reason; none is silently dropped.
+    assert sum(report.skipped_reasons.values()) == report.skipped
+
+
+def test_csv_with_missing_columns_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("gpu,model,test\nRTX 3090,Llama 3 8B,tg128\n")
+    with pytest.raises(GpumixError, match="missing columns"):
+        validate_file(bad)
+
+
+def test_unmappable_rows_are_skipped_with_reasons_not_guessed(tmp_path):
+    csv = tmp_path / "m.csv"
+    header = "source,gpu,backend,model,quant,model_size_gb,params_b,test,tokens_per_s,notes\n"
+    rows = [
+        "s,RTX 3090,CUDA,Llama 3 8B,Q4_K_M,4.9,8.03,tg128,120,",
+        "s,RTX 9999 Imaginary,CUDA,Llama 3 8B,Q4_K_M,4.9,8.03,tg128,120,",
+        "s,RTX 3090,CUDA,Some Unknown Model 9B,Q4_K_M,4.9,9,tg128,120,",
+        "s,RTX 3090,CUDA,Llama 3 8B,Q4_K_M,4.9,8.03,pp512+tg128,120,",
+    ]
+    csv.write_text(header + "\n".join(rows) + "\n")
+    report = validate_file(csv)
+    assert (report.rows, report.used, report.skipped) == (4, 1, 3)
+    assert report.skipped_reasons == {
+        "GPU not in catalog": 1,
+        "model not in catalog": 1,
+        "test is not a plain tgN/ppN": 1,
+    }
+    row = report.results[0]
+    assert row.kind == "decode" and row.predicted > 0 and row.error == pytest.approx(row.predicted / 120 - 1)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gpumix", *args], capture_output=True, text=True, timeout=120)
+
+
+@needs_shared
+def test_validate_cli_json_shape():
+    out = _cli("validate", str(SINGLE), "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    for key in ("rows", "used", "skipped", "skipped_reasons", "decode", "prefill"):
+        assert key in data
+    assert data["rows"] == data["used"] + data["skipped"]
+    assert 0 < data["decode"]["mape"] < 1 and data["decode"]["n"] > 0
+
+
+def test_validate_cli_missing_file_is_one_line_error(tmp_path):
+    out = _cli("validate", str(tmp_path / "nope.csv"))
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr and "no such file" in out.stderr
