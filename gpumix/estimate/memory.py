@@ -180,7 +180,11 @@ def llama_compute_buffer_bytes(model: ModelSpec, workload: Workload) -> int:
         attention = ub * stream_cells * 2
     else:
         attention = ub * stream_cells * model.n_heads * 4
-    return int(ffn + attention)
+    # With --embeddings every token of the ubatch is an output, and the graph is reserved with f32 logits for all
+    # of them: llama-server's Gemma 3 270M embeddings server reports a 516 MiB compute buffer = 262144 × 512 × 4 B
+    # + the terms above (tests/run memory check).
+    outputs = model.vocab_size * ub * 4 if workload.embeddings else 0
+    return int(ffn + attention + outputs)
 
 
 def vllm_activation_bytes(model: ModelSpec, tp: int) -> int:

@@ -29,6 +29,7 @@ class Workload(_Frozen):
     kv_unified: bool = True  # llama-server default with auto -np: one KV shared by all slots
     flash_attention: bool = True
     gpu_memory_utilization: float | None = None  # vLLM: fraction of each GPU it claims
+    embeddings: bool = False  # llama-server --embeddings: every ubatch token is an output
 
 
 class Links(_Frozen):
