@@ -15,6 +15,7 @@ from gpumix.estimate.speed import (
     decode_bytes_on_device,
     device_fixed_overhead_s,
     layer_split_hop_s,
+    link_gb_per_s,
     peak_bandwidth_gb_per_s,
 )
 from gpumix.estimate.types import DeviceEstimate, Estimate, Links, Placement, Workload
@@ -137,12 +138,18 @@ def _prefill_s(
     cal: Calibration,
     backend: str | None,
     tp: int = 1,
+    links: Links | None = None,
 ) -> float:
-    """Time to process `prompt_tokens` in ubatches: matmul FLOPs + attention FLOPs, weights re-read per ubatch."""
+    """Time to process `prompt_tokens` in ubatches: matmul FLOPs + attention FLOPs, weights re-read per ubatch.
+
+    With partial offload, llama.cpp runs large batches of CPU-resident layers on the GPU, copying their weights
+    over PCIe once per ubatch (its default op offload); a CPU layer costs the cheaper of the two ways."""
     n = workload.prompt_tokens
     chunks = math.ceil(n / workload.ubatch)
     total = 0.0
     last = len(devices) - 1
+    gpus = [d for d in devices if d.kind == "gpu"]
+    best_gpu_flops = max((achieved_flops(d, quant, cal, backend) for d in gpus), default=0.0)
     for pos, (device, ids) in enumerate(zip(devices, ranges, strict=True)):
         if not ids and pos != last:
             continue
@@ -153,10 +160,13 @@ def _prefill_s(
             flops += 2 * model.vocab_size * model.hidden_size / tp  # logits of the last token only
         peak = achieved_flops(device, quant, cal, backend)
         compute_s = flops / peak if peak > 0 else float("inf")
-        weights_s = decode_bytes_on_device(model, quant, ids, pos == last, workload, 0) / tp / (
-            achieved_bandwidth_gb_per_s(device, quant, cal, backend) * GB
-        )
-        total += compute_s + chunks * (weights_s + device_fixed_overhead_s(device, len(ids), workload, cal, backend))
+        weight_bytes = decode_bytes_on_device(model, quant, ids, pos == last, workload, 0) / tp
+        weights_s = weight_bytes / (achieved_bandwidth_gb_per_s(device, quant, cal, backend) * GB)
+        here = compute_s + chunks * (weights_s + device_fixed_overhead_s(device, len(ids), workload, cal, backend))
+        if device.kind == "cpu" and best_gpu_flops > 0:
+            upload_s = weight_bytes / (link_gb_per_s(links or Links(), pos) * GB)
+            here = min(here, flops / best_gpu_flops + chunks * upload_s)
+        total += here
     return total
 
 
@@ -199,7 +209,7 @@ def _layer_pipeline(
     token_s = sum(stage_1) + hops + cal.fixed_overhead_s
     decode = 1.0 / token_s
     aggregate = _pipelined_aggregate(model, quant, devices, ranges, last, workload, links, cal, backend, used)
-    prefill_s = _prefill_s(model, quant, devices, ranges, workload, cal, backend)
+    prefill_s = _prefill_s(model, quant, devices, ranges, workload, cal, backend, links=links)
     prefill_tps = workload.prompt_tokens / prefill_s
     notes = []
     if multi:
