@@ -16,6 +16,7 @@
 | GPX012 | slo-missed                | a service's predicted speed misses its SLO                                      |
 | GPX013 | cpu-offload               | layers run from system RAM (slow): says how much faster more VRAM would be     |
 | GPX014 | service-unplaced          | a service could not be placed (see the plan's reasons)                          |
+| GPX015 | device-oversubscribed     | the services on one card would need more than its bandwidth/compute if all busy at once (declare `load:`) |
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class LintContext:
     options: list[list[Any]]  # planner.Option per service
     chosen: list[Any]  # planner.Option | None per service
     sockets: dict
+    calibration: Any = None
 
 
 def _w(code: str, slug: str, message: str, service: str | None = None, severity: str = "warning") -> Warning_:
@@ -85,7 +87,7 @@ def _service_checks(svc: Any, opt: Any, ctx: LintContext) -> list[Warning_]:
                           f"{name}: device {gpus[0].index} ({gpus[0].name}) is first (main GPU) but "
                           f"{fastest.name} is faster; put the fastest card first", name))  # fmt: skip
     if opt.mode in ("layer_split", "pipeline_parallel", "tensor_parallel"):
-        singles = [o for o in ctx.options[svc.index] if o.mode == "single" and o.fits()]
+        singles = [o for o in ctx.options[svc.index] if o.mode == "single" and o.fits()] or _singles(svc, gpus, ctx)
         if singles:
             best = max(singles, key=lambda o: o.speed)
             out.append(_w("GPX004", "split-fits-one-card",
@@ -119,6 +121,23 @@ def _service_checks(svc: Any, opt: Any, ctx: LintContext) -> list[Warning_]:
     for check in _slo(svc, opt):
         out.append(check)
     out.extend(_co_location(svc, opt, ctx))
+    return out
+
+
+def _singles(svc: Any, gpus: list[Device], ctx: LintContext) -> list[Any]:
+    """One-card placements of the service on each card of its group (when its mode was forced, none were made)."""
+    from gpumix.errors import GpumixError
+    from gpumix.estimate.types import Links
+    from gpumix.plan.planner import _llm_option
+
+    out = []
+    for d in gpus:
+        try:
+            opt = _llm_option(svc, "single", [d], (), Links(), ctx.calibration)
+        except GpumixError:
+            continue
+        if opt.fits():
+            out.append(opt)
     return out
 
 
@@ -191,7 +210,7 @@ def _slow_link(devs: list[Device], ctx: LintContext) -> str | None:
         if d.kind != "gpu":
             continue
         lanes = lanes_cfg[d.index] if lanes_cfg and 0 <= d.index < len(lanes_cfg) else (d.pcie_width or 16)
-        gen = d.pcie_gen or gen_cfg or 4
+        gen = gen_cfg or d.pcie_gen or 4
         rate = PCIE_GB_PER_S_PER_LANE.get(gen, 1.969) * lanes
         if rate < SLOW_LINK_GB_PER_S:
             return (f"device {d.index} ({d.name}) sits on a PCIe Gen{gen} x{lanes} link ({rate:.1f} GB/s); "
@@ -207,6 +226,15 @@ def _device_checks(plan: Plan, ctx: LintContext) -> list[Warning_]:
             out.append(_w("GPX010", "over-free-memory",
                           f"device {dev.index} ({dev.name}): planned {planned.memory_planned_bytes / GB:.1f} GB is "
                           f"above free − margin ({limit / GB:.1f} GB)", severity="error"))  # fmt: skip
+    for dev, planned in zip(ctx.devices, plan.devices, strict=True):
+        busy = max(planned.bandwidth_utilisation, planned.compute_utilisation)
+        if busy > 1.0 + 1e-9:
+            names = [s.name for s in plan.services if dev.index in s.devices and s.host == dev.host]
+            out.append(_w("GPX015", "device-oversubscribed",
+                          f"device {dev.index} ({dev.name}{', ' + dev.host if dev.host else ''}): "
+                          f"{', '.join(names)} would need {busy:.1f}x its bandwidth if all were busy at once; "
+                          "they slow each other down — declare each service's `load:` (busy share) to check",
+                          severity="info"))  # fmt: skip
     by_host: dict[str | None, set[str]] = {}
     for dev in ctx.devices:
         if dev.driver_version:

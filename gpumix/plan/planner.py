@@ -391,7 +391,8 @@ def llm_options(svc: Resolved, devices: Sequence[Device], spec: PlanSpec, socket
             for group in distinct:
                 if len(group) < 2 or (want == "auto" and device_class(group[0]) in fits_alone):
                     continue  # a split is slower than the group's fastest card when the model fits it
-                layers = _split(svc, group, svc.objective, spec, sockets, cal, cache=cache)
+                forced = 1 if want == "layer_split" else 0
+                layers = _split(svc, group, svc.objective, spec, sockets, cal, cache=cache, min_layers=forced)
                 if layers is not None and all(layers):
                     add("layer_split", group, layers)
         if svc.engine == "llama.cpp" and want in ("auto", "cpu_offload") and cpus:
@@ -408,7 +409,7 @@ def llm_options(svc: Resolved, devices: Sequence[Device], spec: PlanSpec, socket
         if svc.engine == "vllm" and want in ("auto", "pipeline_parallel"):
             for group in distinct:
                 if len(group) >= 2:
-                    layers = _split(svc, group, "throughput", spec, sockets, cal, vllm=True, cache=cache)
+                    layers = _split(svc, group, "throughput", spec, sockets, cal, vllm=True, cache=cache, min_layers=1)
                     if layers is not None and all(layers):
                         add("pipeline_parallel", group, layers)
         n_rep = entry.replicas if entry.replicas > 1 else (2 if svc.objective == "throughput" else 0)
@@ -449,13 +450,15 @@ def _replica_groups(gpus: list[Device], n: int) -> list[list[Device]]:
 
 
 def _split(svc: Resolved, group: Sequence[Device], objective: str, spec: PlanSpec, sockets: dict,
-           cal: Calibration, vllm: bool = False, cache: dict | None = None) -> tuple[int, ...] | None:  # fmt: skip
+           cal: Calibration, vllm: bool = False, cache: dict | None = None,
+           min_layers: int = 0) -> tuple[int, ...] | None:  # fmt: skip
     workload = svc.workload.model_copy(update={"engine": "vllm"}) if vllm else svc.workload
     links = links_for(spec, group, sockets)
-    key = ("split", _model_key(svc), workload, objective, tuple(device_class(d) for d in group), links)
+    key = ("split", _model_key(svc), workload, objective, tuple(device_class(d) for d in group), links, min_layers)
     if cache is not None and key in cache:
         return cache[key]
-    layers = splitmod.solve_layer_split(svc.model, svc.quant, group, workload, objective, links, cal)  # type: ignore[arg-type]
+    layers = splitmod.solve_layer_split(svc.model, svc.quant, group, workload, objective, links, cal,  # type: ignore[arg-type]
+                                        min_layers_per_device=min_layers)  # fmt: skip
     if cache is not None:
         cache[key] = layers
     return layers
@@ -641,7 +644,7 @@ def plan_services(
         calibration=cal_name,
     )
     context = lint.LintContext(spec=spec, devices=devs, services=services, options=all_options, chosen=chosen,
-                               sockets=sockets)  # fmt: skip
+                               sockets=sockets, calibration=cal)  # fmt: skip
     return plan.model_copy(update={"warnings": lint.lint(plan, context)})
 
 
@@ -704,6 +707,12 @@ def _unplaced_reason(svc: Resolved, options: list[Option], devs: Sequence[Device
     from gpumix.units import GB
 
     name = f"{svc.entry.name} ({svc.model.name} {svc.quant.id})"
+    if fitting and svc.entry.load:
+        return (
+            f"{name} fits in memory but every card it fits is already busy: with its declared load "
+            f"{svc.entry.load:g} the services sharing the card would need more than 100% of its bandwidth/compute; "
+            "add a card or lower the declared loads"
+        )
     if fitting:
         placed = sum(sum(o.memory_bytes) for o in chosen if o is not None)
         need = min(sum(o.memory_bytes) for o in fitting)

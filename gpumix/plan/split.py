@@ -135,7 +135,7 @@ def device_costs(
 
 
 def _solve(
-    costs: Sequence[DeviceCosts], n_layers: int, output_at: int, objective: SplitObjective
+    costs: Sequence[DeviceCosts], n_layers: int, output_at: int, objective: SplitObjective, min_layers: int = 0
 ) -> tuple[tuple[float, float], tuple[int, ...]] | None:
     """Best contiguous split with device `output_at` holding the output layer (it must hold ≥ 1 layer and every
     device after it gets none). Returns ((primary, secondary) cost, layers) or None when nothing fits.
@@ -153,13 +153,13 @@ def _solve(
         new = [inf] * (n_layers + 1)
         pick = [-1] * (n_layers + 1)
         out = i == output_at
-        min_n = 1 if out else 0
         allowed = i <= output_at  # the output layer sits with the last layers
+        min_n = max(1 if out else 0, min_layers if allowed else 0)
         for start in range(n_layers + 1):
             if best[start] == inf:
                 continue
             max_n = n_layers - start if allowed else 0
-            for n in range(min_n, max_n + 1):
+            for n in range(min(min_n, max_n + 1), max_n + 1):
                 if dev.range_bytes(start, n, out) > dev.limit_bytes:
                     break  # more layers only need more memory
                 stage = dev.stage_s(start, n, out, first=start == 0)
@@ -229,22 +229,29 @@ def solve_layer_split(
     links: Links | None = None,
     calibration: Calibration | None = None,
     margin: int | None = None,
+    min_layers_per_device: int = 0,
 ) -> tuple[int, ...] | None:
+    """best_layer_split's search; None when nothing fits. `min_layers_per_device` = 1 makes every device a stage
+    (a split the user asked for, or vLLM pipeline stages)."""
     if not devices:
         raise GpumixError("a layer split needs at least one device")
     if model.n_layers <= 0:
         raise GpumixError(f"{model.name} has no layer count; a layer split needs one")
     calibration = calibration or load_calibration(None)
     costs = all_device_costs(model, quant, devices, workload, links or Links(), calibration, margin)
-    return solve_from_costs(costs, model.n_layers, objective)
+    return solve_from_costs(costs, model.n_layers, objective, min_layers_per_device)
 
 
-def solve_from_costs(costs: Sequence[DeviceCosts], n_layers: int, objective: SplitObjective) -> tuple[int, ...] | None:
+def solve_from_costs(
+    costs: Sequence[DeviceCosts], n_layers: int, objective: SplitObjective, min_layers: int = 0
+) -> tuple[int, ...] | None:
     candidates = []
     for output_at in range(len(costs)):
         if costs[output_at].device.kind == "cpu" and len(costs) > 1:
             continue  # with GPUs present the output layer goes to a GPU
-        found = _solve(costs, n_layers, output_at, objective)
+        if min_layers and output_at != len(costs) - 1:
+            continue  # every device holds layers, so the last one holds the output
+        found = _solve(costs, n_layers, output_at, objective, min_layers)
         if found is not None:
             candidates.append(found)
     if not candidates:

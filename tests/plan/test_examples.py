@@ -116,3 +116,18 @@ def test_2x4090_8b_replicas_double_aggregate():
     single = plan_services(one).service("chat")
     assert single.mode == "single"
     assert chat.predicted.aggregate_tokens_per_s == pytest.approx(2 * single.predicted.aggregate_tokens_per_s, rel=1e-3)
+
+
+def test_fleet_places_20_services_without_cross_host_splits():
+    plan = _plan("fleet.yaml")
+    assert plan.feasible and len(plan.services) == 20 and plan.optimal
+    for svc in plan.services:
+        assert svc.devices and svc.host is not None  # every service on exactly one host
+    chat = plan.service("chat-70b")
+    assert chat.mode == "layer_split" and len(chat.devices) == 2
+    hosts = {d.host for d in plan.devices}
+    assert hosts == {"alpha", "beta", "gamma", "delta"}
+    for dev in plan.devices:
+        assert dev.memory_planned_bytes <= dev.memory_free_bytes - 2**30
+    # Drivers differ between hosts, not within one: no GPX008.
+    assert "GPX008" not in _codes(plan) and "GPX014" not in _codes(plan)
