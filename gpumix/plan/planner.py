@@ -186,10 +186,10 @@ def _default_engine(model: ModelSpec, quant: QuantSpec, entry: ServiceEntry) -> 
     return "llama.cpp"
 
 
-def endpoints_for(model: ModelSpec) -> list[str]:
-    if model.kind == "embedding":
+def endpoints_for(model: ModelSpec, task: str | None = None) -> list[str]:
+    if task == "embeddings" or model.kind == "embedding":
         return ["/v1/embeddings"]
-    if model.kind == "reranker":
+    if task == "rerank" or model.kind == "reranker":
         return ["/v1/rerank"]
     if model.kind == "image":
         return ["/v1/images/generations"]
@@ -386,6 +386,9 @@ def llm_options(svc: Resolved, devices: Sequence[Device], spec: PlanSpec, socket
         if want in ("auto", "single") and entry.replicas == 1:
             for d in gpus:
                 add("single", [d])
+            if svc.engine == "llama.cpp":
+                for d in cpus:
+                    add("single", [d])  # all layers in RAM: the only choice without GPUs, a slow one beside them
         fits_alone = {device_class(o.devices[0]) for o in options if o.mode == "single" and o.fits()}
         if svc.engine == "llama.cpp" and want in ("auto", "layer_split"):
             for group in distinct:
@@ -763,7 +766,7 @@ def _planned_service(svc: Resolved, opt: Option | None) -> PlannedService:
         "name": svc.entry.name, "model": svc.model.id, "model_path": svc.model_path, "model_kind": svc.model.kind,
         "quant": svc.quant.id, "engine": svc.engine, "context": svc.workload.context,
         "concurrency": svc.entry.concurrency, "replicas": svc.entry.replicas, "objective": svc.objective,
-        "endpoints": endpoints_for(svc.model), "fallback": svc.entry.fallback,
+        "endpoints": endpoints_for(svc.model, svc.entry.task), "fallback": svc.entry.fallback,
         "kv_cache_dtype": svc.entry.kv_cache_dtype,
     }  # fmt: skip
     if opt is None:
@@ -775,6 +778,7 @@ def _planned_service(svc: Resolved, opt: Option | None) -> PlannedService:
     split: list[float] = []
     ts: list[float] = []
     n_gpu_layers = None
+    threads = None
     if opt.mode in ("layer_split", "pipeline_parallel", "cpu_offload") and layers:
         total = sum(layers)
         split = [round(n / total, 4) for n in layers]
@@ -785,7 +789,9 @@ def _planned_service(svc: Resolved, opt: Option | None) -> PlannedService:
             ts = tensor_split_values(layers)
             n_gpu_layers = total + 1
     elif svc.model.kind == "llm" and opt.mode == "single":
-        n_gpu_layers = svc.model.n_layers + 1
+        n_gpu_layers = 0 if opt.devices[0].kind == "cpu" else svc.model.n_layers + 1
+        if opt.devices[0].kind == "cpu":
+            threads = opt.devices[0].threads
     predicted = Predicted(
         decode_tokens_per_s=_r(opt.decode), aggregate_tokens_per_s=_r(opt.aggregate),
         prefill_tokens_per_s=_r(opt.prefill), ttft_s=_r(opt.ttft_s, 4),
@@ -803,6 +809,7 @@ def _planned_service(svc: Resolved, opt: Option | None) -> PlannedService:
         memory_bytes=opt.memory_bytes,
         memory_breakdown=list(opt.memory),
         n_gpu_layers=n_gpu_layers,
+        threads=threads,
         predicted=predicted,
         slo=_slo_checks(svc, opt),
     )

