@@ -60,7 +60,8 @@ LARGE_TIME_LIMIT_S = 0.5
 MAX_CHOICES = 4000
 PRUNED_PER_CLASS = 3
 MAX_HOSTS_PER_SERVICE = 8  # above this many hosts each service sees HOSTS_PER_CLASS hosts of each machine kind
-HOSTS_PER_CLASS = 3
+HOSTS_PER_CLASS = 2
+SINGLES_PER_CLASS = 2  # large fleets: one-card candidates per identical card type per host
 
 
 @dataclass
@@ -297,6 +298,16 @@ def links_for(spec: PlanSpec, group: Sequence[Device], sockets: dict[tuple, int 
     )
 
 
+def _cached_links(spec: PlanSpec, group: Sequence[Device], sockets: dict, cache: dict | None) -> Links:
+    if cache is None:
+        return links_for(spec, group, sockets)
+    key = ("links", tuple(device_class(d) + (d.index, d.host is None) for d in group),
+           tuple(sockets.get(dkey(d)) for d in group), len({d.host for d in group}))  # fmt: skip
+    if key not in cache:
+        cache[key] = links_for(spec, group, sockets)
+    return cache[key]
+
+
 def device_price(device: Device, spec: PlanSpec) -> float | None:
     from gpumix.hardware.catalog import resolve_gpu
 
@@ -352,7 +363,7 @@ def _llm_option(svc: Resolved, mode: str, group: Sequence[Device], layers: tuple
 
 
 def llm_options(svc: Resolved, devices: Sequence[Device], spec: PlanSpec, sockets: dict, cal: Calibration,
-                cache: dict | None = None) -> list[Option]:  # fmt: skip
+                cache: dict | None = None, per_class: int | None = None) -> list[Option]:  # fmt: skip
     """Every placement worth estimating for one LLM service, on each host separately."""
     entry = svc.entry
     pool = [d for d in devices if entry.devices is None or d.index in entry.devices]
@@ -373,7 +384,7 @@ def llm_options(svc: Resolved, devices: Sequence[Device], spec: PlanSpec, socket
         if key in seen:
             return
         seen.add(key)
-        links = links_for(spec, group, sockets)
+        links = _cached_links(spec, group, sockets, cache)
         try:
             options.append(_llm_option(svc, mode, group, layers, links, cal, cache))
         except GpumixError:
@@ -384,7 +395,7 @@ def llm_options(svc: Resolved, devices: Sequence[Device], spec: PlanSpec, socket
         cpus = [d for d in host_devices if d.kind == "cpu"]
         distinct = _distinct_groups(gpus)
         if want in ("auto", "single") and entry.replicas == 1:
-            for d in gpus:
+            for d in _limit_per_class(gpus, per_class):
                 add("single", [d])
             if svc.engine == "llama.cpp":
                 for d in cpus:
@@ -424,6 +435,20 @@ def llm_options(svc: Resolved, devices: Sequence[Device], spec: PlanSpec, socket
     return options
 
 
+def _limit_per_class(devices: list[Device], per_class: int | None) -> list[Device]:
+    """Large fleets: a few of each identical card per host are enough candidates (the rest are equivalent)."""
+    if per_class is None:
+        return devices
+    taken: dict[tuple, int] = {}
+    out = []
+    for d in devices:
+        key = device_class(d)
+        if taken.get(key, 0) < per_class:
+            taken[key] = taken.get(key, 0) + 1
+            out.append(d)
+    return out
+
+
 def _distinct_groups(gpus: list[Device]) -> list[list[Device]]:
     """Device groups (fastest first) worth trying: every subset of size ≤ MAX_GROUP on small hosts; on big hosts
     one group per mix of card types (identical cards are interchangeable)."""
@@ -456,7 +481,7 @@ def _split(svc: Resolved, group: Sequence[Device], objective: str, spec: PlanSpe
            cal: Calibration, vllm: bool = False, cache: dict | None = None,
            min_layers: int = 0) -> tuple[int, ...] | None:  # fmt: skip
     workload = svc.workload.model_copy(update={"engine": "vllm"}) if vllm else svc.workload
-    links = links_for(spec, group, sockets)
+    links = _cached_links(spec, group, sockets, cache)
     key = ("split", _model_key(svc), workload, objective, tuple(device_class(d) for d in group), links, min_layers)
     if cache is not None and key in cache:
         return cache[key]
@@ -593,7 +618,7 @@ def plan_services(
     for svc in services:
         pool = _candidate_devices(devs, host_classes, svc.index) if pruned_hosts and svc.entry.host is None else devs
         if svc.model.kind == "llm":
-            opts = llm_options(svc, pool, spec, sockets, cal, cache)
+            opts = llm_options(svc, pool, spec, sockets, cal, cache, SINGLES_PER_CLASS if pruned_hosts else None)
         else:
             opts = service_options(svc, pool, cache)
         score_options(svc, opts, max_bandwidth)
