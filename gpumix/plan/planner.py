@@ -658,6 +658,7 @@ def plan_services(
                for svc, opt in zip(services, chosen, strict=True) if opt is None]  # fmt: skip
     planned_services = [_planned_service(svc, opt) for svc, opt in zip(services, chosen, strict=True)]
     planned_devices = _planned_devices(devs, services, chosen, prices)
+    planned_services = _service_costs(planned_services, planned_devices)
     cost = _cost(planned_devices, planned_services, services)
     plan = Plan(
         source=source,
@@ -870,6 +871,23 @@ def _planned_devices(devs: Sequence[Device], services: list[Resolved], chosen: l
         )  # fmt: skip
         for i, d in enumerate(devs)
     ]
+
+
+def _service_costs(services: list[PlannedService], devices: list[PlannedDevice]) -> list[PlannedService]:
+    """£ per million output tokens of each LLM service: its share (by planned memory) of its cards' monthly price."""
+    by_key = {(d.host, d.index): d for d in devices}
+    out = []
+    for svc in services:
+        tokens = svc.predicted.aggregate_tokens_per_s
+        monthly = 0.0
+        for index, mem in zip(svc.devices, svc.memory_bytes, strict=False):
+            dev = by_key.get((svc.host, index))
+            if dev is not None and dev.gbp_per_month and dev.memory_planned_bytes:
+                monthly += dev.gbp_per_month * mem / dev.memory_planned_bytes
+        if svc.model_kind == "llm" and tokens and monthly:
+            svc = svc.model_copy(update={"gbp_per_million_tokens": round(monthly / (tokens * SECONDS_PER_MONTH / 1e6), 4)})
+        out.append(svc)
+    return out
 
 
 def _cost(devices: list[PlannedDevice], services: list[PlannedService], resolved: list[Resolved]) -> Cost:

@@ -49,6 +49,7 @@ def test_hybrid_box_puts_the_llm_on_the_4090_and_packs_services_on_the_5060ti():
     assert all(c.met for c in chat.slo) and {c.metric for c in chat.slo} == {"decode_tokens_per_s", "ttft_ms"}
     assert plan.cost.gbp_per_month == 575 + 160
     assert plan.cost.gbp_per_million_tokens and plan.cost.gbp_per_million_tokens > 0
+    assert 0 < chat.gbp_per_million_tokens < plan.cost.gbp_per_million_tokens * 5
 
 
 def test_3090_3060_cannot_hold_70b_q4_k_m_and_says_by_how_much():
