@@ -55,8 +55,15 @@ def kv_bytes_per_element(dtype: str) -> float:
 
 
 def weight_bytes_per_param(quant: QuantSpec) -> float:
-    """Whole-file average (mixed recipes keep some tensors in higher precision), else the block cost."""
+    """Bytes per transformer-layer weight: the block cost where embeddings are costed apart, else the whole-file
+    average (mixed recipes keep some tensors in higher precision)."""
+    if quant.embedding_bits_per_weight:
+        return quant.bits_per_weight / 8
     return (quant.file_bits_per_weight or quant.bits_per_weight) / 8
+
+
+def embedding_bytes_per_param(quant: QuantSpec) -> float:
+    return (quant.embedding_bits_per_weight or 0) / 8 or weight_bytes_per_param(quant)
 
 
 def non_layer_params(model: ModelSpec) -> float:
@@ -80,7 +87,7 @@ def layer_weight_bytes(model: ModelSpec, quant: QuantSpec) -> tuple[int, ...]:
 def non_layer_weight_bytes(model: ModelSpec, quant: QuantSpec) -> int:
     if model.non_layer_weight_bytes is not None and _is_file_quant(model, quant):
         return model.non_layer_weight_bytes
-    return int(non_layer_params(model) * weight_bytes_per_param(quant))
+    return int(non_layer_params(model) * embedding_bytes_per_param(quant))
 
 
 def output_weight_bytes(model: ModelSpec, quant: QuantSpec) -> int:
@@ -88,7 +95,7 @@ def output_weight_bytes(model: ModelSpec, quant: QuantSpec) -> int:
     the embedding table, which llama.cpp duplicates onto the output device."""
     if model.non_layer_weight_bytes is not None and _is_file_quant(model, quant):
         return model.non_layer_weight_bytes if model.tied_embeddings else model.non_layer_weight_bytes // 2
-    return int(model.vocab_size * model.hidden_size * weight_bytes_per_param(quant))
+    return int(model.vocab_size * model.hidden_size * embedding_bytes_per_param(quant))
 
 
 def input_embedding_bytes(model: ModelSpec, quant: QuantSpec) -> int:

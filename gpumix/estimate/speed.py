@@ -112,23 +112,6 @@ def decode_bytes_on_device(
     return weights + kv + out
 
 
-def decode_seconds_per_layer(
-    model: ModelSpec,
-    quant: QuantSpec,
-    device: Device,
-    workload: Workload,
-    calibration: Calibration,
-    depth: float | None = None,
-    backend: str | None = None,
-) -> float:
-    """Average time one transformer layer costs per decode token on `device` (weights, KV and launch overhead)."""
-    depth = workload.context / 2 if depth is None else depth
-    n = max(model.n_layers, 1)
-    bytes_all = decode_bytes_on_device(model, quant, list(range(n)), False, workload, depth) / n
-    bw = achieved_bandwidth_gb_per_s(device, quant, calibration, backend) * GB
-    return bytes_all / bw + per_layer_overhead_s(device, calibration, backend)
-
-
 def achieved_flops(device: Device, quant: QuantSpec, calibration: Calibration, backend: str | None = None) -> float:
     """FLOP/s prefill reaches: peak dense FP16 tensor (FP32 where no tensor figure) × fitted efficiencies."""
     measured = calibration.measurement_for(device)

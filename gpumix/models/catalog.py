@@ -203,6 +203,9 @@ def parse_quant_catalog(text: str) -> list[QuantSpec]:
                     block_weights=int(row["block_weights"]),
                     block_bytes=float(row["block_bytes"]),
                     file_bits_per_weight=float(row["file_bits_per_weight"]) if row["file_bits_per_weight"] else None,
+                    embedding_bits_per_weight=(
+                        float(row["embedding_bits_per_weight"]) if row.get("embedding_bits_per_weight") else None
+                    ),
                     compute_dtype=row["compute_dtype"],
                     engines=tuple(row["engines"].split("|")),
                     aliases=tuple(a for a in row["aliases"].split("|") if a),

@@ -25,6 +25,9 @@ class QuantSpec(BaseModel):
     # Whole-file average on a real model (tensors kept at higher precision included, e.g. output.weight in Q6_K);
     # None when not measured. bits_per_weight stays the block cost for single-type formats.
     file_bits_per_weight: float | None = None
+    # Formats that leave the token embedding and lm_head unquantised (vLLM FP8/AWQ/GPTQ checkpoints keep them in
+    # 16-bit): then bits_per_weight covers the transformer layers and this the non-layer tensors.
+    embedding_bits_per_weight: float | None = None
 
     @property
     def bytes_per_weight(self) -> float:

@@ -95,7 +95,7 @@ def test_4090_3090_coder_32b_stays_on_one_card():
 
 def test_2x4090_70b_fp8_does_not_fit():
     plan = _plan("2x4090-70b-fp8.yaml")
-    assert not plan.feasible and "weights 70.6 GB" in plan.reasons[0]
+    assert not plan.feasible and "weights 72.7 GB" in plan.reasons[0]
 
 
 def test_2x4090_32b_fp8_uses_two_cards_with_the_pcie_warning():
