@@ -15,18 +15,11 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 echo "== 1. plan the hybrid box (RTX 4090 + RTX 5060 Ti) =="
-if "$GPUMIX" plan --help >/dev/null 2>&1 && [ -f examples/hybrid-box.yaml ]; then
-  "$GPUMIX" plan examples/hybrid-box.yaml || echo "(planning the hybrid box failed; continuing with the CPU demo)"
-else
-  echo "(gpumix plan is not available in this checkout yet; skipping)"
-fi
+"$GPUMIX" plan examples/hybrid-box.yaml
 
 echo
 echo "== 2. start the CPU demo: gpumix up examples/cpu-demo.yaml --detach =="
-if ! "$GPUMIX" up examples/cpu-demo.yaml --detach --port "$PORT" --run-dir "$RUN_DIR" --health-timeout-s 120; then
-  echo "(could not plan/start examples/cpu-demo.yaml; using its plan.json equivalent examples/cpu-demo.plan.json)"
-  "$GPUMIX" up examples/cpu-demo.plan.json --detach --port "$PORT" --run-dir "$RUN_DIR" --health-timeout-s 120
-fi
+"$GPUMIX" up examples/cpu-demo.yaml --detach --port "$PORT" --run-dir "$RUN_DIR" --health-timeout-s 120
 
 echo
 echo "== 3. query it =="

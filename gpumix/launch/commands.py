@@ -170,10 +170,13 @@ def _llama_server(plan: Plan, service: PlannedService, devices: list[int], port:
         argv += ["-ctk", service.kv_cache_dtype, "-ctv", service.kv_cache_dtype]
         if service.kv_cache_dtype not in _FULL_PRECISION_KV:
             argv += ["-fa", "on"]
-    if service.model_kind == "embedding":
-        argv += ["--embeddings", "--pooling", "mean"]
-    elif service.model_kind == "reranker":
+    # What the server serves follows the plan's endpoints, so an LLM file planned with `task: embeddings` is an
+    # embeddings server too.
+    served = endpoints_of(service)
+    if service.model_kind == "reranker" or "/v1/rerank" in served:
         argv += ["--rerank"]
+    elif service.model_kind == "embedding" or "/v1/embeddings" in served:
+        argv += ["--embeddings", "--pooling", "mean"]
     argv += _llama_gpu_args(plan, service, devices)
     return argv, [str(model)], 1
 

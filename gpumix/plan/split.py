@@ -42,13 +42,16 @@ from gpumix.units import GB, MiB
 SplitObjective = Literal["latency", "throughput"]
 
 # Memory left free on every GPU: llama.cpp's `--fit-target` default, 1024 MiB (engines.md §1.1), which covers
-# allocator fragmentation and the display/desktop's share. RAM used for CPU offload keeps 4 GiB for the OS.
+# allocator fragmentation and the display/desktop's share. RAM used for CPU offload keeps 4 GiB for the OS, or a
+# quarter of it when the plan gives gpumix a small RAM budget (the demo's `ram_gb: 4`).
 GPU_MARGIN_BYTES = 1024 * MiB
 CPU_MARGIN_BYTES = 4096 * MiB
 
 
 def margin_bytes(device: Device) -> int:
-    return CPU_MARGIN_BYTES if device.kind == "cpu" else GPU_MARGIN_BYTES
+    if device.kind == "cpu":
+        return min(CPU_MARGIN_BYTES, device.memory_total_bytes // 4)
+    return GPU_MARGIN_BYTES
 
 
 def usable_bytes(device: Device, margin: int | None = None) -> int:

@@ -8,6 +8,10 @@ from gpumix.plan.result import Plan
 
 @pytest.fixture(scope="session")
 def cpu_demo_plan() -> Plan:
-    """The plan.json equivalent of examples/cpu-demo.yaml (chat + embeddings, Gemma 3 270M on the CPU)."""
-    return Plan.model_validate_json((EXAMPLES / "cpu-demo.plan.json").read_text())
+    """examples/cpu-demo.yaml planned by the real planner (chat + embeddings, Gemma 3 270M on the CPU)."""
+    from gpumix.plan.planner import plan_file
+
+    plan = plan_file(EXAMPLES / "cpu-demo.yaml")
+    assert plan.feasible, plan.reasons
+    return plan
 

