@@ -17,6 +17,7 @@
 | GPX013 | cpu-offload               | layers run from system RAM (slow): says how much faster more VRAM would be     |
 | GPX014 | service-unplaced          | a service could not be placed (see the plan's reasons)                          |
 | GPX015 | device-oversubscribed     | the services on one card would need more than its bandwidth/compute if all busy at once (declare `load:`) |
+| GPX016 | price-unknown             | a card the plan uses has no £/month (catalog or `prices:`), so the plan gives no cost |
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ def lint(plan: Plan, ctx: LintContext) -> list[Warning_]:
             continue
         out.extend(_service_checks(svc, opt, ctx))
     out.extend(_device_checks(plan, ctx))
+    unpriced = sorted({d.name for d in plan.devices if d.kind == "gpu" and d.memory_planned_bytes > 0
+                       and d.gbp_per_month is None})  # fmt: skip
+    if unpriced:
+        example = unpriced[0]
+        out.append(_w("GPX016", "price-unknown",
+                      f"no £/month for {', '.join(unpriced)}, so the plan gives no cost; add e.g. "
+                      f"`prices: {{{example}: {{gbp_per_month: N}}}}` to the plan file", severity="info"))  # fmt: skip
     if ctx.spec.runtime.containers and ctx.spec.runtime.container_gpus == "all":
         out.append(_w("GPX007", "containers-see-all-gpus",
                       "containers would see all GPUs (`--gpus all`): a service can then allocate on the LLM's card; "

@@ -918,8 +918,10 @@ def _service_costs(services: list[PlannedService], devices: list[PlannedDevice])
 
 
 def _cost(devices: list[PlannedDevice], services: list[PlannedService], resolved: list[Resolved]) -> Cost:
-    used = [d for d in devices if d.memory_planned_bytes > 0 and d.gbp_per_month is not None]
-    monthly = sum(d.gbp_per_month or 0.0 for d in used) if used else None
+    used = [d for d in devices if d.memory_planned_bytes > 0 and d.kind == "gpu"]
+    # A total that silently leaves out an unpriced card would understate the cost: no total then (lint GPX016).
+    priced = used and all(d.gbp_per_month is not None for d in used)
+    monthly = sum(d.gbp_per_month or 0.0 for d in used) if priced else None
     tokens_per_s = sum(s.predicted.aggregate_tokens_per_s or 0.0 for s in services if s.model_kind == "llm")
     per_m = None
     if monthly and tokens_per_s > 0:

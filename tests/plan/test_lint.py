@@ -65,3 +65,21 @@ def test_declared_loads_bound_co_location_and_undeclared_ones_are_flagged():
 def test_clean_single_card_plan_has_no_warnings():
     plan = _plan(PAIR + "services:\n  - {name: c, model: llama-3.1-8b, quant: q4_k_m}\n")
     assert plan.warnings == [] and plan.service("c").devices == [0]
+
+
+def test_unpriced_card_gives_no_cost_and_says_which_card(tmp_path):
+    from gpumix.plan.planner import plan_file
+
+    plan_path = tmp_path / "p.yaml"
+    plan_path.write_text(
+        "devices:\n  - gpu: RTX 4090\n  - gpu: RTX 3090\n"
+        "services:\n  - name: chat\n    model: llama-3.3-70b\n    quant: q4_k_m\n    context: 4096\n"
+    )
+    plan = plan_file(plan_path)
+    assert plan.feasible and plan.cost.gbp_per_month is None
+    (warning,) = [w for w in plan.warnings if w.code.startswith("GPX016")]
+    assert "RTX 3090" in warning.message and "RTX 4090" not in warning.message
+    plan_path.write_text(plan_path.read_text() + "prices:\n  RTX 3090: {gbp_per_month: 300}\n")
+    priced = plan_file(plan_path)
+    assert priced.cost.gbp_per_month == 575 + 300
+    assert not [w for w in priced.warnings if w.code.startswith("GPX016")]
