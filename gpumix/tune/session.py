@@ -81,6 +81,8 @@ def bench_measure(
     parallel: int,
     log: list[tuple[str, ...]],
 ):
+    rpc_only = bool(rpc) and all(d.name.startswith("RPC") for d in devices)
+
     def measure(split: Split) -> BenchResult:
         alone = len(split.order) == 1
         req = BenchRequest(
@@ -92,7 +94,10 @@ def bench_measure(
             n_gen=settings.n_gen,
             n_prompt=settings.n_prompt_alone if alone and objective == "latency" else 0,
             repetitions=settings.repetitions,
-            threads=settings.threads,
+            threads=settings.threads if settings.threads is not None or not rpc_only else 1,
+            # Every layer on RPC devices: the client only embeds and samples; its default 50% spin-polling
+            # threads would take CPU from the RPC servers when they share the machine (the test bed).
+            extra=("--poll", "0") if rpc_only else (),
         )
         if objective == "throughput":
             result = run_batched_bench(req, parallel, timeout_s=settings.timeout_s)

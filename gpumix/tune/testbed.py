@@ -2,7 +2,7 @@
 
 Each server runs one thread pinned to its own core; a slower one runs in a cgroup with a CPU quota (cgroup v1:
 `cpu/<name>/cpu.cfs_quota_us` of `cpu.cfs_period_us`; v2: `cpu.max` "quota period" with the cpu controller
-enabled in the parent's `cgroup.subtree_control`). llama.cpp sees them as RPC0, RPC1, ... — real devices of
+enabled in the parent's `cgroup.subtree_control`), over a short period (see CFS_PERIOD_US). llama.cpp sees them as RPC0, RPC1, ... — real devices of
 different speed (VISION.md, "A heterogeneous test bed without GPUs"). State lives in ~/.cache/gpumix/testbed.json
 so `gpumix testbed down` can remove the processes and cgroups later.
 """
@@ -25,7 +25,19 @@ from gpumix.errors import GpumixError
 from gpumix.launch.llamacpp import cache_dir
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-CFS_PERIOD_US = 100_000  # the kernel's default CFS period (Documentation/scheduler/sched-bwc.rst)
+# CFS bandwidth control gives a group `quota` µs of CPU per `period` µs (Documentation/scheduler/sched-bwc.rst;
+# the kernel's minimum quota is 1 ms). With the default 100 ms period a throttled RPC server is not a slower device
+# but a bursty one: in a layer split it idles while the other device works, so its 40 ms budget covers its whole
+# share of a ~60 ms token at full core speed (measured on this test bed: 2 layers + output on the "0.4" device ran
+# 18.4 t/s, the same device alone 12.7). A 5 ms period throttles inside every token, as a slower chip would.
+CFS_PERIOD_US = 5_000
+MIN_QUOTA_US = 1_000
+
+
+def cfs_quota_period_us(fraction: float) -> tuple[int, int]:
+    """(quota, period) for a CPU share: the short period, lengthened where the quota would fall below 1 ms."""
+    period = max(CFS_PERIOD_US, int(round(MIN_QUOTA_US / fraction)))
+    return max(int(round(fraction * period)), MIN_QUOTA_US), period
 _READY_TIMEOUT_S = 15.0
 
 
@@ -83,16 +95,17 @@ class CgroupCpu:
 
     def create(self, name: str, fraction: float) -> Path:
         path = self.parent / name
-        quota = max(int(fraction * CFS_PERIOD_US), 1000)  # the kernel's minimum quota is 1 ms
+        quota, period = cfs_quota_period_us(fraction)
         try:
             if self.version == 2:
                 _enable_cpu_controller(self.parent)
             path.mkdir(exist_ok=True)
             if self.version == 1:
-                (path / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+                (path / "cpu.cfs_quota_us").write_text("-1")  # lift the old quota so any period is accepted
+                (path / "cpu.cfs_period_us").write_text(str(period))
                 (path / "cpu.cfs_quota_us").write_text(str(quota))
             else:
-                (path / "cpu.max").write_text(f"{quota} {CFS_PERIOD_US}")
+                (path / "cpu.max").write_text(f"{quota} {period}")
         except OSError as exc:
             _remove_dir(path)
             raise GpumixError(

@@ -41,11 +41,12 @@ def testbed(llama, tmp_path_factory):
     testbed_down(state)
 
 
-def _cgroup_quota(group: Path) -> str:
-    for name in ("cpu.cfs_quota_us", "cpu.max"):
-        if (group / name).is_file():
-            return (group / name).read_text().split()[0]
-    raise AssertionError(f"no quota file in {group}")
+def _cgroup_share(group: Path) -> float:
+    if (group / "cpu.max").is_file():
+        quota, period = (group / "cpu.max").read_text().split()
+    else:
+        quota, period = (group / "cpu.cfs_quota_us").read_text(), (group / "cpu.cfs_period_us").read_text()
+    return int(quota) / int(period)
 
 
 def test_testbed_up_and_down_leave_no_process_or_cgroup(llama, tmp_path) -> None:
@@ -58,7 +59,7 @@ def test_testbed_up_and_down_leave_no_process_or_cgroup(llama, tmp_path) -> None
         assert psutil.pid_exists(fast.pid) and psutil.pid_exists(slow.pid)
         assert os.sched_getaffinity(fast.pid) != os.sched_getaffinity(slow.pid) or len(os.sched_getaffinity(0)) == 1
         assert fast.cgroup is None and slow.cgroup is not None
-        assert _cgroup_quota(Path(slow.cgroup)) == "40000"
+        assert _cgroup_share(Path(slow.cgroup)) == pytest.approx(0.4)
         assert str(slow.pid) in (Path(slow.cgroup) / "cgroup.procs").read_text().split()
         for s in bed.servers:
             socket.create_connection((s.host, s.port), timeout=2).close()
@@ -96,6 +97,17 @@ def test_real_llama_bench_result_is_parsed(testbed, gemma_gguf) -> None:
     assert r.test == "tg16" and r.devices == "RPC0" and r.n_gpu_layers == 99
     assert r.model_size_bytes == 246587904  # the GGUF's weights, as gpumix's layout reader sums them
     assert 1.0 < r.tokens_per_s < 1000.0
+
+
+def test_real_batched_bench_gives_aggregate_speed(testbed, gemma_gguf) -> None:
+    """The throughput objective's measurement: llama-batched-bench, 2 parallel sequences on one RPC device."""
+    from gpumix.tune.bench import BenchRequest, run_batched_bench
+
+    req = BenchRequest(str(gemma_gguf), rpc=tuple(s.address for s in testbed.servers), devices=("RPC0",),
+                       n_prompt=8, n_gen=8)  # fmt: skip
+    r = run_batched_bench(req, parallel=2)
+    assert r.n_gen == 8 and r.n_prompt == 8 and 1.0 < r.tokens_per_s < 2000.0
+    assert "-npl" in r.command and r.command[r.command.index("-dev") + 1] == "RPC0"
 
 
 def _gpumix(*args: str) -> subprocess.CompletedProcess:

@@ -152,3 +152,11 @@ def test_cpu_offload_search_fills_the_small_device_first(gemma_like_layout) -> N
     )  # fmt: skip
     assert result.runs <= 4 and result.best.tokens_per_s == pytest.approx(best_possible, rel=1e-6)
     assert result.best.split.n_gpu_layers < 19  # a partial offload
+
+
+def test_cfs_quota_keeps_the_share_and_the_kernel_minimum() -> None:
+    from gpumix.tune.testbed import cfs_quota_period_us
+
+    assert cfs_quota_period_us(0.4) == (2000, 5000)
+    quota, period = cfs_quota_period_us(0.1)
+    assert quota >= 1000 and quota / period == pytest.approx(0.1)
