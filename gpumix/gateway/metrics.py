@@ -7,7 +7,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -39,6 +39,15 @@ class GatewayMetrics:
             "gpumix_gateway_outstanding", "Requests in flight per backend", ["backend"], registry=r
         )
         self.healthy = Gauge("gpumix_gateway_backend_up", "1 when the backend takes traffic", ["backend"], registry=r)
+        self._children: dict[tuple, Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, cached: the lookup sits on every request's path."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
 
 @dataclass

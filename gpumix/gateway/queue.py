@@ -101,7 +101,9 @@ class JobQueue:
     def __init__(self, redis_url: str, settings: QueueSettings = QueueSettings()) -> None:
         self.settings = settings
         # A blocking pool: a burst of submits waits for a connection instead of failing or opening hundreds.
-        pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=64, timeout=30, decode_responses=True)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            redis_url, max_connections=64, timeout=30, decode_responses=True
+        )
         self.redis = aioredis.Redis(connection_pool=pool)
         self._complete = self.redis.register_script(_COMPLETE_LUA)
 
