@@ -68,6 +68,14 @@ async def _load(url: str, rate: float, duration_s: float, stream: bool) -> dict:
                 key = str(exc) if isinstance(exc, RuntimeError) else type(exc).__name__
                 errors[key] = errors.get(key, 0) + 1
 
+        if rate == 0:  # closed loop, one request in flight: the proxy's own cost without any queueing
+            t0 = time.perf_counter()
+            n = 0
+            while time.perf_counter() - t0 < duration_s:
+                await run_one()
+                n += 1
+            return {"requests": n, "errors": errors, "sent_late_over_5ms": 0, "sent_s": time.perf_counter() - t0,
+                    "latencies_ms": [round(x * 1000, 4) for x in latencies]}  # fmt: skip
         n = int(rate * duration_s)
         tasks = []
         t0 = time.perf_counter() + 0.05
@@ -219,7 +227,7 @@ def main() -> None:
     client.add_argument("--rate", type=float, required=True)
     client.add_argument("--duration", type=float, required=True)
     client.add_argument("--stream", action="store_true")
-    parser.add_argument("--rates", type=float, nargs="+", default=[100, 500, 1000])
+    parser.add_argument("--rates", type=float, nargs="+", default=[100, 500, 1000], help="0 = one request at a time")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per (target, rate, mode); ≤ 30")
     parser.add_argument("--rounds", type=int, default=2, help="slices per target, interleaved with the others")
     parser.add_argument("--targets", nargs="+", default=["gpumix", "caddy", "litellm"])
