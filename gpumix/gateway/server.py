@@ -22,8 +22,10 @@ from email.policy import HTTP
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
 from yarl import URL
 
+from gpumix.errors import GpumixError
 from gpumix.gateway.backends import Backend, BackendPool, QueueFull, check_all, health_loop
 from gpumix.gateway.config import PROXIED_ENDPOINTS, TRANSCRIPTIONS, GatewayConfig, ServiceConfig
 from gpumix.gateway.metrics import AccessLog, GatewayMetrics, StreamUsage, Usage, usage_from_json
@@ -169,7 +171,11 @@ class Gateway:
             self._check_auth(request)
             if self.queue is None:
                 raise ApiError(404, "this gateway has no job queue (start it with --redis URL)", code="no_queue")
-            job = await self.queue.status(request.match_info["job_id"])
+            try:
+                job = await self.queue.status(request.match_info["job_id"])
+            except RedisError as exc:
+                raise ApiError(503, f"the job queue is unavailable: {exc}", type_="service_unavailable",
+                               code="queue_unavailable") from exc  # fmt: skip
             if job is None:
                 raise ApiError(404, f"no job {request.match_info['job_id']}", code="job_not_found")
         except ApiError as exc:
@@ -284,9 +290,13 @@ class Gateway:
         assert self.queue is not None
         if endpoint == TRANSCRIPTIONS:
             raise ApiError(400, "multipart requests cannot be queued; send them without Prefer: respond-async")
-        job_id, _created = await self.queue.submit(
-            service.name, endpoint, json.loads(body), idempotency_key=request.headers.get("Idempotency-Key")
-        )
+        try:
+            job_id, _created = await self.queue.submit(
+                service.name, endpoint, json.loads(body), idempotency_key=request.headers.get("Idempotency-Key")
+            )
+        except RedisError as exc:
+            raise ApiError(503, f"the job queue is unavailable: {exc}", type_="service_unavailable",
+                           code="queue_unavailable") from exc  # fmt: skip
         headers = {"Location": f"/v1/jobs/{job_id}", "Preference-Applied": "respond-async"}
         return web.json_response({"id": job_id, "object": "job", "status": "queued"}, status=202, headers=headers)
 
@@ -475,5 +485,9 @@ def serve(gateway: Gateway, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Run until interrupted (SIGINT/SIGTERM)."""
     _use_uvloop()
     print(f"gpumix gateway listening on http://{host}:{port} ({len(gateway.config.services)} services)", flush=True)
-    web.run_app(gateway.app, host=host, port=port, handler_cancellation=True, access_log=None, print=None,
-                backlog=2048)  # fmt: skip
+    try:
+        web.run_app(gateway.app, host=host, port=port, handler_cancellation=True, access_log=None, print=None,
+                    backlog=2048)  # fmt: skip
+    except OSError as exc:
+        raise GpumixError(f"the gateway cannot listen on {host}:{port}: {exc.strerror or exc}",
+                          hint="pick a free --port, or stop what is using it") from exc  # fmt: skip

@@ -66,7 +66,7 @@ def test_sigkill_only_backend_gives_fast_503_then_recovers(procs: Procs) -> None
     for _ in range(5):
         start = time.monotonic()
         resp = httpx.post(url + "/v1/chat/completions", json=body, timeout=10)
-        assert time.monotonic() - start < 1.0  # within the connect timeout, no hang
+        assert time.monotonic() - start < 2.5  # within the 1 s connect timeout (plus a loaded box), no hang
         assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
         assert resp.json()["error"]["code"] in ("no_healthy_backend", "upstream_failed")
     assert httpx.get(url + "/health").status_code == 503

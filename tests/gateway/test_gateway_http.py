@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -26,8 +27,8 @@ def _is_openai_error(resp: httpx.Response, status: int, code: str) -> None:
 def stack(module_procs: Procs, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A plan with chat (2 replicas, fallback to small), small, embed and stt; API keys on; small body limit."""
     tmp = tmp_path_factory.mktemp("stack")
-    chat_a, _ = module_procs.backend(name="chat-a", chunks=5, chunk_delay_ms=20)
-    chat_b, _ = module_procs.backend(name="chat-b", chunks=5, chunk_delay_ms=20)
+    chat_a, _ = module_procs.backend(name="chat-a", chunks=5, chunk_delay_ms=100)
+    chat_b, _ = module_procs.backend(name="chat-b", chunks=5, chunk_delay_ms=100)
     small, _ = module_procs.backend(name="small")
     embed, _ = module_procs.backend(name="embed")
     plan = make_plan(
@@ -106,6 +107,7 @@ def test_dead_service_falls_back(stack: dict) -> None:
 
 
 def test_stream_passes_chunk_by_chunk_and_counts_tokens(stack: dict) -> None:
+    assert post(stack, "/v1/chat/completions", {"model": "no-such-model"}).status_code == 404
     arrivals: list[float] = []
     events: list[str] = []
     start = time.perf_counter()
@@ -117,8 +119,8 @@ def test_stream_passes_chunk_by_chunk_and_counts_tokens(stack: dict) -> None:
                 arrivals.append(time.perf_counter() - start)
                 events.append(line[6:])
     assert events[-1] == "[DONE]" and len(events) == 6
-    # The backend waits 20 ms between events; buffering would deliver them all at once at the end.
-    assert arrivals[-1] - arrivals[0] >= 0.06
+    # The backend waits 100 ms between events (500 ms in all); buffering would deliver them all at once at the end.
+    assert arrivals[-1] - arrivals[0] >= 0.25
     time.sleep(1.2)  # the access log is flushed once a second
     records = [json.loads(line) for line in stack["log"].read_text().splitlines()]
     streamed = [r for r in records if r.get("stream") and r["status"] == 200]
@@ -142,7 +144,7 @@ def test_least_outstanding_spreads_concurrent_streams(stack: dict) -> None:
             return await asyncio.gather(*(one() for _ in range(8)))
 
     backends = asyncio.run(run())
-    # 8 overlapping 100 ms streams over 2 replicas: least-outstanding gives each 4.
+    # 8 overlapping 500 ms streams over 2 replicas: least-outstanding gives each 4.
     assert sorted(backends) == ["chat-a"] * 4 + ["chat-b"] * 4
 
 
@@ -160,7 +162,7 @@ def test_client_disconnect_cancels_upstream(procs: Procs) -> None:
 
 
 def test_full_queue_answers_429_with_retry_after(procs: Procs) -> None:
-    backend, _ = procs.backend(delay_ms=400)
+    backend, _ = procs.backend(delay_ms=1000)
     url, _ = procs.gateway("--backend", f"chat={backend}", "--max-concurrency", "1", "--max-queue", "1")
 
     async def run() -> list[tuple[int, str | None]]:
@@ -194,3 +196,24 @@ def test_gateway_refuses_bad_plan_cleanly(tmp_path: Path, procs: Procs) -> None:
     assert proc.wait(20) == 2
     log = next(procs.tmp.glob("gateway-*.log")).read_text().replace("\n", " ")
     assert "is not a gpumix plan" in log and "Traceback" not in log
+
+
+def test_port_in_use_is_a_clean_error(procs: Procs) -> None:
+    backend, _ = procs.backend()
+    url, _ = procs.gateway("--backend", f"chat={backend}")
+    port = url.rsplit(":", 1)[1]
+    proc = procs.start(
+        [sys.executable, "-m", "gpumix", "gateway", "--port", port, "--backend", f"chat={backend}"], "dup"
+    )
+    assert proc.wait(30) == 2
+    log = next(procs.tmp.glob("dup-*.log")).read_text().replace("\n", " ")
+    assert "cannot listen on" in log and "Traceback" not in log
+
+
+def test_queue_down_gives_503_not_500(procs: Procs) -> None:
+    backend, _ = procs.backend()
+    url, _ = procs.gateway("--backend", f"chat={backend}", "--redis", f"redis://127.0.0.1:{free_port()}/0")
+    resp = httpx.post(url + "/v1/chat/completions", json={"messages": []}, headers={"Prefer": "respond-async"})
+    _is_openai_error(resp, 503, "queue_unavailable")
+    _is_openai_error(httpx.get(url + "/v1/jobs/abc"), 503, "queue_unavailable")
+    assert httpx.post(url + "/v1/chat/completions", json={"messages": []}).status_code == 200  # still serving
