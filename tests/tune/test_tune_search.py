@@ -160,3 +160,20 @@ def test_cfs_quota_keeps_the_share_and_the_kernel_minimum() -> None:
     assert cfs_quota_period_us(0.4) == (2000, 5000)
     quota, period = cfs_quota_period_us(0.1)
     assert quota >= 1000 and quota / period == pytest.approx(0.1)
+
+
+def test_a_run_caught_in_a_busy_moment_is_rechecked(gemma_like_layout) -> None:
+    """The fast device's alone run is measured at half speed once (another process had its core): the model
+    disagrees with it, the spare budget re-measures it, and the fast device alone still wins."""
+
+    class Unlucky(SyntheticBed):
+        def __call__(self, split):
+            r = super().__call__(split)
+            if self.runs == 1:
+                return BenchResult(r.tokens_per_s / 2, 0.0, 0, 32, (), "", "", 99, 0)
+            return r
+
+    bed = Unlucky(gemma_like_layout, [9.0, 3.6], 0.004)
+    result = tune(gemma_like_layout, devices(24, 24), bed, budget=4)
+    assert [p.phase for p in result.points].count("recheck") == 1 and result.runs == 4
+    assert result.best.assignment == assign_layers(Split((0,), (1.0,)), 2, 18)
