@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gpumix-installed
 
-.PHONY: demo test lint setup system-deps llama clean
+.PHONY: demo test lint setup system-deps llama litellm clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,13 +21,17 @@ system-deps:
 llama: $(STAMP)
 	$(BIN)/gpumix engines install llama.cpp
 
+# LiteLLM's own CLI in a separate cached venv, to validate the litellm export with LiteLLM's loader.
+litellm:
+	@bash scripts/install-litellm.sh
+
 demo: setup system-deps llama
 	bash scripts/demo.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check gpumix tests
 
-test: setup system-deps llama lint
+test: setup system-deps llama litellm lint
 	$(BIN)/python -m pytest -q
 
 clean:
