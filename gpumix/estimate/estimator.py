@@ -207,23 +207,36 @@ def _layer_pipeline(
         per_device.append(_device_estimate(device, len(ids), memory, step, dev_bound))
     hops = sum(layer_split_hop_s(model, links, cal, pos) for pos in used[1:])
     token_s = sum(stage_1) + hops + cal.fixed_overhead_s
-    decode = 1.0 / token_s
     aggregate = _pipelined_aggregate(model, quant, devices, ranges, last, workload, links, cal, backend, used)
     prefill_s = _prefill_s(model, quant, devices, ranges, workload, cal, backend, links=links)
-    prefill_tps = workload.prompt_tokens / prefill_s
     notes = []
     if multi:
         notes.append(f"layer split {list(layers)}: one stream's token passes every device in turn")
+    return _assemble(placement.mode, per_device, token_s, aggregate, prefill_s, workload, bound_s, hops, notes)
+
+
+def _assemble(
+    mode: str,
+    per_device: list[DeviceEstimate],
+    token_s: float,
+    aggregate: float,
+    prefill_s: float,
+    workload: Workload,
+    bound_s: float,
+    link_s: float,
+    notes: list[str],
+) -> Estimate:
+    """One stream decodes a token every `token_s`; `aggregate` streams together can't do worse than one."""
     return Estimate(
         fits=all(d.fits for d in per_device),
-        mode=placement.mode,
+        mode=mode,  # type: ignore[arg-type]
         devices=tuple(per_device),
-        decode_tokens_per_s=decode,
-        aggregate_tokens_per_s=max(aggregate, decode),
-        prefill_tokens_per_s=prefill_tps,
+        decode_tokens_per_s=1.0 / token_s,
+        aggregate_tokens_per_s=max(aggregate, 1.0 / token_s),
+        prefill_tokens_per_s=workload.prompt_tokens / prefill_s,
         ttft_s=prefill_s + token_s,
         bandwidth_bound_tokens_per_s=1.0 / bound_s,
-        link_s_per_token=hops,
+        link_s_per_token=link_s,
         notes=tuple(notes),
     )
 
@@ -284,8 +297,9 @@ def _tensor_parallel(
         overhead = device_fixed_overhead_s(device, model.n_layers, workload, cal, backend)
         step = dev_bytes / bw + overhead
         steps_1.append(step)
-        bound_s = max(bound_s, dev_bytes / (peak_bandwidth_gb_per_s(device, cal) * GB))
-        per_device.append(_device_estimate(device, model.n_layers, memory, step, dev_bytes / (peak_bandwidth_gb_per_s(device, cal) * GB)))
+        dev_bound = dev_bytes / (peak_bandwidth_gb_per_s(device, cal) * GB)
+        bound_s = max(bound_s, dev_bound)
+        per_device.append(_device_estimate(device, model.n_layers, memory, step, dev_bound))
     comm_1 = 2 * model.n_layers * allreduce_s(model, links, tp, 1, range(tp))
     token_s = max(steps_1) + comm_1 + cal.fixed_overhead_s
     batch = max(workload.parallel, 1)
@@ -306,18 +320,7 @@ def _tensor_parallel(
     notes = []
     if len({d.spec.id for d in devices}) > 1:
         notes.append("tensor parallel over mismatched cards: every layer waits for the slowest card")
-    return Estimate(
-        fits=all(d.fits for d in per_device),
-        mode="tensor_parallel",
-        devices=tuple(per_device),
-        decode_tokens_per_s=1.0 / token_s,
-        aggregate_tokens_per_s=max(aggregate, 1.0 / token_s),
-        prefill_tokens_per_s=workload.prompt_tokens / prefill_s,
-        ttft_s=prefill_s + token_s,
-        bandwidth_bound_tokens_per_s=1.0 / bound_s,
-        link_s_per_token=comm_1,
-        notes=tuple(notes),
-    )
+    return _assemble("tensor_parallel", per_device, token_s, aggregate, prefill_s, workload, bound_s, comm_1, notes)
 
 
 def _replicas(
