@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from gpumix.errors import GpumixError
+from gpumix.launch.commands import HEALTH_PATHS
 from gpumix.plan.result import Plan, PlannedService
 
 CHAT = "/v1/chat/completions"
@@ -77,6 +78,7 @@ class ServiceConfig:
     fallback: str | None = None
     gbp_per_million_tokens: float | None = None
     model_id: str | None = None
+    health_path: str | None = None  # the engine's own (sd-server has no /health); None = HealthSettings.path
 
     def names(self) -> tuple[str, ...]:
         return (self.name, *self.aliases)
@@ -155,6 +157,7 @@ def _from_plan(plan: Plan, urls: dict[str, list[str]]) -> list[ServiceConfig]:
                 fallback=svc.fallback,
                 gbp_per_million_tokens=svc.gbp_per_million_tokens,
                 model_id=svc.model,
+                health_path=HEALTH_PATHS.get(svc.engine),
             )
         )
     return services

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import itertools
 import json
@@ -27,7 +28,7 @@ from yarl import URL
 
 from gpumix.errors import GpumixError
 from gpumix.gateway.backends import Backend, BackendPool, QueueFull, check_all, health_loop
-from gpumix.gateway.config import PROXIED_ENDPOINTS, TRANSCRIPTIONS, GatewayConfig, ServiceConfig
+from gpumix.gateway.config import PROXIED_ENDPOINTS, TRANSCRIPTIONS, GatewayConfig, HealthSettings, ServiceConfig
 from gpumix.gateway.metrics import AccessLog, GatewayMetrics, StreamUsage, Usage, usage_from_json
 from gpumix.gateway.queue import JobQueue
 
@@ -60,7 +61,8 @@ class Gateway:
         self.config = config
         self.metrics = GatewayMetrics()
         self.pool = BackendPool(
-            {s.name: [Backend(s.name, url, config.limits, config.health) for url in s.urls] for s in config.services}
+            {s.name: [Backend(s.name, url, config.limits, _health_for(s, config)) for url in s.urls]
+             for s in config.services}  # fmt: skip
         )
         self._by_model: dict[str, ServiceConfig] = {}
         for svc in config.services:
@@ -446,6 +448,12 @@ class Gateway:
             cost_gbp = usage.total_tokens * svc.gbp_per_million_tokens / 1e6
             record["cost_gbp"] = round(cost_gbp, 9)
             self.metrics.child(self.metrics.cost, svc.name).inc(cost_gbp)
+
+
+def _health_for(service: ServiceConfig, config: GatewayConfig) -> HealthSettings:
+    if service.health_path is None or service.health_path == config.health.path:
+        return config.health
+    return dataclasses.replace(config.health, path=service.health_path)
 
 
 def _multipart_field(content_type: str, body: bytes, name: str) -> str | None:

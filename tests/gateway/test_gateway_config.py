@@ -79,3 +79,18 @@ def test_api_keys_from_file_and_env(tmp_path, monkeypatch) -> None:
         load_api_keys(tmp_path / "empty", "MY_KEYS")
     with pytest.raises(GpumixError, match="cannot read API key file"):
         load_api_keys(tmp_path / "missing", "MY_KEYS")
+
+
+def test_each_backend_is_health_checked_at_its_engines_own_path() -> None:
+    """sd-server has no /health (engines.md §6): the gateway probes /v1/models for image services."""
+    from gpumix.gateway.server import Gateway
+
+    plan = make_plan(
+        planned_service("chat", "llama-3.1-8b"),
+        image := planned_service("images", "sdxl-base", kind="image").model_copy(update={"engine": "image"}),
+    )
+    assert image.engine == "image"
+    cfg = build_config(plan, ["chat=http://127.0.0.1:8001", "images=http://127.0.0.1:8002"])
+    gateway = Gateway(cfg)
+    paths = {b.service: b.health.path for b in gateway.pool.all()}
+    assert paths == {"chat": "/health", "images": "/v1/models"}
