@@ -193,7 +193,9 @@ def _print_report(report: ValidationReport, show_rows: bool) -> None:
         console.print(f"  skipped {count}: {reason}")
     for name, metric in (("decode", report.decode), ("prefill", report.prefill)):
         value = "n/a" if metric.mape is None else f"{metric.mape:.1%}"
-        console.print(f"{name}: n={metric.n} MAPE {value}")
+        head = report.headline[name]
+        head_value = "n/a" if head.mape is None else f"{head.mape:.1%}"
+        console.print(f"{name}: n={metric.n} MAPE {value}  (dense tg128-tg1024 / pp512: n={head.n} MAPE {head_value})")
 
 
 def register(app: typer.Typer) -> None:

@@ -82,6 +82,8 @@ class ValidationReport(BaseModel):
     skipped_reasons: dict[str, int]
     decode: MetricSummary
     prefill: MetricSummary
+    # The subset the estimator's targets are stated on: dense models, tg128–tg1024 and pp512.
+    headline: dict[str, MetricSummary]
     results: list[RowResult]
 
 
@@ -203,6 +205,7 @@ def validate_file(path: Path, calibration: Calibration | None = None, headline_o
         reasons["outside dense tg128-tg1024/pp512 (--headline)"] += len(mapped) - len(kept)
         mapped = kept
     results: list[RowResult] = []
+    headline_lines = {m.line for m in mapped if is_headline_row(m)}
     for row in mapped:
         predicted = predict_row(row, cal)
         results.append(
@@ -222,6 +225,10 @@ def validate_file(path: Path, calibration: Calibration | None = None, headline_o
         skipped_reasons=dict(reasons),
         decode=_summary([r for r in results if r.kind == "decode"]),
         prefill=_summary([r for r in results if r.kind == "prefill"]),
+        headline={
+            kind: _summary([r for r in results if r.kind == kind and r.line in headline_lines])
+            for kind in ("decode", "prefill")
+        },
         results=results,
     )
 

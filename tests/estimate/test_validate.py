@@ -28,6 +28,9 @@ def test_headline_accuracy_on_published_single_gpu_measurements():
     assert report.used / headline_rows >= 0.90, report.skipped_reasons
     assert report.decode.n >= 100 and report.decode.mape <= 0.10
     assert report.prefill.n >= 70 and report.prefill.mape <= 0.20
+    # The plain report (all rows) carries the same headline subset.
+    full = validate_file(SINGLE)
+    assert full.headline["decode"] == report.decode and full.headline["prefill"] == report.prefill
 
 
 @needs_shared
