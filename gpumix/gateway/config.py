@@ -13,25 +13,20 @@ from urllib.parse import urlsplit
 
 from gpumix.errors import GpumixError
 from gpumix.launch.commands import HEALTH_PATHS
-from gpumix.plan.result import Plan, PlannedService
-
-CHAT = "/v1/chat/completions"
-COMPLETIONS = "/v1/completions"
-EMBEDDINGS = "/v1/embeddings"
-RERANK = "/v1/rerank"
-IMAGES = "/v1/images/generations"
-TRANSCRIPTIONS = "/v1/audio/transcriptions"
-MODERATIONS = "/v1/moderations"
+from gpumix.plan.result import (  # noqa: F401  (the endpoint names are re-exported for the gateway's users)
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    ENDPOINTS_BY_KIND,
+    IMAGES,
+    MODERATIONS,
+    RERANK,
+    TRANSCRIPTIONS,
+    Plan,
+    PlannedService,
+)
 
 PROXIED_ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS, RERANK, IMAGES, TRANSCRIPTIONS, MODERATIONS)
-
-ENDPOINTS_BY_KIND: dict[str, tuple[str, ...]] = {
-    "llm": (CHAT, COMPLETIONS),
-    "embedding": (EMBEDDINGS,),
-    "reranker": (RERANK,),
-    "image": (IMAGES,),
-    "audio": (TRANSCRIPTIONS,),
-}
 # A backend given without a plan is matched to a kind by its name, so `--backend embeddings=URL` serves
 # /v1/embeddings; any other name serves every endpoint.
 _KIND_BY_BACKEND_NAME = {
@@ -41,7 +36,6 @@ _KIND_BY_BACKEND_NAME = {
     "image": "image", "images": "image",
     "audio": "audio", "whisper": "audio", "transcription": "audio", "transcriptions": "audio",
 }  # fmt: skip
-_GUARD_HINTS = ("guard", "shield", "moderat")
 
 API_KEYS_ENV = "GPUMIX_API_KEYS"
 # OpenAI's audio upload limit is 25 MB (platform.openai.com/docs/guides/speech-to-text); leave room for the form.
@@ -104,12 +98,7 @@ class GatewayConfig:
 
 def endpoints_for(service: PlannedService) -> tuple[str, ...]:
     """The endpoints a planned service answers: its own list, else derived from its kind."""
-    if service.endpoints:
-        return tuple(service.endpoints)
-    endpoints = ENDPOINTS_BY_KIND[service.model_kind]
-    if service.model_kind == "llm" and any(h in f"{service.name} {service.model}".lower() for h in _GUARD_HINTS):
-        endpoints += (MODERATIONS,)
-    return endpoints
+    return service.served_endpoints()
 
 
 def parse_pair(text: str, flag: str) -> tuple[str, str]:

@@ -20,14 +20,6 @@ from gpumix.plan.result import Plan, PlannedDevice, PlannedService
 LOOPBACK = "127.0.0.1"
 DEFAULT_BASE_PORT = 8001
 
-# What each kind of service answers when the plan lists no endpoints (OpenAI paths).
-DEFAULT_ENDPOINTS: dict[str, list[str]] = {
-    "llm": ["/v1/chat/completions", "/v1/completions"],
-    "embedding": ["/v1/embeddings"],
-    "reranker": ["/v1/rerank"],
-    "audio": ["/v1/audio/transcriptions"],
-    "image": ["/v1/images/generations"],
-}
 # Readiness probes: llama-server, vLLM, TEI and whisper-server serve GET /health; sd-server has none,
 # so /v1/models stands in (engines.md §1.2, §3, §4, §5, §6).
 HEALTH_PATHS = {"llama.cpp": "/health", "vllm": "/health", "tei": "/health", "whisper": "/health", "image": "/v1/models"}
@@ -55,7 +47,7 @@ _FULL_PRECISION_KV = {"f32", "f16", "bf16"}
 
 
 def endpoints_of(service: PlannedService) -> list[str]:
-    return list(service.endpoints) or DEFAULT_ENDPOINTS[service.model_kind]
+    return list(service.served_endpoints())
 
 
 def engine_binary(engine: str) -> str:

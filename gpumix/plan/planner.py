@@ -37,6 +37,7 @@ from gpumix.plan.result import (
     PlannedService,
     Predicted,
     SloCheck,
+    default_endpoints,
 )
 from gpumix.plan.spec import PlanSpec, ServiceEntry, _Lines, load_plan_with_lines
 
@@ -215,18 +216,12 @@ def _default_engine(model: ModelSpec, quant: QuantSpec, entry: ServiceEntry) -> 
 
 
 def endpoints_for(model: ModelSpec, task: str | None = None) -> list[str]:
+    """What the service answers: by its model's kind, or by `task` for an LLM file served as embeddings/rerank."""
     if task == "embeddings" or model.kind == "embedding":
-        return ["/v1/embeddings"]
+        return list(default_endpoints("embedding"))
     if task == "rerank" or model.kind == "reranker":
-        return ["/v1/rerank"]
-    if model.kind == "image":
-        return ["/v1/images/generations"]
-    if model.kind == "audio":
-        return ["/v1/audio/transcriptions"]
-    out = ["/v1/chat/completions", "/v1/completions"]
-    if "guard" in model.id.lower():
-        out.append("/v1/moderations")
-    return out
+        return list(default_endpoints("reranker"))
+    return list(default_endpoints(model.kind, model.id))
 
 
 # ---------------------------------------------------------------------------------------------- devices

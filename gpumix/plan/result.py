@@ -11,6 +11,31 @@ from pydantic import BaseModel, ConfigDict, Field
 
 PLAN_FORMAT_VERSION = 1
 
+# OpenAI-compatible paths a service answers; launch, exports and the gateway all read them from the plan.
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+EMBEDDINGS = "/v1/embeddings"
+RERANK = "/v1/rerank"
+IMAGES = "/v1/images/generations"
+TRANSCRIPTIONS = "/v1/audio/transcriptions"
+MODERATIONS = "/v1/moderations"
+ENDPOINTS_BY_KIND: dict[str, tuple[str, ...]] = {
+    "llm": (CHAT, COMPLETIONS),
+    "embedding": (EMBEDDINGS,),
+    "reranker": (RERANK,),
+    "image": (IMAGES,),
+    "audio": (TRANSCRIPTIONS,),
+}
+_GUARD_HINTS = ("guard", "shield", "moderat")  # safety classifiers (Llama Guard, ShieldGemma) also moderate
+
+
+def default_endpoints(kind: str, *names: str) -> tuple[str, ...]:
+    """What a service of this kind answers; an LLM whose name or model says it is a guard also serves moderations."""
+    endpoints = ENDPOINTS_BY_KIND[kind]
+    if kind == "llm" and any(hint in " ".join(names).lower() for hint in _GUARD_HINTS):
+        endpoints += (MODERATIONS,)
+    return endpoints
+
 Engine = Literal["llama.cpp", "vllm", "tei", "whisper", "image"]
 Mode = Literal["single", "layer_split", "tensor_parallel", "pipeline_parallel", "replica", "cpu_offload"]
 Objective = Literal["latency", "throughput"]
@@ -91,6 +116,10 @@ class PlannedService(_Frozen):
     predicted: Predicted = Predicted()
     slo: list[SloCheck] = Field(default_factory=list)
     gbp_per_million_tokens: float | None = None
+
+    def served_endpoints(self) -> tuple[str, ...]:
+        """The plan's list, else what the service's kind answers (plan.json written by hand may omit it)."""
+        return tuple(self.endpoints) or default_endpoints(self.model_kind, self.name, self.model)
 
 
 class Warning_(_Frozen):

@@ -73,17 +73,24 @@ def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
-def bench_argv(binary: str | Path, req: BenchRequest) -> list[str]:
-    argv = [str(binary), "-m", req.model_path, "-o", "json", "-r", str(req.repetitions)]
-    argv += ["-p", str(req.n_prompt), "-n", str(req.n_gen), "-ngl", str(req.n_gpu_layers)]
+def _device_args(req: BenchRequest, sep: str) -> list[str]:
+    """--rpc, -dev, -ts and -t; `sep` joins devices and shares (llama-bench: '/', the common args: ',')."""
+    argv: list[str] = []
     if req.rpc:
         argv += ["--rpc", ",".join(req.rpc)]
     if req.devices:
-        argv += ["-dev", "/".join(req.devices)]
+        argv += ["-dev", sep.join(req.devices)]
     if req.tensor_split:
-        argv += ["-ts", "/".join(_fmt(v) for v in req.tensor_split)]
+        argv += ["-ts", sep.join(_fmt(v) for v in req.tensor_split)]
     if req.threads is not None:
         argv += ["-t", str(req.threads)]
+    return argv
+
+
+def bench_argv(binary: str | Path, req: BenchRequest) -> list[str]:
+    argv = [str(binary), "-m", req.model_path, "-o", "json", "-r", str(req.repetitions)]
+    argv += ["-p", str(req.n_prompt), "-n", str(req.n_gen), "-ngl", str(req.n_gpu_layers)]
+    argv += _device_args(req, "/")  # llama-bench separates list values with '/' (a ',' would sweep)
     if req.flash_attn is not None:
         argv += ["-fa", str(req.flash_attn)]
     return argv + list(req.extra)
@@ -228,15 +235,7 @@ def batched_bench_argv(binary: str | Path, req: BenchRequest, parallel: int, con
     n_prompt = max(req.n_prompt, 1)
     argv = [str(binary), "-m", req.model_path, "-ngl", str(req.n_gpu_layers), "-c", str(context)]
     argv += ["-npp", str(n_prompt), "-ntg", str(req.n_gen), "-npl", str(parallel), "--output-format", "jsonl"]
-    if req.rpc:
-        argv += ["--rpc", ",".join(req.rpc)]
-    if req.devices:
-        argv += ["-dev", ",".join(req.devices)]
-    if req.tensor_split:
-        argv += ["-ts", ",".join(_fmt(v) for v in req.tensor_split)]
-    if req.threads is not None:
-        argv += ["-t", str(req.threads)]
-    return argv + list(req.extra)
+    return argv + _device_args(req, ",") + list(req.extra)
 
 
 def run_batched_bench(
