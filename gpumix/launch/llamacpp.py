@@ -23,7 +23,7 @@ from gpumix.errors import GpumixError
 
 # The sdist pins the llama.cpp source; bump both together and the cache key changes with them.
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
-BINARIES = ("llama-server", "llama-bench", "ggml-rpc-server", "llama-batched-bench")
+BINARIES = ("llama-server", "llama-bench", "ggml-rpc-server", "llama-batched-bench", "llama-quantize")
 # On the virtual machines this project runs on, -DGGML_NATIVE=ON produced binaries that died with
 # "Illegal instruction" (VISION.md, "Real parts"); an explicit x86-64 feature set works.
 _CPU_FLAGS = (
