@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpumix.errors import GpumixError
-from gpumix.run.memlog import LlamaMemoryReport, MemoryRow, parse_llama_memory_breakdown
+from gpumix.run.memlog import LlamaMemoryReport, parse_llama_memory_breakdown
 from gpumix.run.preflight import free_port
-from gpumix.units import MiB
 
-# Host-side buffer types whose bytes sit in the same RAM as the `Host` row. CPU_REPACK holds re-laid-out copies
-# of weights that the (memory-mapped) Host model buffer also spans; see `LlamaMemoryProbe.cpu_mib`.
-REPACK_ROW = "CPU_REPACK"
+# llama-server's option for loading without mmap (`-lm none`, `--load-mode none`; llama.cpp 0c1e570 replaced
+# --no-mmap with it). See LlamaMemoryProbe.cpu_mib for why the CPU checks use it.
+NO_MMAP_ARGS = ("--load-mode", "none")
 
 
 @dataclass(frozen=True)
@@ -26,24 +25,29 @@ class LlamaMemoryProbe:
     report: LlamaMemoryReport
     argv: tuple[str, ...]
     log_path: Path
+    mmap: bool
 
-    def device_row(self, name: str) -> MemoryRow:
-        return self.report.row(name)
+    @property
+    def cpu_mib(self) -> float:
+        """What llama.cpp allocated in host RAM: model + context + compute of every host row, plus the output buffer
+        (logits), which llama.cpp allocates but leaves out of its table.
 
-    def cpu_mib(self, mmap: bool = True) -> int:
-        """model + context + compute of the host CPU. With mmap (llama-server's default) the Host model buffer is
-        the mapped file range, which already holds the bytes of every tensor repacked into CPU_REPACK (a repacked
-        block is the same size as the original: ggml-cpu/repack.h interleaves blocks, e.g. block_q4_Kx8 = 8 ×
-        block_q4_K), so the repack copy is not counted twice; without mmap the two rows are disjoint."""
-        host = self.report.row("Host")
-        total = host.model_mib + host.context_mib + host.compute_mib
-        if not mmap:
-            total += sum(r.model_mib for r in self.report.rows if r.name == REPACK_ROW)
-        return total
+        Only meaningful without mmap: then the rows are disjoint allocations (Host: the tensors read into RAM;
+        CPU_REPACK: the tensors re-laid for the CPU kernels). With mmap the Host model row is the mapped file range
+        [first, last tensor] of the non-repacked tensors, which spans repacked tensors lying between them (their
+        pages are touched once to copy them and are then reclaimable page cache) and misses those at the ends, so
+        it double-counts or under-counts depending on the tensor order in the file."""
+        if self.mmap:
+            raise ValueError("cpu_mib needs a probe run without mmap (probe_llama_server_memory(..., mmap=False))")
+        return self.report.host_self_mib + self.report.output_buffer_mib
+
+    def device_mib(self, name: str) -> float:
+        row = self.report.row(name)
+        return row.model_mib + row.context_mib + row.compute_mib
 
     @property
     def repack_mib(self) -> int:
-        return sum(r.model_mib for r in self.report.rows if r.name == REPACK_ROW)
+        return sum(r.model_mib for r in self.report.rows if r.name == "CPU_REPACK")
 
 
 def probe_llama_server_memory(
@@ -54,11 +58,12 @@ def probe_llama_server_memory(
     *,
     timeout_s: float = 180,
     threads: int = 1,
+    mmap: bool = True,
 ) -> LlamaMemoryProbe:
     """Run llama-server on `model_path` with `args` until /health answers, stop it, parse its memory tables."""
     port = free_port()
     argv = [str(server), "-m", str(model_path), "--host", "127.0.0.1", "--port", str(port), "-t", str(threads),
-            "-lv", "4", *args]  # fmt: skip
+            "-lv", "4", *(() if mmap else NO_MMAP_ARGS), *args]  # fmt: skip
     with log_path.open("w") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -73,7 +78,7 @@ def probe_llama_server_memory(
     report = parse_llama_memory_breakdown(log_path.read_text(errors="replace"))
     if not report.rows:
         raise GpumixError(f"llama-server printed no memory breakdown (log: {log_path})", hint="is this build older?")
-    return LlamaMemoryProbe(report, tuple(argv), log_path)
+    return LlamaMemoryProbe(report, tuple(argv), log_path, mmap)
 
 
 def _wait_healthy(proc: subprocess.Popen, port: int, timeout_s: float, log_path: Path) -> None:
@@ -89,7 +94,3 @@ def _wait_healthy(proc: subprocess.Popen, port: int, timeout_s: float, log_path:
         except OSError:
             time.sleep(0.3)
     raise GpumixError(f"llama-server did not become healthy in {timeout_s:.0f} s", hint=f"log: {log_path}")
-
-
-def mib(value_bytes: float) -> float:
-    return value_bytes / MiB

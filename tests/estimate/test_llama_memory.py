@@ -66,8 +66,8 @@ def model_file(ref: str) -> str:
 
 def _check(server, tmp_path, ref: str, args: list[str], workload: Workload) -> None:
     path = model_file(ref)
-    probe = probe_llama_server_memory(server, path, args, tmp_path / "llama-server.log")
-    measured_mib = probe.cpu_mib()
+    probe = probe_llama_server_memory(server, path, args, tmp_path / "llama-server.log", mmap=False)
+    measured_mib = probe.cpu_mib
 
     model = load_model(path)
     device = cpu_device(16 * GiB, 50.0, 1)
@@ -75,11 +75,11 @@ def _check(server, tmp_path, ref: str, args: list[str], workload: Workload) -> N
     mem = result.devices[0].memory
     predicted_mib = (mem.weights_bytes + mem.kv_cache_bytes + mem.compute_bytes) / MiB
 
-    host = probe.report.row("Host")
+    rows = ", ".join(f"{r.name} {r.model_mib}+{r.context_mib}+{r.compute_mib}" for r in probe.report.rows)
     detail = (
         f"{ref} {' '.join(args)}: predicted {predicted_mib:.1f} MiB (weights {mem.weights_bytes / MiB:.1f}, "
-        f"KV {mem.kv_cache_bytes / MiB:.1f}, compute {mem.compute_bytes / MiB:.1f}) vs llama.cpp {measured_mib} MiB "
-        f"(model {host.model_mib}, context {host.context_mib}, compute {host.compute_mib})"
+        f"KV {mem.kv_cache_bytes / MiB:.1f}, compute {mem.compute_bytes / MiB:.1f}) vs llama.cpp {measured_mib:.1f} "
+        f"MiB ({rows}, output buffer {probe.report.output_buffer_mib:.2f})"
     )
     tolerance = max(TOLERANCE_FRACTION * measured_mib, TOLERANCE_MIB)
     assert abs(predicted_mib - measured_mib) <= tolerance, detail
