@@ -59,7 +59,9 @@ class Target:
 
 def detect_target(backend: str, threads: int | None) -> Target:
     if backend == "cpu":
-        cpu = this_machine_cpu(threads=threads)
+        # One thread unless asked: `gpumix validate` predicts a catalog CPU row as one thread, and on a shared
+        # machine a second thread measures the other load more than the CPU.
+        cpu = this_machine_cpu(threads=threads or 1)
         return Target("CPU", cpu, DEFAULT_CPU_BANDWIDTH_ROW, cpu.memory_free_bytes, 0, cpu.threads)
     from gpumix.hardware.discovery import discover_machine
 
@@ -111,8 +113,9 @@ def bench(target: Target, path: Path, n_prompt: int, n_gen: int, reps: int, log_
 def memory_check(target: Target, path: Path, context: int, log_dir: Path) -> dict:
     server = require_llama_cpp().binary("llama-server")
     args = ["-c", str(context), "-np", "1", "-ngl", str(target.ngl)]
+    # Without mmap on the CPU: llama.cpp's host rows are then disjoint allocations (LlamaMemoryProbe.cpu_mib).
     probe = probe_llama_server_memory(server, path, args, log_dir / f"{path.stem}-server-c{context}.log",
-                                      timeout_s=600, threads=target.threads or 1)  # fmt: skip
+                                      timeout_s=600, threads=target.threads or 1, mmap=target.backend != "CPU")  # fmt: skip
     model = load_model(path)
     workload = Workload(context=context, parallel=1, kv_unified=False)
     device = target.device
@@ -120,13 +123,12 @@ def memory_check(target: Target, path: Path, context: int, log_dir: Path) -> dic
     mem = result.devices[0].memory
     predicted = (mem.weights_bytes + mem.kv_cache_bytes + mem.compute_bytes) / MiB
     if target.backend == "CPU":
-        measured = probe.cpu_mib()
-        row_name = "Host"
+        measured = probe.cpu_mib
+        row_name = "host rows + output buffer"
     else:
-        row = next(r for r in probe.report.rows if r.is_device)
-        measured = row.model_mib + row.context_mib + row.compute_mib
-        row_name = row.name
-    return {"device_row": row_name, "context": context, "measured_mib": measured, "predicted_mib": round(predicted, 1),
+        row_name = next(r for r in probe.report.rows if r.is_device).name
+        measured = probe.device_mib(row_name)
+    return {"device_row": row_name, "context": context, "measured_mib": round(measured, 2), "predicted_mib": round(predicted, 1),
             "predicted_weights_mib": round(mem.weights_bytes / MiB, 1), "predicted_kv_mib": round(mem.kv_cache_bytes / MiB, 1),
             "predicted_compute_mib": round(mem.compute_bytes / MiB, 1),
             "error_pct": round(100 * (predicted - measured) / measured, 2) if measured else None}  # fmt: skip

@@ -210,13 +210,12 @@ def llama_output_buffer_bytes(model: ModelSpec, workload: Workload) -> int:
 
 
 def llama_compute_buffer_bytes(model: ModelSpec, workload: Workload) -> int:
-    """llama.cpp's scheduler compute buffer on one device plus its output buffer.
+    """llama.cpp's scheduler compute buffer on one device (`sched_reserve: ... compute buffer size`).
 
     ggml-alloc reuses freed memory, so the buffer is the masks (inputs alive throughout) plus the peak of the
     phases, not their sum: the FFN phase (3 × ffn width + 4 × hidden f32 values per token; MoE: ffn width × experts
     used), the attention phase (without flash attention: n_kv × heads f32 scores per token + 6 q-widths) or the
-    output phase (the logits). The output buffer (logits handed to the caller) is added: it is real memory,
-    though llama.cpp's breakdown table leaves it out.
+    output phase (the logits).
     """
     tokens = llama_graph_tokens(workload)
     stream_cells = kv_cells(workload) // (1 if workload.kv_unified else workload.parallel)
@@ -231,7 +230,7 @@ def llama_compute_buffer_bytes(model: ModelSpec, workload: Workload) -> int:
     outputs = tokens if workload.embeddings else min(workload.parallel, tokens)
     output_phase = (outputs * model.vocab_size + OUTPUT_PHASE_HIDDEN_TENSORS * tokens * model.hidden_size) * F32
     peak = max(ffn_phase, attention_phase, output_phase)
-    return int(llama_mask_bytes(model, workload) + peak + llama_output_buffer_bytes(model, workload))
+    return int(llama_mask_bytes(model, workload) + peak)
 
 
 def vllm_activation_bytes(model: ModelSpec, tp: int) -> int:
@@ -268,6 +267,9 @@ def memory_for_layers(
         compute = vllm_activation_bytes(model, tensor_parallel) + VLLM_CUDA_GRAPH_BYTES
     elif workload.engine == "llama.cpp":
         compute = llama_compute_buffer_bytes(model, workload) if layer_ids or holds_output else 0
+        if not is_gpu and holds_output:
+            # the logits handed back to the caller live in host RAM (pinned host memory when a GPU computes them)
+            compute += llama_output_buffer_bytes(model, workload)
     else:
         compute = 0
     overhead = (CUDA_CONTEXT_BYTES if is_gpu else 0) + (NCCL_BUFFER_BYTES if uses_nccl else 0)
