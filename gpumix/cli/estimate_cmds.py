@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from gpumix.cli.output import add_row, esc, say, show, styled
 from gpumix.errors import GpumixError
 from gpumix.estimate import Estimate, Placement, Workload, estimate, load_calibration
 from gpumix.estimate.validate import ValidationReport, validate_file
@@ -17,8 +18,6 @@ from gpumix.hardware.devices import device_from_spec, this_machine_cpu
 from gpumix.hardware.spec import Device
 from gpumix.models.catalog import load_model, resolve_quant
 from gpumix.units import GiB
-
-console = Console()
 
 
 def _devices(gpus: list[str], cpu: bool) -> list[Device]:
@@ -93,32 +92,32 @@ def _estimate_json(model, quant, result: Estimate, how: str, workload: Workload)
 
 
 def _print_estimate(model, quant, result: Estimate, how: str, workload: Workload) -> None:
-    console.print(
-        f"[bold]{model.name}[/] {quant.id} · ctx {workload.context} × {workload.parallel} seq · "
-        f"{result.mode} ({how})"
+    say(
+        f"[bold]{esc(model.name)}[/] {esc(quant.id)} · ctx {workload.context} × {workload.parallel} seq · "
+        f"{result.mode} ({esc(how)})"
     )
     table = Table(show_lines=False)
     for col in ("device", "layers", "weights", "KV cache", "compute", "overhead", "total", "free", "fits"):
         table.add_column(col, justify="right" if col not in ("device", "fits") else "left")
     for d in result.devices:
         m = d.memory
-        fit = "[green]yes[/]" if d.fits else f"[red]no, short {d.shortfall_bytes / GiB:.2f} GiB[/]"
-        table.add_row(
-            f"{d.device_index}: {d.name}", str(d.layers),
+        fit = styled("yes", "green") if d.fits else styled(f"no, short {d.shortfall_bytes / GiB:.2f} GiB", "red")
+        add_row(
+            table, f"{d.device_index}: {d.name}", str(d.layers),
             *(f"{v / GiB:.2f}" for v in (m.weights_bytes, m.kv_cache_bytes, m.compute_bytes, m.overhead_bytes)),
             f"{d.memory_bytes / GiB:.2f}", f"{d.memory_free_bytes / GiB:.2f}", fit,
         )  # fmt: skip
-    console.print(table)
-    console.print("memory in GiB (2^30 bytes)")
+    show(table)
+    say("memory in GiB (2^30 bytes)")
     verdict = "[green]fits[/]" if result.fits else "[red]does not fit[/]"
-    console.print(
+    say(
         f"{verdict} · decode {result.decode_tokens_per_s:.1f} tok/s (one stream; bandwidth bound "
         f"{result.bandwidth_bound_tokens_per_s:.1f}) · aggregate {result.aggregate_tokens_per_s:.1f} tok/s · "
         f"prefill {result.prefill_tokens_per_s:.0f} tok/s · TTFT {result.ttft_s * 1000:.0f} ms "
         f"({workload.prompt_tokens}-token prompt)"
     )
     for note in result.notes:
-        console.print(f"  note: {note}")
+        say(Text(f"  note: {note}"))
 
 
 def estimate_cmd(
@@ -180,22 +179,22 @@ def validate_cmd(
 
 def _print_report(report: ValidationReport, show_rows: bool) -> None:
     if show_rows:
-        table = Table(title=report.file)
+        table = Table(title=Text(report.file))
         for col in ("line", "gpu", "model", "quant", "test", "measured", "predicted", "error"):
             table.add_column(col)
         for r in report.results:
-            table.add_row(str(r.line), r.gpu, r.model, r.quant, r.test, f"{r.measured:.1f}", f"{r.predicted:.1f}",
+            add_row(table, str(r.line), r.gpu, r.model, r.quant, r.test, f"{r.measured:.1f}", f"{r.predicted:.1f}",
                           f"{r.error:+.1%}")  # fmt: skip
-        console.print(table)
-    console.print(f"{report.file} ({report.format}-GPU format): {report.rows} rows, {report.used} used, "
-                  f"{report.skipped} skipped")  # fmt: skip
+        show(table)
+    say(Text(f"{report.file} ({report.format}-GPU format): {report.rows} rows, {report.used} used, "
+             f"{report.skipped} skipped"))  # fmt: skip
     for reason, count in sorted(report.skipped_reasons.items(), key=lambda kv: -kv[1]):
-        console.print(f"  skipped {count}: {reason}")
+        say(Text(f"  skipped {count}: {reason}"))
     for name, metric in (("decode", report.decode), ("prefill", report.prefill)):
         value = "n/a" if metric.mape is None else f"{metric.mape:.1%}"
         head = report.headline[name]
         head_value = "n/a" if head.mape is None else f"{head.mape:.1%}"
-        console.print(f"{name}: n={metric.n} MAPE {value}  (dense tg128-tg1024 / pp512: n={head.n} MAPE {head_value})")
+        say(f"{name}: n={metric.n} MAPE {value}  (dense tg128-tg1024 / pp512: n={head.n} MAPE {head_value})")
 
 
 def register(app: typer.Typer) -> None:

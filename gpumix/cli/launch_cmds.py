@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
+from gpumix.cli.output import add_row, say, show, stdout_console
 from gpumix.errors import GpumixError
 from gpumix.launch import llamacpp
 
-console = Console()
 engines_app = typer.Typer(help="Install and list inference engines (llama.cpp is built by gpumix).")
 
 
@@ -40,9 +40,9 @@ def engines_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json
     for col in ("engine", "installed", "version", "where"):
         table.add_column(col)
     for row in rows:
-        table.add_row(row["engine"], "yes" if row["installed"] else "no", row["version"] or "-", row["bin_dir"] or "run `gpumix engines install llama.cpp`")
-    console.print(table)
-    console.print("vllm, tei, whisper and image servers are rendered as commands/exports; install them yourself where a GPU is present.")
+        add_row(table, row["engine"], "yes" if row["installed"] else "no", row["version"] or "-", row["bin_dir"] or "run `gpumix engines install llama.cpp`")
+    show(table)
+    say("vllm, tei, whisper and image servers are rendered as commands/exports; install them yourself where a GPU is present.")
 
 
 @engines_app.command("install")
@@ -57,7 +57,7 @@ def engines_install(
     if backend not in ("auto", "cpu", "cuda"):
         raise GpumixError(f"unknown --backend '{backend}'", hint="use auto, cpu or cuda")
     options = llamacpp.default_build_options() if backend == "auto" else llamacpp.BuildOptions(backend=backend)
-    with Progress(TextColumn("[bold]llama.cpp[/]"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TextColumn("{task.description}"), console=console, transient=False) as bar:
+    with Progress(TextColumn("[bold]llama.cpp[/]"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TextColumn("{task.description}", markup=False), console=stdout_console(), transient=False) as bar:
         task = bar.add_task("starting", total=1.0)
 
         def report(message: str, fraction: float | None) -> None:
@@ -67,7 +67,7 @@ def engines_install(
                 bar.update(task, description=message, completed=fraction)
 
         install = llamacpp.install_llama_cpp(options, progress=report, force=force)
-    console.print(f"llama.cpp {install.version}: {install.bin_dir}")
+    say(Text(f"llama.cpp {install.version}: {install.bin_dir}"))
 
 
 def export(
@@ -90,7 +90,7 @@ def export(
             print(content, end="")
         return
     for path in write_export(files, out_dir):
-        console.print(f"wrote {path}", highlight=False)
+        say(Text(f"wrote {path}"))
 
 
 def register(app: typer.Typer) -> None:

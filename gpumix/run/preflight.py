@@ -117,6 +117,6 @@ def preflight(
         problems.append(f"front port {front_port} is already in use")
     if problems:
         raise GpumixError(
-            "cannot start the plan; nothing was started:\n  - " + "\n  - ".join(problems),
-            hint="fix the items above (or re-run `gpumix plan` for this machine), then `gpumix up` again",
+            "cannot start the plan; nothing was started: " + " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)),
+            hint="fix each numbered problem (or re-run `gpumix plan` for this machine), then `gpumix up` again",
         )
