@@ -28,8 +28,10 @@ litellm:
 demo: setup system-deps llama
 	bash scripts/demo.sh
 
+# ruff, then mypy with the settings in pyproject.toml ([tool.mypy]: strict on the core).
 lint: $(STAMP)
 	$(BIN)/ruff check gpumix tests
+	$(BIN)/mypy
 
 test: setup system-deps llama litellm lint
 	$(BIN)/python -m pytest -q

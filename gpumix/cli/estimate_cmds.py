@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from gpumix.cli.output import add_row, esc, say, show, styled
+from gpumix.cli.params import choice
 from gpumix.errors import GpumixError
-from gpumix.estimate import Estimate, Placement, Workload, estimate, load_calibration
+from gpumix.estimate import Calibration, Estimate, Placement, Workload, estimate, load_calibration
+from gpumix.estimate.types import EngineName, PlacementMode
 from gpumix.estimate.validate import ValidationReport, validate_file
 from gpumix.hardware.catalog import parse_device_list
 from gpumix.hardware.devices import device_from_spec, this_machine_cpu
 from gpumix.hardware.spec import Device
 from gpumix.models.catalog import load_model, resolve_quant
+from gpumix.models.spec import ModelSpec, QuantSpec
 from gpumix.units import GiB
+
+ESTIMATE_ENGINES: tuple[EngineName, ...] = ("llama.cpp", "vllm")
 
 
 def _devices(gpus: list[str], cpu: bool) -> list[Device]:
@@ -42,7 +48,10 @@ def _parse_tensor_split(text: str | None, n: int) -> list[float] | None:
     return values
 
 
-def _placement(model, quant, devices, workload, split, tensor_split, calibration) -> tuple[Placement, str]:
+def _placement(
+    model: ModelSpec, quant: QuantSpec, devices: list[Device], workload: Workload, split: str,
+    tensor_split: list[float] | None, calibration: Calibration,
+) -> tuple[Placement, str]:  # fmt: skip
     from gpumix.plan.split import best_layer_split, layers_from_tensor_split
 
     if len(devices) == 1 or split == "none":
@@ -50,7 +59,7 @@ def _placement(model, quant, devices, workload, split, tensor_split, calibration
     if split in ("row", "tensor"):
         return Placement(mode="tensor_parallel", devices=tuple(devices)), f"{split} split (tensor parallel)"
     has_cpu = any(d.kind == "cpu" for d in devices)
-    mode = "cpu_offload" if has_cpu else "layer_split"
+    mode: PlacementMode = "cpu_offload" if has_cpu else "layer_split"
     if tensor_split is not None:
         layers = layers_from_tensor_split(tensor_split, model.n_layers)
         return Placement(mode=mode, devices=tuple(devices), layers=layers), "your --tensor-split"
@@ -58,7 +67,7 @@ def _placement(model, quant, devices, workload, split, tensor_split, calibration
     return Placement(mode=mode, devices=tuple(devices), layers=layers), "gpumix's best split for one stream"
 
 
-def _estimate_json(model, quant, result: Estimate, how: str, workload: Workload) -> dict:
+def _estimate_json(model: ModelSpec, quant: QuantSpec, result: Estimate, how: str, workload: Workload) -> dict[str, Any]:
     return {
         "model": model.id,
         "quant": quant.id,
@@ -91,7 +100,7 @@ def _estimate_json(model, quant, result: Estimate, how: str, workload: Workload)
     }
 
 
-def _print_estimate(model, quant, result: Estimate, how: str, workload: Workload) -> None:
+def _print_estimate(model: ModelSpec, quant: QuantSpec, result: Estimate, how: str, workload: Workload) -> None:
     say(
         f"[bold]{esc(model.name)}[/] {esc(quant.id)} · ctx {workload.context} × {workload.parallel} seq · "
         f"{result.mode} ({esc(how)})"
@@ -136,10 +145,8 @@ def estimate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Memory per device, fit, and predicted decode/prefill speed and TTFT for a model on GPUs."""
-    if split not in ("layer", "row", "tensor", "none"):
-        raise GpumixError(f"--split '{split}' is not one of layer, row, tensor, none")
-    if engine not in ("llama.cpp", "vllm"):
-        raise GpumixError(f"--engine '{engine}' is not llama.cpp or vllm")
+    split = choice(split, ("layer", "row", "tensor", "none"), "--split")
+    engine_name = choice(engine, ESTIMATE_ENGINES, "--engine")
     spec = load_model(model)
     if quant is None:
         if spec.file_quant is None:
@@ -148,7 +155,7 @@ def estimate_cmd(
     qspec = resolve_quant(quant)
     devices = _devices(gpu, cpu)
     workload = Workload(
-        context=ctx, parallel=parallel, engine=engine, kv_cache_dtype=kv_type, prompt_tokens=prompt,
+        context=ctx, parallel=parallel, engine=engine_name, kv_cache_dtype=kv_type, prompt_tokens=prompt,
     )  # fmt: skip
     cal = load_calibration(calibration)
     ts = _parse_tensor_split(tensor_split, len(devices))

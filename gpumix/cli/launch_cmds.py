@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gpumix.cli.output import add_row, say, show, stdout_console
+from gpumix.cli.params import choice
 from gpumix.errors import GpumixError
 from gpumix.launch import llamacpp
 
@@ -24,7 +25,7 @@ def engines_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json
     if ctx.invoked_subcommand is not None:
         return
     install = llamacpp.find_llama_cpp()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "engine": "llama.cpp",
             "installed": install is not None,
@@ -54,8 +55,7 @@ def engines_install(
     """Build llama.cpp (llama-server, llama-bench, ggml-rpc-server) from the pinned sdist; cached."""
     if engine not in ("llama.cpp", "llamacpp", "llama-cpp"):
         raise GpumixError(f"unknown engine '{engine}'", hint="gpumix builds only llama.cpp; vLLM/TEI are run from their own images")
-    if backend not in ("auto", "cpu", "cuda"):
-        raise GpumixError(f"unknown --backend '{backend}'", hint="use auto, cpu or cuda")
+    backend = choice(backend, ("auto", "cpu", "cuda"), "--backend")
     options = llamacpp.default_build_options() if backend == "auto" else llamacpp.BuildOptions(backend=backend)
     with Progress(TextColumn("[bold]llama.cpp[/]"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TextColumn("{task.description}", markup=False), console=stdout_console(), transient=False) as bar:
         task = bar.add_task("starting", total=1.0)

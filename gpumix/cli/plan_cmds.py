@@ -10,17 +10,17 @@ from rich.table import Table
 from rich.text import Text
 
 from gpumix.cli.output import add_row, esc, say, show, styled
+from gpumix.cli.params import OBJECTIVE_HELP as _OBJECTIVE_HELP
+from gpumix.cli.params import objective as parse_objective
 from gpumix.errors import GpumixError
-from gpumix.plan.result import Plan
+from gpumix.plan.result import Objective, Plan
 from gpumix.units import GB
 
-OBJECTIVE_HELP = "latency (one stream fastest) | throughput (aggregate tokens/s); overrides the file"
+OBJECTIVE_HELP = _OBJECTIVE_HELP + "; overrides the file"
 
 
-def _objective(value: str | None) -> str | None:
-    if value is not None and value not in ("latency", "throughput"):
-        raise GpumixError(f"unknown --objective {value!r}", hint="use latency or throughput")
-    return value
+def _objective(value: str | None) -> Objective | None:
+    return None if value is None else parse_objective(value)
 
 
 def _bar(used: int, total: int, width: int = 20) -> Text:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from gpumix.cli.output import add_row, esc, say, show, stdout_console
-from gpumix.errors import GpumixError
+from gpumix.cli.params import objective as parse_objective
 
 testbed_app = typer.Typer(help="A heterogeneous test bed: ggml-rpc-server devices of different CPU speed.")
 
@@ -49,14 +50,14 @@ def tune_cmd(
     this machine's calibration."""
     from gpumix.tune.calibration_file import save_machine_calibration
     from gpumix.tune.session import BenchSettings, tune_machine
+    from gpumix.tune.tuner import TunePoint
 
-    if objective not in ("latency", "throughput"):
-        raise GpumixError(f"unknown --objective '{objective}'", hint="use latency or throughput")
+    goal = parse_objective(objective)
     rpc_list = _split_list(rpc)
     settings = BenchSettings(n_gen=n_gen, n_prompt_alone=prefill_tokens, repetitions=repetitions)
     console = stdout_console()  # one console: progress lines print above its spinner
 
-    def on_point(point, n: int) -> None:
+    def on_point(point: TunePoint, n: int) -> None:
         if as_json:
             return
         from gpumix.tune.splits import describe
@@ -77,7 +78,7 @@ def tune_cmd(
         say(Text(f"tuning on {', '.join(names)} (budget {budget} llama-bench runs)"))
     with console.status("llama-bench running...", spinner="dots") if not as_json else nullcontext():
         result, cal = tune_machine(
-            model, devices=_split_list(devices), rpc=rpc_list, resolved=resolved, budget=budget, objective=objective,  # type: ignore[arg-type]
+            model, devices=_split_list(devices), rpc=rpc_list, resolved=resolved, budget=budget, objective=goal,
             parallel=parallel, context=ctx, settings=settings, on_point=on_point, host_offload=host_offload,
         )  # fmt: skip
     written = None
@@ -100,7 +101,7 @@ def tune_cmd(
         say(Text(f"plot written to {plot}"))
 
 
-def _print_result(data: dict) -> None:
+def _print_result(data: dict[str, Any]) -> None:
     table = Table(title=f"splits ({data['objective']}, {data['runs']} llama-bench runs)")
     for col in ("-dev", "-ts", "layers", "output on", "t/s", "measured", "predicted"):
         table.add_column(col)

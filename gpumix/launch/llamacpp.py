@@ -55,7 +55,7 @@ class BuildOptions:
 
     @property
     def cmake_flags(self) -> tuple[str, ...]:
-        flags = _COMMON_FLAGS + _CPU_FLAGS
+        flags: tuple[str, ...] = _COMMON_FLAGS + _CPU_FLAGS
         if self.backend == "cuda":
             flags += ("-DGGML_CUDA=ON",)
         return flags

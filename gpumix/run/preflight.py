@@ -7,6 +7,7 @@ import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import psutil
 
@@ -102,14 +103,14 @@ def preflight(
     plan: Plan,
     specs: list[LaunchSpec],
     front_port: int | None,
-    gpus: list[GpuReading] | None | str = "read",
+    gpus: list[GpuReading] | None | Literal["read"] = "read",
     port_free: Callable[[int], bool] = port_is_free,
 ) -> None:
     """Raise one GpumixError listing every problem; return silently when the plan can start here."""
     problems: list[str] = []
     if not plan.feasible:
         problems.append("the plan is not feasible: " + "; ".join(plan.reasons or ["see `gpumix plan`"]))
-    problems += device_problems(plan, read_gpus() if gpus == "read" else gpus)  # type: ignore[arg-type]
+    problems += device_problems(plan, read_gpus() if isinstance(gpus, str) else gpus)
     problems += host_memory_problems(plan, psutil.virtual_memory().available)
     for spec in specs:
         problems += spec_problems(plan, spec, port_free)

