@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -14,6 +13,7 @@ import psutil
 from gpumix.errors import GpumixError
 from gpumix.launch.models import download_hint
 from gpumix.launch.spec import LaunchSpec
+from gpumix.netutil import port_is_free
 from gpumix.plan.result import Plan
 from gpumix.run.gpuinfo import GpuReading, read_gpus
 from gpumix.units import fmt_gib
@@ -25,23 +25,6 @@ _INSTALL_HINTS = {
     "whisper": "build whisper.cpp's whisper-server, or run it in a container: `gpumix export compose`",
     "image": "build stable-diffusion.cpp's sd-server, or run it in a container: `gpumix export compose`",
 }
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # Servers set SO_REUSEADDR too, so a port in TIME_WAIT counts as free, as it will be for them.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def binary_problem(binary: str) -> str | None:

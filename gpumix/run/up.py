@@ -18,8 +18,9 @@ from pydantic import ValidationError
 from gpumix.errors import GpumixError
 from gpumix.launch.commands import render_plan
 from gpumix.launch.spec import LaunchSpec
+from gpumix.netutil import free_port
 from gpumix.plan.result import Plan
-from gpumix.run.preflight import free_port, preflight
+from gpumix.run.preflight import preflight
 from gpumix.run.state import PLAN_FILE, SUPERVISOR_LOG, ProcessStatus, RunState, read_state
 from gpumix.run.supervisor import Supervisor, SupervisorSettings, gateway_argv, gateway_available
 
@@ -71,8 +72,7 @@ def prepare(plan: Plan, front_port: int | None) -> list[LaunchSpec]:
     taken = {front_port}
 
     def allocate() -> int:
-        while (port := free_port()) in taken:
-            pass
+        port = free_port(exclude=taken)
         taken.add(port)
         return port
 
