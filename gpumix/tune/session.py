@@ -105,7 +105,7 @@ def bench_measure(
         try:
             rows = run_llama_bench(req, timeout_s=settings.timeout_s)
         except BenchError as exc:
-            log.append(tuple(exc.hint.removeprefix("command: ").split()) if exc.hint else ())
+            log.append(exc.command)
             raise
         log.append(rows[0].command)
         tg = next((r for r in rows if r.n_gen > 0 and r.n_prompt == 0), None)
