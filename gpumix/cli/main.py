@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "gpumix.cli.tune_cmds",
 )
 
+
 def _register_all() -> None:
     for name in COMMAND_MODULES:
         try:
@@ -67,7 +68,7 @@ def main() -> None:
         if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
             _print_typer_error(exc)
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):  # Abort: end of input at a prompt
         print_error("interrupted")
         sys.exit(130)
     # typer returns the code of a `typer.Exit` (130 after Ctrl-C) instead of exiting; a command returns None
