@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from gpumix.cli.output import add_row, esc, say, show, styled
 from gpumix.errors import GpumixError
 from gpumix.hardware.catalog import all_gpus, gpu_candidates, load_catalog
 from gpumix.hardware.devices import load_devices_file
@@ -84,17 +85,18 @@ def _file_json(path: Path, devices: list[Device]) -> dict[str, Any]:
 
 
 def _devices_table(rows: list[dict[str, Any]], title: str) -> Table:
-    table = Table(title=title)
+    table = Table(title=Text(title))
     for col in ("#", "name", "catalog", "total GiB", "free GiB", "PCIe", "BW GB/s", "CC", "host"):
         table.add_column(col, justify="right" if col in ("#", "total GiB", "free GiB", "BW GB/s") else "left")
     for row in rows:
         pcie = f"gen{row['pcie_gen']} x{row['pcie_width']}" if row["pcie_gen"] else "-"
         if row.get("pcie_gen_current"):
             pcie += f" (now gen{row['pcie_gen_current']} x{row['pcie_width_current']})"
-        table.add_row(
+        add_row(
+            table,
             str(row["index"]),
             row.get("nvml_name") or row["name"],
-            row["catalog_id"] or ("[yellow]not in catalog[/]" if row["kind"] == "gpu" else "-"),
+            row["catalog_id"] or (styled("not in catalog", "yellow") if row["kind"] == "gpu" else "-"),
             f"{row['memory_total_bytes'] / GiB:.2f}",
             f"{row['memory_free_bytes'] / GiB:.2f}",
             pcie,
@@ -116,7 +118,7 @@ def _topology_table(report: dict[str, Any]) -> Table:
         table.add_column(f"GPU{i}")
     for i in indices:
         cells = ["X" if i == j else labels.get((min(i, j), max(i, j)), "?") for j in indices]
-        table.add_row(f"GPU{i}", *cells)
+        add_row(table, f"GPU{i}", *cells)
     return table
 
 
@@ -136,14 +138,13 @@ def devices_cmd(
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    console = Console()  # created per call so the terminal width (COLUMNS) is read now
     driver = f", driver {report['driver_version']}" if report["driver_version"] else ""
-    console.print(_devices_table(report["devices"], f"devices ({report['source']}{driver})"))
+    show(_devices_table(report["devices"], f"devices ({report['source']}{driver})"))
     if len(report["links"]) > 0:
-        console.print(_topology_table(report))
-    console.print(f"[dim]{report['index_note']}[/]")
+        show(_topology_table(report))
+    say(styled(report["index_note"], "dim"))
     for warning in report["warnings"]:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        say(f"[yellow]warning:[/] {esc(warning)}")
 
 
 def _spec_json(spec: GpuSpec) -> dict[str, Any]:
@@ -176,12 +177,12 @@ def gpus_cmd(
     if as_json:
         print(json.dumps([_spec_json(s) for s in specs], indent=2))
         return
-    console = Console()
     table = Table(title=f"GPU catalog ({len(specs)} cards; VRAM as the vendor prints it, stored as GiB)")
     for col in ("name", "id", "arch", "VRAM GB", "BW GB/s", "FP16 TF", "FP8", "CC", "PCIe", "£/month"):
         table.add_column(col)
     for s in specs:
-        table.add_row(
+        add_row(
+            table,
             s.name,
             s.id,
             s.arch,
@@ -193,7 +194,7 @@ def gpus_cmd(
             f"gen{s.pcie_gen} x{s.pcie_lanes}" if s.pcie_gen else "-",
             _fmt(s.price_gbp_per_month),
         )
-    console.print(table)
+    show(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -19,10 +19,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from gpumix.errors import GpumixError
-from gpumix.hardware.spec import GpuSpec
+from gpumix.hardware.spec import DeviceKind, GpuSpec
 from gpumix.units import gib_to_bytes
 
 CATALOG_PATH = Path(__file__).parent / "data" / "gpus.csv"
@@ -169,6 +169,9 @@ def _bool(row: dict[str, str], column: str, where: str) -> bool:
     raise GpumixError(f"{where}: column {column!r} must be true/false, got {text!r}")
 
 
+_DEVICE_KIND: TypeAdapter[DeviceKind] = TypeAdapter(DeviceKind)
+
+
 def _spec_from_row(row: dict[str, str], where: str) -> GpuSpec:
     vram_gb = _number(row, "vram_gb", where)
     bandwidth = _number(row, "mem_bandwidth_gbs", where)
@@ -179,7 +182,7 @@ def _spec_from_row(row: dict[str, str], where: str) -> GpuSpec:
         return GpuSpec(
             id=row["id"].strip(),
             name=row["name"].strip(),
-            kind=row["kind"].strip() or "gpu",
+            kind=_DEVICE_KIND.validate_python(row["kind"].strip() or "gpu"),
             vendor=row["vendor"].strip(),
             arch=row["arch"].strip(),
             compute_capability=(row.get("compute_capability") or "").strip() or None,

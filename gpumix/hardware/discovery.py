@@ -110,7 +110,7 @@ def _nvml_bandwidth(nvml: ModuleType, handle: Any) -> float | None:
     if not bus_bits or not mem_mhz:
         return None
     # engines.md section 9: GB/s = bits/8 x MHz x 2 / 1000 (H100 SXM: 5120 b, 2619 MHz -> 3352 GB/s).
-    return round(bus_bits / 8 * mem_mhz * 2 / 1000, 1)
+    return round(float(bus_bits) / 8 * float(mem_mhz) * 2 / 1000, 1)
 
 
 def _spec_from_nvml(name: str, total_bytes: int, cc: str | None, bandwidth: float | None, gen: int | None,
@@ -129,7 +129,7 @@ def _spec_from_nvml(name: str, total_bytes: int, cc: str | None, bandwidth: floa
     )
 
 
-def _probe_gpu(nvml: ModuleType, nvml_index: int, driver: str | None) -> tuple[Any, dict]:
+def _probe_gpu(nvml: ModuleType, nvml_index: int, driver: str | None) -> tuple[Any, dict[str, Any]]:
     handle = nvml.nvmlDeviceGetHandleByIndex(nvml_index)
     name = _text(nvml.nvmlDeviceGetName(handle))
     memory = nvml.nvmlDeviceGetMemoryInfo(handle)  # .free already excludes other processes' allocations
@@ -154,7 +154,7 @@ def _probe_gpu(nvml: ModuleType, nvml_index: int, driver: str | None) -> tuple[A
     return handle, probe
 
 
-def _catalog_spec(probe: dict, warnings: list[str]) -> tuple[GpuSpec, str | None]:
+def _catalog_spec(probe: dict[str, Any], warnings: list[str]) -> tuple[GpuSpec, str | None]:
     name, total = probe["nvml_name"], probe["total"]
     spec = match_by_name_and_memory(name, total)
     if spec is not None:
@@ -168,7 +168,7 @@ def _catalog_spec(probe: dict, warnings: list[str]) -> tuple[GpuSpec, str | None
     return built, None
 
 
-def _discovered(probe: dict, index: int, warnings: list[str]) -> DiscoveredGpu:
+def _discovered(probe: dict[str, Any], index: int, warnings: list[str]) -> DiscoveredGpu:
     spec, catalog_id = _catalog_spec(probe, warnings)
     device = Device(
         index=index,

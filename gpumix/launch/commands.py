@@ -78,7 +78,7 @@ def render_plan(
     plan: Plan, base_port: int = DEFAULT_BASE_PORT, allocate_port: Callable[[], int] | None = None
 ) -> list[LaunchSpec]:
     """Every process of every service. Ports are base_port, base_port+1, ... unless `allocate_port` is given."""
-    ports: Iterator[int] = iter(allocate_port, None) if allocate_port else count(base_port)  # type: ignore[arg-type]
+    ports: Iterator[int] = iter(allocate_port, None) if allocate_port else count(base_port)
     specs: list[LaunchSpec] = []
     for service in plan.services:
         for replica, devices in enumerate(process_devices(service)):

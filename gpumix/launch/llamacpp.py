@@ -67,7 +67,7 @@ class BuildOptions:
 
     @property
     def cmake_flags(self) -> tuple[str, ...]:
-        flags = _COMMON_FLAGS + cpu_feature_flags()
+        flags: tuple[str, ...] = _COMMON_FLAGS + cpu_feature_flags()
         if self.backend == "cuda":
             flags += ("-DGGML_CUDA=ON",)
         return flags

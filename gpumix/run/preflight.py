@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import psutil
 
 from gpumix.errors import GpumixError
 from gpumix.launch.models import download_hint
 from gpumix.launch.spec import LaunchSpec
+from gpumix.netutil import port_is_free
 from gpumix.plan.result import Plan
 from gpumix.run.gpuinfo import GpuReading, read_gpus
 from gpumix.units import fmt_gib
@@ -24,23 +25,6 @@ _INSTALL_HINTS = {
     "whisper": "build whisper.cpp's whisper-server, or run it in a container: `gpumix export compose`",
     "image": "build stable-diffusion.cpp's sd-server, or run it in a container: `gpumix export compose`",
 }
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # Servers set SO_REUSEADDR too, so a port in TIME_WAIT counts as free, as it will be for them.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def binary_problem(binary: str) -> str | None:
@@ -102,14 +86,14 @@ def preflight(
     plan: Plan,
     specs: list[LaunchSpec],
     front_port: int | None,
-    gpus: list[GpuReading] | None | str = "read",
+    gpus: list[GpuReading] | None | Literal["read"] = "read",
     port_free: Callable[[int], bool] = port_is_free,
 ) -> None:
     """Raise one GpumixError listing every problem; return silently when the plan can start here."""
     problems: list[str] = []
     if not plan.feasible:
         problems.append("the plan is not feasible: " + "; ".join(plan.reasons or ["see `gpumix plan`"]))
-    problems += device_problems(plan, read_gpus() if gpus == "read" else gpus)  # type: ignore[arg-type]
+    problems += device_problems(plan, read_gpus() if isinstance(gpus, str) else gpus)
     problems += host_memory_problems(plan, psutil.virtual_memory().available)
     for spec in specs:
         problems += spec_problems(plan, spec, port_free)
@@ -117,6 +101,6 @@ def preflight(
         problems.append(f"front port {front_port} is already in use")
     if problems:
         raise GpumixError(
-            "cannot start the plan; nothing was started:\n  - " + "\n  - ".join(problems),
-            hint="fix the items above (or re-run `gpumix plan` for this machine), then `gpumix up` again",
+            "cannot start the plan; nothing was started: " + " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)),
+            hint="fix each numbered problem (or re-run `gpumix plan` for this machine), then `gpumix up` again",
         )

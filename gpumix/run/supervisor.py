@@ -159,9 +159,10 @@ class Supervisor:
                 self._start(child, now)
             elif child.popen is not None:
                 self._probe(child, now)
-        gateway_due = self.gateway and self.gateway.start_at is None and self.gateway.popen is None
-        if gateway_due and all(c.status.healthy_at is not None for c in self.children):
-            self.gateway.start_at = now  # type: ignore[union-attr]
+        gateway = self.gateway
+        gateway_due = gateway is not None and gateway.start_at is None and gateway.popen is None
+        if gateway is not None and gateway_due and all(c.status.healthy_at is not None for c in self.children):
+            gateway.start_at = now
         self._write()
 
     # ---- one child ---------------------------------------------------------------------------------------
@@ -243,21 +244,21 @@ class Supervisor:
     def stop_all(self) -> None:
         """SIGTERM every process group, SIGKILL what is left after stop_timeout_s, reap everything."""
         self.state.stopping = True
-        running = [c for c in self._all() if c.popen is not None]
-        for child in running:
+        running = [(c, c.popen) for c in self._all() if c.popen is not None]
+        for child, popen in running:
             child.status.state = "stopping"
-            _signal_group(child.popen, signal.SIGTERM)  # type: ignore[arg-type]
+            _signal_group(popen, signal.SIGTERM)
         self._write()
         deadline = time.monotonic() + self.settings.stop_timeout_s
-        while any(c.popen.poll() is None for c in running) and time.monotonic() < deadline:  # type: ignore[union-attr]
+        while any(popen.poll() is None for _, popen in running) and time.monotonic() < deadline:
             time.sleep(0.1)
-        for child in running:
-            if child.popen.poll() is None:  # type: ignore[union-attr]
-                _signal_group(child.popen, signal.SIGKILL)  # type: ignore[arg-type]
+        for child, popen in running:
+            if popen.poll() is None:
+                _signal_group(popen, signal.SIGKILL)
                 self._log(child, f"did not stop within {self.settings.stop_timeout_s:g} s: SIGKILL")
-            child.popen.wait()  # type: ignore[union-attr]
+            popen.wait()
             # A helper left in the group (the leader already gone) is killed too.
-            _signal_group(child.popen, signal.SIGKILL)  # type: ignore[arg-type]
+            _signal_group(popen, signal.SIGKILL)
         for child in self._all():
             child.status.state = "stopped"
             child.status.pid = None

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from pydantic import ValidationError
 from gpumix.errors import GpumixError
 from gpumix.launch.commands import render_plan
 from gpumix.launch.spec import LaunchSpec
+from gpumix.netutil import free_port
 from gpumix.plan.result import Plan
-from gpumix.run.preflight import free_port, preflight
-from gpumix.run.state import PLAN_FILE, SUPERVISOR_LOG, RunState, read_state
+from gpumix.run.preflight import preflight
+from gpumix.run.state import PLAN_FILE, SUPERVISOR_LOG, ProcessStatus, RunState, read_state
 from gpumix.run.supervisor import Supervisor, SupervisorSettings, gateway_argv, gateway_available
 
 PLAN_SUFFIXES_JSON = (".json",)
@@ -70,8 +72,7 @@ def prepare(plan: Plan, front_port: int | None) -> list[LaunchSpec]:
     taken = {front_port}
 
     def allocate() -> int:
-        while (port := free_port()) in taken:
-            pass
+        port = free_port(exclude=taken)
         taken.add(port)
         return port
 
@@ -97,7 +98,7 @@ def settings_for(options: UpOptions) -> SupervisorSettings:
     )
 
 
-def run_foreground(plan: Plan, options: UpOptions, say=print) -> int:  # noqa: ANN001
+def run_foreground(plan: Plan, options: UpOptions, say: Callable[[str], object] = print) -> int:
     """Pre-flight, then supervise here until SIGINT/SIGTERM."""
     run_dir = options.run_dir
     refuse_if_running(run_dir)
@@ -114,7 +115,7 @@ def run_foreground(plan: Plan, options: UpOptions, say=print) -> int:  # noqa: A
     supervisor.install_signal_handlers()
     for spec in specs:
         say(f"{spec.name}: {spec.engine} {spec.url} (CUDA_VISIBLE_DEVICES={spec.env['CUDA_VISIBLE_DEVICES']!r})")
-    say(f"gateway: http://127.0.0.1:{options.front_port}" if gateway else message)
+    say(message or f"gateway: http://127.0.0.1:{options.front_port}")  # message is set when there is no gateway
     say(f"run dir: {run_dir} (logs in {run_dir / 'logs'}); Ctrl-C stops everything")
     return supervisor.run()
 
@@ -169,7 +170,7 @@ def _wait_until_healthy(proc: subprocess.Popen, run_dir: Path, wait_s: float) ->
     raise GpumixError(f"services were not healthy within {wait_s:g} s; everything was stopped", hint=f"logs in {run_dir / 'logs'}")
 
 
-def _failed(proc) -> bool:  # noqa: ANN001 - ProcessStatus
+def _failed(proc: ProcessStatus) -> bool:
     crashed_before_healthy = proc.last_exit_code is not None and proc.healthy_at is None
     return proc.state in ("unhealthy", "failed") or crashed_before_healthy
 

@@ -220,8 +220,8 @@ def tune(
             run(most[0], "max-load")
     # 2. model-guided search
     while points and not stopped and len(points) < budget:
-        model = refit()
-        ranked = sorted(feasible, key=lambda sa: -model.tokens_per_s(sa[1], layout))
+        model = fitted = refit()  # `fitted` is never None, for the sort key below
+        ranked = sorted(feasible, key=lambda sa: -fitted.tokens_per_s(sa[1], layout))
         measured_keys = {p.assignment.key() for p in points}
         best_split, best_a = ranked[0]
         confirmed = model.identified_all and any(p.phase == "search" for p in points) and best_a.key() in measured_keys

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 from gpumix.launch.spec import LaunchSpec
+from gpumix.netutil import free_port
 from gpumix.plan.result import Plan, PlannedDevice, PlannedService
-from gpumix.run.preflight import free_port
 
 DATA = Path(__file__).parent / "data"
 EXAMPLES = Path(__file__).parents[2] / "examples"

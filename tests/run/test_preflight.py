@@ -55,7 +55,7 @@ def test_every_problem_is_reported_at_once(cpu_demo_plan, tmp_path):
         with pytest.raises(GpumixError) as err:
             preflight(plan, specs, front_port=port, gpus=None)
     text = err.value.message
-    assert "nothing was started" in text
+    assert "nothing was started" in text and "\n" not in text and "(1) " in text and "(3) " in text
     assert f"model file {tmp_path / 'missing.gguf'} does not exist (check the service's file: in the plan file)" in text
     assert "engine binary /nonexistent/llama-server does not exist" in text
     assert f"front port {port} is already in use" in text
