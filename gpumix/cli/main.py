@@ -7,6 +7,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from gpumix.errors import GpumixError
 
@@ -52,9 +53,10 @@ def main() -> None:
     try:
         app()
     except GpumixError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        # escape: a message's own brackets (e.g. 'gpumix[ray]') are text, not rich markup
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
         if exc.hint:
-            err_console.print(f"  [yellow]hint:[/] {exc.hint}", highlight=False)
+            err_console.print(f"  [yellow]hint:[/] {escape(exc.hint)}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -11,7 +11,7 @@ from pathlib import Path
 from gpumix.errors import GpumixError
 
 RAY_VERSION = "2.60.0"  # the pin in pyproject.toml's `ray` extra
-INSTALL_HINT = "pip install 'gpumix[ray]'  (Ray " + RAY_VERSION + "; `make setup` installs it in .venv)"
+INSTALL_HINT = "pip install 'gpumix[ray]'  (Ray " + RAY_VERSION + "; `make setup` has it)"
 
 
 def ray_installed() -> bool:
