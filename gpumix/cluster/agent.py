@@ -133,6 +133,18 @@ def actor_options(spec: AgentSpec, placement_group: Any = None, bundle_index: in
     return options
 
 
+def _check_node_has(specs: list[LaunchSpec], host: str) -> None:
+    """Binaries and model files are paths on the node: say which one this host lacks, before starting."""
+    from gpumix.run.preflight import binary_problem
+
+    for spec in specs:
+        problem = binary_problem(spec.argv[0])
+        missing = [f for f in spec.files if not Path(f).exists()]
+        if problem or missing:
+            raise GpumixError(f"{spec.name} cannot start on host {host}: {problem or f'{missing[0]} does not exist there'}",
+                              hint="install the same gpumix, engines and model files on every host")  # fmt: skip
+
+
 def _die_with_parent() -> None:
     """Between fork and exec: the kernel sends SIGTERM to the supervisor when the agent's thread goes."""
     with contextlib.suppress(Exception):
@@ -155,6 +167,7 @@ class HostAgent:
             raise GpumixError(f"agent {spec.name} for host {spec.host} landed on node {self.node_ip} "
                               f"labelled {labels.get(HOST_LABEL)!r}; refusing to start")  # fmt: skip
         self.specs = [self._bound(s) for s in spec.specs]
+        _check_node_has(self.specs, spec.host)
         self.run_dir = Path(spec.run_root or cache_dir() / "run" / "ray") / spec.name
         self.created_at = time.time()
         self.proc: subprocess.Popen | None = None
@@ -257,7 +270,8 @@ def describe(handle: Any, timeout_s: float = 10.0) -> dict[str, Any] | None:
         return None
 
 
-def wait_healthy(handles: list[Any], timeout_s: float, names: list[str] | None = None) -> list[dict[str, Any]]:
+def wait_healthy(handles: list[Any], timeout_s: float, names: list[str] | None = None,
+                 poll_s: float = 0.5) -> list[dict[str, Any]]:  # fmt: skip
     """Reports of agents once every process of each is healthy; GpumixError on a failure or the timeout."""
     import ray
 
@@ -282,7 +296,7 @@ def wait_healthy(handles: list[Any], timeout_s: float, names: list[str] | None =
                 raise GpumixError(f"{', '.join(waiting)} not placed within {timeout_s:g} s",
                                   hint="is its host in the cluster (`gpumix cluster status`)? are its devices held by another agent?")  # fmt: skip
             raise GpumixError(f"agents not healthy within {timeout_s:g} s")
-        time.sleep(0.5)
+        time.sleep(poll_s)
 
 
 def get_agent(name: str) -> Any | None:

@@ -427,7 +427,7 @@ class StopReport:
 
 
 def stop_cluster(cluster_dir: Path, say: Say = print, grace_s: float | None = None) -> StopReport | None:
-    """Stop every node this machine started from `cluster_dir` (hosts first, then the head); no process left.
+    """Stop every node this machine started from `cluster_dir`; no process left.
 
     Each node's processes are its session's members (Ray's own and its workers) plus their descendants (the
     supervisors and engines of host agents). A test cluster's temp dirs are removed too."""
@@ -436,14 +436,17 @@ def stop_cluster(cluster_dir: Path, say: Say = print, grace_s: float | None = No
         return None
     report = StopReport()
     grace_s = grace_s if grace_s is not None else (LOCAL_STOP_GRACE_S if state.kind == "local" else STOP_GRACE_S)
-    ordered = [n for n in state.nodes if n.role == "host"] + [n for n in state.nodes if n.role == "head"]
-    for node in ordered:
-        members = procs.with_descendants(procs.session_processes(node.session, node.started_at))
-        if members:
-            say(f"stopping Ray node {node.name} ({node.node_ip}): {len(members)} process(es)")
-            report.killed += procs.terminate(members, grace_s)
-            report.left += [p.pid for p in procs.alive(members)]
+    for node in state.nodes:
+        count = len(procs.with_descendants(procs.session_processes(node.session, node.started_at)))
+        if count:
+            say(f"stopping Ray node {node.name} ({node.node_ip}): {count} process(es)")
         report.nodes.append(node.name)
+    for sweep in range(3):  # a worker or engine started during the grace period is caught by the next sweep
+        members = [p for n in state.nodes for p in procs.with_descendants(procs.session_processes(n.session, n.started_at))]
+        if not members:
+            break
+        report.killed += procs.terminate(members, grace_s if sweep == 0 else 2.0)  # all nodes at once
+        report.left = [p.pid for p in procs.alive(members)]
     if state.kind == "local":
         shutil.rmtree(ray_temp_root(cluster_dir), ignore_errors=True)
     (cluster_dir / STATE_FILE).unlink(missing_ok=True)

@@ -17,10 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
-from clusterhelpers import LocalCluster, agent_spec, engine_pids, pid_alive, wait_gone
+from clusterhelpers import FAST, LocalCluster, agent_spec, engine_pids, pid_alive, wait_gone
 
 from gpumix.cluster import procs
 from gpumix.cluster.agent import (
+    AgentSpec,
+    DeviceClaim,
     actor_options,
     agent_class,
     check_group,
@@ -206,6 +208,37 @@ def test_a_group_is_reserved_all_or_nothing(local_cluster, ray, run_root):
         wait_healthy([handle], HEALTHY_S)  # a/cpu0 was not left reserved by the failed group
     finally:
         stop_agent(handle)
+
+
+@pytest.mark.llama
+@pytest.mark.slow
+def test_a_real_llama_server_serves_from_its_host(local_cluster, ray, run_root):
+    """The CPU demo's chat service (llama-server, Gemma 3 270M) as a host agent on host b: it binds b's
+    address, answers a chat request there, and is gone after the agent stops."""
+    from gpumix.launch.commands import render_plan
+    from gpumix.launch.llamacpp import find_llama_cpp
+    from gpumix.plan.planner import plan_file
+    from gpumix.run.preflight import free_port
+
+    if find_llama_cpp() is None:
+        pytest.skip("llama.cpp is not built (make llama)")
+    plan = plan_file(Path(__file__).parents[2] / "examples" / "cpu-demo.yaml")
+    chat = next(s for s in render_plan(plan, allocate_port=lambda: free_port("127.0.0.3")) if s.service == "chat")
+    spec = AgentSpec(name="t.llama-chat", host="b", devices=(DeviceClaim("b/cpu0"),), specs=(chat,), plan=plan,
+                     settings=FAST, run_root=str(run_root))  # fmt: skip
+    handle = start_agent(spec)
+    try:
+        [report] = wait_healthy([handle], 300)
+        url = report["urls"]["chat"]
+        assert url.startswith("http://127.0.0.3:")
+        body = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 8, "temperature": 0}
+        reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+        assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
+        engine = engine_pids(report)
+        assert "llama-server" in " ".join(_cmdline(engine[0]))
+    finally:
+        stop_agent(handle)
+    assert wait_gone(engine, 30) == []
 
 
 def test_a_killed_host_is_seen_dead_and_its_engines_stop(local_cluster, ray, run_root):
