@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import IO
 
 from gpumix.cluster.auth import RAY_AUTH_VARS, auth_env
 from gpumix.cluster.names import AGENT_NAMESPACE
@@ -38,15 +41,19 @@ def connected(address: str, token_file: Path | None, node_ip: str | None = None)
     if ray.is_initialized():
         ray.shutdown()
     try:
-        try:
-            ray.init(address=address, namespace=AGENT_NAMESPACE, logging_level=logging.WARNING, log_to_driver=False,
-                     _node_ip_address=node_ip)  # fmt: skip
-        except ray.exceptions.AuthenticationError:
-            raise GpumixError(f"the cluster at {address} refused the token",
-                              hint="pass the head's token file with --token-file") from None  # fmt: skip
-        except (ConnectionError, RuntimeError) as exc:
-            raise GpumixError(f"cannot reach the Ray cluster at {address}: {_first_line(exc)}",
-                              hint="is it running? `gpumix cluster status` on the head machine") from None  # fmt: skip
+        with tempfile.TemporaryFile() as captured:
+            try:
+                with _stderr_to(captured):  # Ray's C++ client logs each failed attempt to fd 2
+                    ray.init(address=address, namespace=AGENT_NAMESPACE, logging_level=logging.WARNING,
+                             log_to_driver=False, _node_ip_address=node_ip)  # fmt: skip
+            except (ray.exceptions.AuthenticationError, ConnectionError, RuntimeError) as exc:
+                captured.seek(0)
+                said = captured.read().decode(errors="replace") + str(exc)
+                if isinstance(exc, ray.exceptions.AuthenticationError) or "InvalidAuthToken" in said:
+                    raise GpumixError(f"the cluster at {address} refused the token",
+                                      hint="pass the head's token file with --token-file") from None  # fmt: skip
+                raise GpumixError(f"cannot reach the Ray cluster at {address}: {_first_line(exc)}",
+                                  hint="is it running? `gpumix cluster status` on the head machine") from None  # fmt: skip
         try:
             yield ray
         finally:
@@ -57,6 +64,20 @@ def connected(address: str, token_file: Path | None, node_ip: str | None = None)
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _stderr_to(target: IO[bytes]) -> Iterator[None]:
+    """Point file descriptor 2 (where native code writes) at `target` for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(target.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _first_line(exc: BaseException) -> str:

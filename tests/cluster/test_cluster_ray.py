@@ -99,6 +99,33 @@ def test_unauthenticated_join_is_refused(local_cluster, tmp_path):
     assert set(_pids_with("127.0.0.9")) <= before
 
 
+def test_a_client_with_a_wrong_token_is_refused(local_cluster, tmp_path):
+    bad = tmp_path / "bad-token"
+    bad.write_text("0" * 64)
+    bad.chmod(0o600)
+    out = _gpumix(local_cluster, "cluster", "status", "--address", local_cluster.info["address"], "--token-file", str(bad),
+                  "--cluster-dir", str(tmp_path / "none"), timeout=300)  # fmt: skip
+    assert out.returncode == 2 and "refused the token" in out.stderr, out.stderr
+
+
+def test_a_host_joins_with_the_token_and_leaves_with_down(local_cluster, ray, tmp_path):
+    """The real `join` path: host c on 127.0.0.4 with the cluster's token file, then its own `cluster down`."""
+    join_dir = tmp_path / "c"
+    out = _gpumix(local_cluster, "cluster", "join", local_cluster.info["address"], "--host", "c", "--node-ip", "127.0.0.4",
+                  "--cpu-only", "--cluster-dir", str(join_dir), timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    try:
+        c = cluster_report(ray, local_cluster.info["address"]).host("c")
+        assert c.node_ip == "127.0.0.4" and c.devices == ["c/cpu0"] and not c.is_head
+    finally:
+        down = _gpumix(local_cluster, "cluster", "down", "--cluster-dir", str(join_dir), timeout=120)
+    assert down.returncode == 0, down.stderr
+    deadline = time.monotonic() + 60
+    while any(h.name == "c" and h.alive for h in cluster_report(ray, local_cluster.info["address"]).hosts):
+        assert time.monotonic() < deadline, "host c still alive after its `cluster down`"
+        time.sleep(1)
+
+
 def test_agent_runs_on_its_host_and_binds_the_node_address(local_cluster, ray, run_root):
     handle = start_agent(agent_spec("t.where-b", "b", _ip(local_cluster, "b"), run_root))
     try:
