@@ -17,8 +17,8 @@ cluster_app = typer.Typer(
     help="A Ray cluster of plan hosts (needs `pip install 'gpumix[ray]'`): head, join, local, status, down.",
     no_args_is_help=True,
 )
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)  # long paths and addresses stay on one line
+err = Console(stderr=True, soft_wrap=True)
 
 _CLUSTER_DIR = typer.Option("--cluster-dir", help="where cluster.json and the `ray start` logs live "
                             "(default ~/.cache/gpumix/cluster/default, or $GPUMIX_CLUSTER_DIR)")  # fmt: skip
@@ -171,7 +171,10 @@ def _print_report(report) -> None:  # noqa: ANN001 - ClusterReport
 
 
 @cluster_app.command("down")
-def down(cluster_dir: Annotated[Path | None, _CLUSTER_DIR] = None) -> None:
+def down(
+    keep_ray_logs: Annotated[bool, typer.Option("--keep-ray-logs", help="keep Ray's session logs in its temp dir")] = False,
+    cluster_dir: Annotated[Path | None, _CLUSTER_DIR] = None,
+) -> None:
     """Stop every Ray node started from this cluster dir (and the agents' engines on them); no process left."""
     from gpumix.cluster.nodes import read_cluster, stop_cluster
     from gpumix.cluster.raycli import require_ray
@@ -179,7 +182,7 @@ def down(cluster_dir: Annotated[Path | None, _CLUSTER_DIR] = None) -> None:
     directory = (cluster_dir or _default_cluster_dir()).resolve()
     if read_cluster(directory) is None:
         require_ray()  # stopping recorded processes needs no Ray; saying "nothing here" without it would mislead
-    report = stop_cluster(directory, say=_say)
+    report = stop_cluster(directory, say=_say, keep_ray_logs=keep_ray_logs)
     if report is None:
         console.print(f"nothing to stop in {directory}", highlight=False, markup=False)
         return

@@ -145,6 +145,20 @@ def _check_node_has(specs: list[LaunchSpec], host: str) -> None:
                               hint="install the same gpumix, engines and model files on every host")  # fmt: skip
 
 
+def _wait_ports_free(specs: list[LaunchSpec], host: str, timeout_s: float) -> None:
+    from gpumix.run.preflight import port_is_free
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        taken = [s for s in specs if not port_is_free(s.port, s.host)]
+        if not taken:
+            return
+        if time.monotonic() >= deadline:
+            raise GpumixError(f"{taken[0].name} cannot start on host {host}: port {taken[0].port} on {taken[0].host} is taken",
+                              hint="stop what listens there, or plan another port")  # fmt: skip
+        time.sleep(0.5)
+
+
 def _die_with_parent() -> None:
     """Between fork and exec: the kernel sends SIGTERM to the supervisor when the agent's thread goes."""
     with contextlib.suppress(Exception):
@@ -168,6 +182,8 @@ class HostAgent:
                               f"labelled {labels.get(HOST_LABEL)!r}; refusing to start")  # fmt: skip
         self.specs = [self._bound(s) for s in spec.specs]
         _check_node_has(self.specs, spec.host)
+        # After a restart the previous engines may hold their ports until their stop timeout runs out.
+        _wait_ports_free(self.specs, spec.host, spec.settings.stop_timeout_s + 10)
         self.run_dir = Path(spec.run_root or cache_dir() / "run" / "ray") / spec.name
         self.created_at = time.time()
         self.proc: subprocess.Popen | None = None
@@ -284,7 +300,7 @@ def wait_healthy(handles: list[Any], timeout_s: float, names: list[str] | None =
                 reports.append(describe(handle, timeout_s=max(0.1, min(5.0, deadline - time.monotonic()))))
             except ray.exceptions.RayActorError as exc:
                 raise GpumixError(f"{label} died: {_first_line(exc)}") from None
-        failed = [(r["name"], p) for r in reports if r for p in r["processes"] if p["state"] in ("failed", "unhealthy")]
+        failed = [(r["name"], p) for r in reports if r for p in r["processes"] if _never_healthy(p)]
         if failed:
             name, proc = failed[0]
             raise GpumixError(f"{name}: {proc['name']} did not become healthy: {proc['last_error']}", hint=f"log: {proc['log']}")
@@ -297,6 +313,12 @@ def wait_healthy(handles: list[Any], timeout_s: float, names: list[str] | None =
                                   hint="is its host in the cluster (`gpumix cluster status`)? are its devices held by another agent?")  # fmt: skip
             raise GpumixError(f"agents not healthy within {timeout_s:g} s")
         time.sleep(poll_s)
+
+
+def _never_healthy(proc: dict[str, Any]) -> bool:
+    """Failed, unhealthy, or exited before it was ever healthy (a crash loop: the supervisor keeps trying)."""
+    crashed_before_healthy = proc["last_exit_code"] is not None and proc["healthy_at"] is None
+    return proc["state"] in ("failed", "unhealthy") or crashed_before_healthy
 
 
 def get_agent(name: str) -> Any | None:

@@ -392,7 +392,7 @@ def join_cluster(address: str, host: str, cluster_dir: Path, token_file: Path, n
     ip = check_ray_node_ip(node_ip or route_ip(address))
     token = _token(token_file, insecure, create=False)
     labels, resources = _host_offer(host, cpu_only, say)
-    temp_dir = ray_temp_root(cluster_dir) / f"{host[:20]}-{int(time.time())}"
+    temp_dir = ray_temp_root(cluster_dir) / _short(host)
     req = NodeRequest(name=host, node_ip=ip, temp_dir=temp_dir, gcs_address=address, labels=labels, resources=resources)
     say(f"joining {address} as host {host} ({ip}) ...")
     env = cluster_env(dict(os.environ), token, fast_health=False)
@@ -402,6 +402,11 @@ def join_cluster(address: str, host: str, cluster_dir: Path, token_file: Path, n
                          nodes=[*running, node])  # fmt: skip
     write_cluster(cluster_dir, state)
     return state
+
+
+def _short(host: str) -> str:
+    """A host's temp dir name: short (socket paths), unique per host name."""
+    return host if len(host) <= 12 else host[:4] + hashlib.sha256(host.encode()).hexdigest()[:8]
 
 
 def _check_address(address: str) -> None:
@@ -426,11 +431,13 @@ class StopReport:
     left: list[int] = field(default_factory=list)  # pids still alive afterwards (should be empty)
 
 
-def stop_cluster(cluster_dir: Path, say: Say = print, grace_s: float | None = None) -> StopReport | None:
+def stop_cluster(cluster_dir: Path, say: Say = print, grace_s: float | None = None,
+                 keep_ray_logs: bool = False) -> StopReport | None:  # fmt: skip
     """Stop every node this machine started from `cluster_dir`; no process left.
 
     Each node's processes are its session's members (Ray's own and its workers) plus their descendants (the
-    supervisors and engines of host agents). A test cluster's temp dirs are removed too."""
+    supervisors and engines of host agents). Ray's temp dirs (its session logs and sockets) go too, unless
+    keep_ray_logs; the `ray start` logs in <cluster dir>/logs stay."""
     state = read_cluster(cluster_dir)
     if state is None:
         return None
@@ -447,7 +454,9 @@ def stop_cluster(cluster_dir: Path, say: Say = print, grace_s: float | None = No
             break
         report.killed += procs.terminate(members, grace_s if sweep == 0 else 2.0)  # all nodes at once
         report.left = [p.pid for p in procs.alive(members)]
-    if state.kind == "local":
-        shutil.rmtree(ray_temp_root(cluster_dir), ignore_errors=True)
+    if not keep_ray_logs:
+        for node in state.nodes:
+            shutil.rmtree(node.temp_dir, ignore_errors=True)
+        _remove_empty_dirs(ray_temp_root(cluster_dir))
     (cluster_dir / STATE_FILE).unlink(missing_ok=True)
     return report

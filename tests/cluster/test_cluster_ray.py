@@ -5,6 +5,7 @@ kill host b and then the whole cluster)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -139,6 +140,17 @@ def test_agent_runs_on_its_host_and_binds_the_node_address(local_cluster, ray, r
             httpx.get(url.replace("127.0.0.3", "127.0.0.1") + "/health", timeout=5)
         listening = {c.laddr.ip for c in _connections(engine_pids(report)[0])}
         assert listening == {"127.0.0.3"}
+    finally:
+        stop_agent(handle)
+
+
+def test_an_engine_that_crashes_before_healthy_fails_the_wait(local_cluster, ray, run_root):
+    spec = agent_spec("t.crash", "a", _ip(local_cluster, "a"), run_root)
+    crashing = spec.specs[0].model_copy(update={"argv": [sys.executable, "-c", "import sys; sys.exit(3)"]})
+    handle = start_agent(dataclasses.replace(spec, specs=(crashing,)))
+    try:
+        with pytest.raises(GpumixError, match="did not become healthy: exited with code 3"):
+            wait_healthy([handle], HEALTHY_S, names=["t.crash"])
     finally:
         stop_agent(handle)
 
@@ -295,6 +307,7 @@ def test_cluster_down_leaves_no_process(local_cluster, ray):
     assert wait_gone(members, 10) == []
     assert all(not procs.session_processes(s, t) for s, t in sessions)
     assert not (local_cluster.cluster_dir / "cluster.json").exists()
+    assert not any(Path(n.temp_dir).exists() for n in local_cluster.state.nodes)  # Ray's temp dirs are gone
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------
