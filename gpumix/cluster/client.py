@@ -40,6 +40,7 @@ def connected(address: str, token_file: Path | None, node_ip: str | None = None)
 
     if ray.is_initialized():
         ray.shutdown()
+    _reload_auth()
     try:
         with tempfile.TemporaryFile() as captured:
             try:
@@ -64,6 +65,16 @@ def connected(address: str, token_file: Path | None, node_ip: str | None = None)
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _reload_auth() -> None:
+    """Ray caches the auth mode and token per process (C++ singletons); a process that talks to a second
+    cluster (or the same one after its token changed) must reload them, as Ray's own CLI does."""
+    with contextlib.suppress(Exception):
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
 
 
 @contextlib.contextmanager
