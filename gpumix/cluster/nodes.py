@@ -15,9 +15,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -192,8 +193,9 @@ def cluster_env(base: dict[str, str], token_file: Path | None, fast_health: bool
     return with_auth(base, token_file) | tuning
 
 
-def start_node(req: NodeRequest, env: dict[str, str], log_path: Path, timeout_s: float = START_TIMEOUT_S) -> RayNode:
-    """Run `ray start` for one node; on failure leave nothing of it running and raise a one-line error."""
+def start_node(req: NodeRequest, env: dict[str, str], log_path: Path, timeout_s: float = START_TIMEOUT_S,
+               cancel: threading.Event | None = None) -> RayNode:  # fmt: skip
+    """Run `ray start` for one node; on failure (or `cancel`) leave nothing of it running and raise a one-line error."""
     req.temp_dir.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     dashboard_port = _free_port(req.node_ip) if req.head and req.slim else None
@@ -204,22 +206,33 @@ def start_node(req: NodeRequest, env: dict[str, str], log_path: Path, timeout_s:
         log.flush()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)  # fmt: skip
-    try:
-        code: int | None = proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        code = None
+    code = _wait(proc, timeout_s, cancel)
     if code != 0:
         procs.terminate(procs.with_descendants(procs.session_processes(proc.pid, started_at)), grace_s=5.0)
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         proc.wait()
-        reason = f"did not start within {timeout_s:g} s" if code is None else start_failure(log_path, req)
+        if code is None:
+            reason = "stopped: another node of the cluster failed" if cancel and cancel.is_set() else f"did not start within {timeout_s:g} s"
+        else:
+            reason = start_failure(log_path, req)
         _remove_empty_dirs(req.temp_dir)
         raise GpumixError(f"Ray node {req.name} ({req.node_ip}): {reason}", hint=f"`ray start` log: {log_path}")
     pids = [p.pid for p in procs.session_processes(proc.pid, started_at)]
     return RayNode(name=req.name, role="head" if req.head else "host", host=req.labels.get(HOST_LABEL),
                    node_ip=req.node_ip, session=proc.pid, started_at=started_at, pids=sorted(pids),
                    temp_dir=str(req.temp_dir), log=str(log_path), resources=req.resources)  # fmt: skip
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float, cancel: threading.Event | None) -> int | None:
+    """The exit code of `ray start`; None on timeout or when cancelled."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not (cancel and cancel.is_set()):
+        try:
+            return proc.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            continue
+    return None
 
 
 def _remove_empty_dirs(path: Path) -> None:
@@ -302,45 +315,61 @@ def start_local(hosts: list[str], cluster_dir: Path, token_file: Path, insecure:
     """A whole test cluster on this machine: a head on 127.0.0.254 and one node per host on 127.0.0.2, ...
 
     Each host offers this machine's CPU as its one device. Nodes are slim (no dashboard GUI, no log monitor,
-    80 MiB object store) and dead nodes are noticed within a few seconds."""
+    80 MiB object store) and dead nodes are noticed within a few seconds. The head and the hosts start at the
+    same time (the hosts wait for the head's GCS on a port chosen here); every node is recorded as soon as it
+    is up, so `down` can clean up after any failure or interruption."""
     names = _local_hosts(hosts)
     refuse_if_running(cluster_dir)
     token = _token(token_file, insecure, create=True)
     env = cluster_env(dict(os.environ), token, fast_health=True)
     temp_root = ray_temp_root(cluster_dir)
     shutil.rmtree(temp_root, ignore_errors=True)
-    logs = cluster_dir / "logs"
-    head_req = NodeRequest(name="head", node_ip=LOCAL_HEAD_IP, temp_dir=temp_root / "head", head=True, port=0,
-                           num_cpus=0, object_store_bytes=LOCAL_OBJECT_STORE_BYTES, slim=True)  # fmt: skip
-    say(f"starting the Ray head on {LOCAL_HEAD_IP} ...")
-    head = start_node(head_req, env, logs / "head.log", timeout_s)
-    state = ClusterState(kind="local", address=head_address(head_req.temp_dir), token_file=_str(token),
-                         created_at=head.started_at, nodes=[head])  # fmt: skip
-    write_cluster(cluster_dir, state)  # recorded at once: a failure below still leaves `down` able to clean up
-    requests = [
+    port = _free_port("0.0.0.0")  # probe only: Ray's GCS listens on every interface at this port
+    state = ClusterState(kind="local", address=f"{LOCAL_HEAD_IP}:{port}", token_file=_str(token), created_at=time.time(), nodes=[])
+    write_cluster(cluster_dir, state)
+    head = NodeRequest(name="head", node_ip=LOCAL_HEAD_IP, temp_dir=temp_root / "head", head=True, port=port,
+                       num_cpus=0, object_store_bytes=LOCAL_OBJECT_STORE_BYTES, slim=True)  # fmt: skip
+    requests = [head] + [
         NodeRequest(name=name, node_ip=f"127.0.0.{LOCAL_FIRST_IP + i}", temp_dir=temp_root / f"n{i}",
                     gcs_address=state.address, labels={HOST_LABEL: name}, resources=host_resources(name, []),
                     num_cpus=1, object_store_bytes=LOCAL_OBJECT_STORE_BYTES, slim=True)  # fmt: skip
         for i, name in enumerate(names)
     ]
-    say(f"starting {len(requests)} host node(s): " + ", ".join(f"{r.name} on {r.node_ip}" for r in requests))
-    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
-        futures = [pool.submit(start_node, r, env, logs / f"{r.name}.log", timeout_s) for r in requests]
-        results = [_result(f) for f in futures]
-    state.nodes += [r for r in results if isinstance(r, RayNode)]
-    write_cluster(cluster_dir, state)
-    errors = [r for r in results if isinstance(r, GpumixError)]
+    # A host's `ray start` waits this long for the head's GCS (Ray's default is ~20 tries of 1 s).
+    host_env = env | {"RAY_gcs_server_port_wait_time_s": str(int(timeout_s))}
+    say(f"starting the Ray head on {LOCAL_HEAD_IP} and {len(names)} host node(s): "
+        + ", ".join(f"{r.name} on {r.node_ip}" for r in requests[1:]))  # fmt: skip
+    cancel, lock = threading.Event(), threading.Lock()
+
+    def run(req: NodeRequest) -> RayNode:
+        node = start_node(req, env if req.head else host_env, cluster_dir / "logs" / f"{req.name}.log", timeout_s, cancel)
+        with lock:
+            state.nodes.append(node)
+            state.nodes.sort(key=lambda n: [r.name for r in requests].index(n.name))
+            write_cluster(cluster_dir, state)
+        return node
+
+    errors: list[GpumixError] = []
+    try:
+        with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+            futures = [pool.submit(run, r) for r in requests]
+            try:
+                for future in as_completed(futures):
+                    try:
+                        future.result()
+                    except GpumixError as exc:
+                        errors.append(exc)
+                        cancel.set()
+            except BaseException:  # Ctrl-C: the other starts give up before the pool waits for them
+                cancel.set()
+                raise
+    except BaseException:
+        stop_cluster(cluster_dir, say=lambda _text: None)
+        raise
     if errors:
         stop_cluster(cluster_dir, say=lambda _text: None)
-        raise errors[0]
+        raise min(errors, key=lambda e: "another node of the cluster failed" in e.message)
     return state
-
-
-def _result(future):  # noqa: ANN001, ANN202 - a RayNode or the GpumixError that prevented it
-    try:
-        return future.result()
-    except GpumixError as exc:
-        return exc
 
 
 def _local_hosts(hosts: list[str]) -> list[str]:
