@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from gpumix.errors import GpumixError
+
+if TYPE_CHECKING:
+    from gpumix.cluster.nodes import RayNode
+    from gpumix.cluster.status import ClusterReport
 
 cluster_app = typer.Typer(
     help="A Ray cluster of plan hosts (needs `pip install 'gpumix[ray]'`): head, join, local, status, down.",
@@ -48,7 +52,7 @@ def _warn_insecure(insecure: bool) -> None:
              "can run code on it")  # fmt: skip
 
 
-def _print_nodes(nodes, token_file: Path | None) -> None:  # noqa: ANN001 - list[RayNode]
+def _print_nodes(nodes: list[RayNode], token_file: Path | None) -> None:
     for node in nodes:
         devices = ", ".join(r.removeprefix("gpumix.io/dev/") for r in node.resources) or "-"
         console.print(f"{node.name}: Ray node on {node.node_ip} (pids {', '.join(map(str, node.pids))}); devices: {devices}",
@@ -149,7 +153,7 @@ def status(
     _print_report(report)
 
 
-def _print_report(report) -> None:  # noqa: ANN001 - ClusterReport
+def _print_report(report: ClusterReport) -> None:
     console.print(f"cluster {report.address}", highlight=False, markup=False)
     hosts = Table(title="hosts")
     for col in ("host", "node ip", "state", "devices", "agents"):

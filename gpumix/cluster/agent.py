@@ -87,6 +87,10 @@ class AgentSpec:
         foreign = [d.device_id for d in self.devices if not d.device_id.startswith(f"{self.host}/")]
         if foreign:
             raise GpumixError(f"agent {self.name} for host {self.host} claims devices of another host: {', '.join(foreign)}")
+        # LaunchSpec.host_name (the plan host that must run a process) comes with the foundation's plan ids.
+        elsewhere = [s.name for s in self.specs if getattr(s, "host_name", None) not in (None, self.host)]
+        if elsewhere:
+            raise GpumixError(f"agent {self.name} for host {self.host} was given processes of another host: {', '.join(elsewhere)}")
 
     @property
     def resources(self) -> dict[str, float]:
