@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from gpumix.cluster.status import ClusterReport
 
 cluster_app = typer.Typer(
-    help="A Ray cluster of plan hosts (needs `pip install 'gpumix[ray]'`): head, join, local, status, down.",
+    help="A Ray cluster of plan hosts (needs `pip install 'gpumix\\[ray]'`): head, join, local, status, down.",
     no_args_is_help=True,
 )
 console = Console(soft_wrap=True)  # long paths and addresses stay on one line
