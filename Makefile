@@ -8,7 +8,7 @@ STAMP := $(VENV)/.gpumix-installed
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,ray]'
 	@touch $(STAMP)
 
 setup: $(STAMP)

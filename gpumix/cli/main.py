@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "gpumix.cli.launch_cmds",
     "gpumix.cli.run_cmds",
     "gpumix.cli.gateway_cmds",
+    "gpumix.cli.cluster_cmds",
     "gpumix.cli.tune_cmds",
 )
 
