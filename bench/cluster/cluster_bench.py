@@ -38,7 +38,7 @@ from gpumix.cluster.client import connect_state  # noqa: E402
 from gpumix.cluster.names import HOST_LABEL  # noqa: E402
 from gpumix.cluster.nodes import read_cluster  # noqa: E402
 from gpumix.launch.spec import LaunchSpec  # noqa: E402
-from gpumix.run.preflight import free_port  # noqa: E402
+from gpumix.netutil import free_port  # noqa: E402
 from gpumix.run.supervisor import SupervisorSettings  # noqa: E402
 
 GPUMIX = [sys.executable, "-m", "gpumix"]

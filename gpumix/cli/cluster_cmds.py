@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -140,6 +141,7 @@ def status(
     if address is None and state is None:
         raise GpumixError(f"no cluster was started from {directory}", hint="pass --address IP:PORT (and --token-file), "
                           "or start one with `gpumix cluster head` / `gpumix cluster local`")  # fmt: skip
+    connection: AbstractContextManager[Any]
     if address is not None:
         connection = connected(address, token)
     else:

@@ -132,7 +132,7 @@ def actor_options(spec: AgentSpec, placement_group: Any = None, bundle_index: in
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-            placement_group=placement_group, placement_group_bundle_index=bundle_index
+            placement_group=placement_group, placement_group_bundle_index=-1 if bundle_index is None else bundle_index
         )
     return options
 
@@ -180,7 +180,7 @@ class HostAgent:
         context = ray.get_runtime_context()
         self.node_id = context.get_node_id()
         self.node_ip = ray.util.get_node_ip_address()
-        labels = context.get_node_labels()
+        labels: dict[str, object] = dict(context.get_node_labels())  # Ray annotates values as lists; they are str
         if labels.get(HOST_LABEL) != spec.host:  # Ray's label selector makes this impossible; refuse anyway
             raise GpumixError(f"agent {spec.name} for host {spec.host} landed on node {self.node_ip} "
                               f"labelled {labels.get(HOST_LABEL)!r}; refusing to start")  # fmt: skip

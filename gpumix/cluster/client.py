@@ -71,7 +71,8 @@ def _reload_auth() -> None:
     """Ray caches the auth mode and token per process (C++ singletons); a process that talks to a second
     cluster (or the same one after its token changed) must reload them, as Ray's own CLI does."""
     with contextlib.suppress(Exception):
-        from ray._raylet import AuthenticationTokenLoader, Config
+        # Ray's private Cython module has no type stubs; these are the calls its own CLI makes.
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
         Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()

@@ -16,7 +16,7 @@ from gpumix.cluster import procs
 from gpumix.cluster.agent import AgentSpec, DeviceClaim
 from gpumix.cluster.nodes import ClusterState, read_cluster
 from gpumix.launch.spec import LaunchSpec
-from gpumix.run.preflight import free_port
+from gpumix.netutil import free_port
 from gpumix.run.supervisor import SupervisorSettings
 
 FAST = SupervisorSettings(stagger_gpu_s=0, stagger_cpu_s=0, health_interval_s=0.5, stop_timeout_s=3,

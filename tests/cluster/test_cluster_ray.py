@@ -256,8 +256,8 @@ def test_a_real_llama_server_serves_from_its_host(local_cluster, ray, run_root):
     address, answers a chat request there, and is gone after the agent stops."""
     from gpumix.launch.commands import render_plan
     from gpumix.launch.llamacpp import find_llama_cpp
+    from gpumix.netutil import free_port
     from gpumix.plan.planner import plan_file
-    from gpumix.run.preflight import free_port
 
     if find_llama_cpp() is None:
         pytest.skip("llama.cpp is not built (make llama)")

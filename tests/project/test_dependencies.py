@@ -83,14 +83,19 @@ def test_every_runtime_dependency_is_imported_by_the_package():
     assert not unused, f"declared in [project].dependencies but never imported by gpumix/: {sorted(unused)}"
 
 
+def _optional_extras() -> set[str]:
+    """Runtime extras (`gpumix[ray]`): code behind them imports its package inside functions, after a check."""
+    return {extra for extra in PYPROJECT["project"]["optional-dependencies"] if extra != "dev"}
+
+
 def test_the_package_imports_nothing_undeclared():
-    declared = _declared()
+    declared = _declared().union(*(_declared(extra) for extra in _optional_extras()))
     undeclared = {name: dists for name, dists in _third_party(_imports("gpumix")).items() if not dists & declared}
     assert not undeclared, f"gpumix/ imports modules no runtime dependency provides: {undeclared}"
 
 
 def test_tests_and_benchmarks_import_only_declared_packages():
-    declared = _declared() | _declared("dev")
+    declared = _declared() | _declared("dev") | set().union(*(_declared(extra) for extra in _optional_extras()))
     third = _third_party(_imports("tests", "bench", "scripts"), local=_local_modules("tests", "bench", "scripts"))
     undeclared = {name: dists for name, dists in third.items() if not dists & declared}
     assert not undeclared, f"tests/bench/scripts import modules pyproject does not declare: {undeclared}"
