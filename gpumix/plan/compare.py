@@ -14,8 +14,11 @@ from gpumix.estimate.types import Placement
 from gpumix.hardware.spec import Device
 from gpumix.plan import planner
 from gpumix.plan import split as splitmod
+from gpumix.plan.candidates import Option, llm_options, service_options
+from gpumix.plan.fleet import build_devices, links_for
+from gpumix.plan.resolve import resolve_service
 from gpumix.plan.result import Plan
-from gpumix.plan.spec import PlanSpec, _suggest, load_plan_with_lines
+from gpumix.plan.spec import PlanSpec, did_you_mean, load_plan_with_lines
 
 # The rental buyer's shortlist (VISION.md): used when `gpumix compare` gets no --option.
 DEFAULT_OPTIONS = (
@@ -99,18 +102,18 @@ def explain(path: Path, service: str, objective: str | None = None,
     spec, lines = load_plan_with_lines(path)
     names = [s.name for s in spec.services]
     if service not in names:
-        raise GpumixError(f"{path}: no service named {service!r}{_suggest(service, names)}",
+        raise GpumixError(f"{path}: no service named {service!r}{did_you_mean(service, names)}",
                           hint=f"services: {', '.join(names)}")  # fmt: skip
     cal = load_calibration(calibration)
     plan = planner.plan_services(spec, objective=objective, calibration=cal, source=str(path), lines=lines)
     index = names.index(service)
-    svc = planner.resolve_service(spec.services[index], index, spec, str(path), lines, objective)
-    devices, sockets = planner.build_devices(spec, str(path), lines)
+    svc = resolve_service(spec.services[index], index, spec, str(path), lines, objective)
+    devices, sockets = build_devices(spec, str(path), lines)
     chosen = plan.service(service)
     if svc.model.kind != "llm":
-        options = planner.service_options(svc, devices)
+        options = service_options(svc, devices)
     else:
-        options = planner.llm_options(svc, devices, spec, sockets, cal)
+        options = llm_options(svc, devices, spec, sockets, cal)
     alternatives = [_from_option(o, chosen) for o in options]
     if svc.model.kind == "llm":
         alternatives += _default_splits(svc, devices, spec, sockets, cal)
@@ -118,7 +121,7 @@ def explain(path: Path, service: str, objective: str | None = None,
     return plan, alternatives
 
 
-def _from_option(opt: planner.Option, chosen) -> Alternative:
+def _from_option(opt: Option, chosen) -> Alternative:
     is_chosen = opt.mode == chosen.mode and [d.index for d in opt.devices] == chosen.devices and (
         not chosen.layers or list(opt.layers) == chosen.layers
     )
@@ -148,7 +151,7 @@ def _default_splits(svc, devices, spec, sockets, cal) -> list[Alternative]:
             ("llama.cpp default split (-ts ∝ free memory)", splitmod.memory_proportional_split(group, n)),
             ("even split", splitmod.even_split(len(group), n)),
         ):
-            links = planner.links_for(spec, group, sockets)
+            links = links_for(spec, group, sockets)
             est = estimate(svc.model, svc.quant, Placement(mode="layer_split", devices=tuple(group), layers=layers),
                            svc.workload, links, cal)  # fmt: skip
             fits = all(d.memory_bytes <= splitmod.usable_bytes(dev) for d, dev in zip(est.devices, group, strict=True))

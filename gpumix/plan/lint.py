@@ -136,12 +136,12 @@ def _singles(svc: Any, gpus: list[Device], ctx: LintContext) -> list[Any]:
     """One-card placements of the service on each card of its group (when its mode was forced, none were made)."""
     from gpumix.errors import GpumixError
     from gpumix.estimate.types import Links
-    from gpumix.plan.planner import _llm_option
+    from gpumix.plan.candidates import llm_option
 
     out = []
     for d in gpus:
         try:
-            opt = _llm_option(svc, "single", [d], (), Links(), ctx.calibration)
+            opt = llm_option(svc, "single", [d], (), Links(), ctx.calibration)
         except GpumixError:
             continue
         if opt.fits():
@@ -150,10 +150,10 @@ def _singles(svc: Any, gpus: list[Device], ctx: LintContext) -> list[Any]:
 
 
 def _slo(svc: Any, opt: Any) -> list[Warning_]:
-    from gpumix.plan.planner import _slo_checks
+    from gpumix.plan.score import slo_checks
 
     out = []
-    for check in _slo_checks(svc, opt):
+    for check in slo_checks(svc, opt):
         if not check.met:
             by = "" if check.margin is None else f" (missed by {-check.margin * 100:.0f}%)"
             out.append(_w("GPX012", "slo-missed", f"{svc.entry.name}: {check.metric} predicted "

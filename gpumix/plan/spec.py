@@ -130,7 +130,7 @@ class PlanSpec(_Strict):
 # ------------------------------------------------------------------------------------------- YAML with lines
 
 
-class _Lines:
+class SourceLines:
     """Line numbers (1-based) of every mapping key and sequence item, by path."""
 
     def __init__(self) -> None:
@@ -144,7 +144,7 @@ class _Lines:
         return None
 
 
-def _walk(node: yaml.Node, path: tuple[Any, ...], lines: _Lines, source: str) -> None:
+def _walk(node: yaml.Node, path: tuple[Any, ...], lines: SourceLines, source: str) -> None:
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
@@ -168,8 +168,8 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def read_yaml_with_lines(text: str, source: str) -> tuple[Any, _Lines]:
-    lines = _Lines()
+def read_yaml_with_lines(text: str, source: str) -> tuple[Any, SourceLines]:
+    lines = SourceLines()
     try:
         loader = yaml.SafeLoader(text)
         try:
@@ -222,12 +222,12 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
-def _suggest(word: str, choices: list[str]) -> str:
+def did_you_mean(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _format_error(err: dict[str, Any], lines: _Lines, source: str) -> str:
+def _format_error(err: dict[str, Any], lines: SourceLines, source: str) -> str:
     loc = tuple(err["loc"])
     line = lines.line(loc)
     where = f"{source}:{line}" if line else source
@@ -236,12 +236,12 @@ def _format_error(err: dict[str, Any], lines: _Lines, source: str) -> str:
     if kind == "extra_forbidden":
         model = _model_at(loc[:-1])
         allowed = sorted(model.model_fields) if model else []
-        hint = _suggest(str(loc[-1]), allowed)
+        hint = did_you_mean(str(loc[-1]), allowed)
         return f"{where}: unknown key {field!r}{hint} (allowed here: {', '.join(allowed)})"
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         options = [o.strip().strip("'") for o in str(expected).replace(" or ", ",").split(",") if o.strip()]
-        return f"{where}: {field}: {err['input']!r} is not one of {expected}{_suggest(str(err['input']), options)}"
+        return f"{where}: {field}: {err['input']!r} is not one of {expected}{did_you_mean(str(err['input']), options)}"
     if kind == "missing":
         return f"{where}: {field}: required key missing"
     msg = err["msg"].removeprefix("Value error, ")
@@ -257,7 +257,7 @@ def parse_plan_text(text: str, source: str = "<plan>") -> PlanSpec:
     return parse_plan_text_with_lines(text, source)[0]
 
 
-def parse_plan_text_with_lines(text: str, source: str = "<plan>") -> tuple[PlanSpec, _Lines]:
+def parse_plan_text_with_lines(text: str, source: str = "<plan>") -> tuple[PlanSpec, SourceLines]:
     if len(text.encode("utf-8", "replace")) > MAX_PLAN_FILE_BYTES:
         raise GpumixError(f"{source}: larger than {MAX_PLAN_FILE_BYTES} bytes; not a plan file")
     data, lines = read_yaml_with_lines(text, source)
@@ -282,7 +282,7 @@ def parse_plan_text_with_lines(text: str, source: str = "<plan>") -> tuple[PlanS
     return spec, lines
 
 
-def _check_names(spec: PlanSpec, lines: _Lines, source: str) -> None:
+def _check_names(spec: PlanSpec, lines: SourceLines, source: str) -> None:
     names = [s.name for s in spec.services]
     for i, svc in enumerate(spec.services):
         where = f"{source}:{lines.line(('services', i, 'name'))}"
@@ -292,7 +292,7 @@ def _check_names(spec: PlanSpec, lines: _Lines, source: str) -> None:
             where = f"{source}:{lines.line(('services', i, 'fallback'))}"
             raise GpumixError(
                 f"{where}: services[{i}].fallback: {svc.fallback!r} is not a service in this file"
-                + _suggest(svc.fallback, names)
+                + did_you_mean(svc.fallback, names)
             )
 
 
@@ -313,7 +313,7 @@ def load_plan_spec(path: Path) -> PlanSpec:
     return load_plan_with_lines(path)[0]
 
 
-def load_plan_with_lines(path: Path) -> tuple[PlanSpec, _Lines]:
+def load_plan_with_lines(path: Path) -> tuple[PlanSpec, SourceLines]:
     try:
         if path.stat().st_size > MAX_PLAN_FILE_BYTES:
             raise GpumixError(f"{path}: larger than {MAX_PLAN_FILE_BYTES} bytes; not a plan file")

@@ -1,0 +1,139 @@
+"""Plan-file devices → `Device`s (or this machine's, by discovery), the links between devices of a group, and
+what each card costs per month."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gpumix.errors import GpumixError
+from gpumix.estimate.types import Links
+from gpumix.hardware.spec import Device
+from gpumix.plan.resolve import plan_error
+from gpumix.plan.spec import PlanSpec, SourceLines
+
+
+def dkey(device: Device) -> tuple[str | None, int]:
+    return (device.host, device.index)
+
+
+def device_class(device: Device) -> tuple:
+    """What makes two devices plan alike (identical cards of a fleet share estimates)."""
+    return (device.spec.id, device.kind, device.memory_free_bytes, device.pcie_gen, device.pcie_width, device.threads)
+
+
+def build_devices(spec: PlanSpec, source: str, lines: SourceLines) -> tuple[list[Device], dict[tuple, int | None]]:
+    """Devices of the plan file (or of this machine), and each device's CPU socket when known."""
+    from gpumix.hardware.catalog import resolve_gpu
+    from gpumix.hardware.devices import cpu_device, default_cpu_bandwidth_gb_per_s, device_from_spec, usable_threads
+    from gpumix.units import GB
+
+    if spec.devices is None:
+        return discovered_devices(), {}
+    devices: list[Device] = []
+    sockets: dict[tuple, int | None] = {}
+    used: set[tuple[str | None, int]] = set()
+    for i, entry in enumerate(spec.devices):
+        loc = ("devices", i)
+        if entry.cpu is not None:
+            cpu = entry.cpu
+            if cpu.ram_gb is None:
+                raise plan_error(source, lines, (*loc, "cpu"), "ram_gb is required (the plan may be for another machine)",
+                            hint="e.g. cpu: {ram_gb: 64, bandwidth_gbs: 60}")  # fmt: skip
+            index = -1 - sum(1 for h, k in used if h == entry.host and k < 0)
+            device = cpu_device(
+                int(cpu.ram_gb * GB), cpu.bandwidth_gbs or default_cpu_bandwidth_gb_per_s(),
+                cpu.threads or usable_threads(), None if cpu.free_gb is None else int(cpu.free_gb * GB),
+                index=index, host=entry.host,
+            )  # fmt: skip
+            used.add((entry.host, index))
+            devices.append(device)
+            continue
+        try:
+            gpu = resolve_gpu(str(entry.gpu))
+        except GpumixError as exc:
+            raise plan_error(source, lines, (*loc, "gpu"), exc.message, exc.hint) from None
+        start = entry.index
+        if start is None:
+            start = 1 + max((k for h, k in used if h == entry.host and k >= 0), default=-1)
+        for k in range(entry.count):
+            index = start + k
+            if (entry.host, index) in used:
+                raise plan_error(source, lines, (*loc, "index"), f"index {index} is already used on this host")
+            free = None if entry.free_gb is None else int(entry.free_gb * GB)
+            try:
+                device = device_from_spec(gpu, index, free_bytes=free, host=entry.host)
+            except GpumixError as exc:
+                raise plan_error(source, lines, (*loc, "free_gb"), exc.message, exc.hint) from None
+            update = {"driver_version": entry.driver}
+            if entry.pcie_gen is not None:
+                update["pcie_gen"] = entry.pcie_gen
+            if entry.pcie_lanes is not None:
+                update["pcie_width"] = entry.pcie_lanes
+            device = device.model_copy(update=update)
+            used.add((entry.host, index))
+            sockets[dkey(device)] = entry.socket
+            devices.append(device)
+    return devices, sockets
+
+
+def discovered_devices() -> list[Device]:
+    from gpumix.hardware.discovery import discover_machine
+
+    try:
+        machine = discover_machine()
+    except GpumixError as exc:
+        raise GpumixError(
+            f"the plan file has no `devices:` and this machine's GPUs cannot be read: {exc.message}",
+            hint="add a `devices:` list to the plan file, e.g. devices: [{gpu: RTX 4090}, {gpu: RTX 5060 Ti 16GB}]",
+        ) from None
+    return [g.device for g in machine.gpus]
+
+
+def links_for(spec: PlanSpec, group: Sequence[Device], sockets: dict[tuple, int | None]) -> Links:
+    """Interconnect of one device group: the file's links, each device's own PCIe link, NVLink, topology."""
+    cfg = spec.links
+    gen = cfg.pcie_gen if cfg and cfg.pcie_gen else min((d.pcie_gen or 4) for d in group)
+    lanes = tuple((d.pcie_width or 16) for d in group)
+    if cfg and cfg.pcie_lanes:
+        lanes = tuple(cfg.pcie_lanes[d.index] if 0 <= d.index < len(cfg.pcie_lanes) else ln
+                      for d, ln in zip(group, lanes, strict=True))  # fmt: skip
+    lanes = tuple(min(ln, d.pcie_width or ln) if (cfg is None or not cfg.pcie_lanes) else ln
+                  for d, ln in zip(group, lanes, strict=True))  # fmt: skip
+    socks = {sockets.get(dkey(d)) for d in group} - {None}
+    topology = (cfg.topology if cfg and cfg.topology else None) or ("SYS" if len(socks) > 1 else "PHB")
+    hosts = {d.host for d in group}
+    network = cfg.network_gbs if cfg and cfg.network_gbs else (1.25 if len(hosts) > 1 else None)  # 10 GbE
+    gens = [d.pcie_gen or gen for d in group]
+    return Links(
+        pcie_gen=min(gens) if not (cfg and cfg.pcie_gen) else gen,
+        pcie_lanes=lanes,
+        nvlink=bool(cfg and cfg.nvlink),
+        nvlink_gb_per_s=(cfg.nvlink_gbs or 0.0) if cfg else 0.0,
+        topology=topology,
+        network_gb_per_s=network,
+    )
+
+
+def cached_links(spec: PlanSpec, group: Sequence[Device], sockets: dict, cache: dict | None) -> Links:
+    if cache is None:
+        return links_for(spec, group, sockets)
+    key = ("links", tuple(device_class(d) + (d.index, d.host is None) for d in group),
+           tuple(sockets.get(dkey(d)) for d in group), len({d.host for d in group}))  # fmt: skip
+    if key not in cache:
+        cache[key] = links_for(spec, group, sockets)
+    return cache[key]
+
+
+def device_price(device: Device, spec: PlanSpec) -> float | None:
+    from gpumix.hardware.catalog import resolve_gpu
+
+    for name, price in spec.prices.items():
+        try:
+            if resolve_gpu(name).id == device.spec.id:
+                return price.gbp_per_month
+        except GpumixError:
+            if name.lower() in (device.spec.name.lower(), device.spec.id.lower()):
+                return price.gbp_per_month
+    return device.spec.price_gbp_per_month if device.kind == "gpu" else None
+
+
