@@ -15,6 +15,7 @@ from gpumix.estimate.validate import ValidationReport, validate_file
 from gpumix.hardware.catalog import parse_device_list
 from gpumix.hardware.devices import device_from_spec, this_machine_cpu
 from gpumix.hardware.spec import Device
+from gpumix.kinds import LLM_ENGINES
 from gpumix.models.catalog import load_model, resolve_quant
 from gpumix.units import GiB
 
@@ -139,8 +140,8 @@ def estimate_cmd(
     """Memory per device, fit, and predicted decode/prefill speed and TTFT for a model on GPUs."""
     if split not in ("layer", "row", "tensor", "none"):
         raise GpumixError(f"--split '{split}' is not one of layer, row, tensor, none")
-    if engine not in ("llama.cpp", "vllm"):
-        raise GpumixError(f"--engine '{engine}' is not llama.cpp or vllm")
+    if engine not in LLM_ENGINES:
+        raise GpumixError(f"--engine '{engine}' is not {' or '.join(LLM_ENGINES)}")
     spec = load_model(model)
     if quant is None:
         if spec.file_quant is None:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gpumix.errors import GpumixError
+from gpumix.kinds import OBJECTIVES
 from gpumix.plan.result import Plan
 from gpumix.units import GB
 
@@ -18,8 +19,8 @@ OBJECTIVE_HELP = "latency (one stream fastest) | throughput (aggregate tokens/s)
 
 
 def _objective(value: str | None) -> str | None:
-    if value is not None and value not in ("latency", "throughput"):
-        raise GpumixError(f"unknown --objective {value!r}", hint="use latency or throughput")
+    if value is not None and value not in OBJECTIVES:
+        raise GpumixError(f"unknown --objective {value!r}", hint=f"use {' or '.join(OBJECTIVES)}")
     return value
 
 

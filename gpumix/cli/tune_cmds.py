@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gpumix.errors import GpumixError
+from gpumix.kinds import OBJECTIVES
 
 console = Console()
 testbed_app = typer.Typer(help="A heterogeneous test bed: ggml-rpc-server devices of different CPU speed.")
@@ -50,8 +51,8 @@ def tune_cmd(
     from gpumix.tune.calibration_file import save_machine_calibration
     from gpumix.tune.session import BenchSettings, tune_machine
 
-    if objective not in ("latency", "throughput"):
-        raise GpumixError(f"unknown --objective '{objective}'", hint="use latency or throughput")
+    if objective not in OBJECTIVES:
+        raise GpumixError(f"unknown --objective '{objective}'", hint=f"use {' or '.join(OBJECTIVES)}")
     rpc_list = _split_list(rpc)
     settings = BenchSettings(n_gen=n_gen, n_prompt_alone=prefill_tokens, repetitions=repetitions)
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict
 
-DeviceKind = Literal["gpu", "cpu"]
+from gpumix.kinds import DeviceKind
 
 
 class GpuSpec(BaseModel):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-ModelKind = Literal["llm", "embedding", "reranker", "image", "audio"]
+from gpumix.kinds import ModelKind
 
 
 class QuantSpec(BaseModel):

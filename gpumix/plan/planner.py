@@ -18,6 +18,7 @@ from pathlib import Path
 from gpumix.errors import GpumixError
 from gpumix.estimate.calibration import Calibration, load_calibration
 from gpumix.hardware.spec import Device
+from gpumix.kinds import OBJECTIVES
 from gpumix.plan import split as splitmod
 from gpumix.plan.assemble import plan_cost, planned_devices, planned_service, service_costs
 from gpumix.plan.assign import SOLVER_NAME, Choice, solve_assignment
@@ -64,8 +65,8 @@ def plan_services(
 ) -> Plan:
     from gpumix.plan import lint
 
-    if objective is not None and objective not in ("latency", "throughput"):
-        raise GpumixError(f"unknown objective {objective!r}", hint="use latency or throughput")
+    if objective is not None and objective not in OBJECTIVES:
+        raise GpumixError(f"unknown objective {objective!r}", hint=f"use {' or '.join(OBJECTIVES)}")
     lines = lines or SourceLines()
     src = source or "<plan>"
     cal = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from gpumix.errors import GpumixError
 from gpumix.estimate.types import Workload
+from gpumix.kinds import LLM_ENGINES
 from gpumix.models.spec import ModelSpec, QuantSpec
 from gpumix.plan.result import default_endpoints
 from gpumix.plan.spec import PlanSpec, ServiceEntry, SourceLines
@@ -65,7 +66,7 @@ def resolve_service(
     if model.kind == "llm" and engine == "llama.cpp" and quant.id in VLLM_ONLY_QUANTS:
         raise plan_error(source, lines, (*loc, "engine"), f"llama.cpp cannot load {quant.id} weights",
                     hint="use engine: vllm, or a GGUF quant such as q4_k_m / q8_0")  # fmt: skip
-    if model.kind != "llm" and engine in ("llama.cpp", "vllm") and model.n_layers == 0:
+    if model.kind != "llm" and engine in LLM_ENGINES and model.n_layers == 0:
         raise plan_error(source, lines, (*loc, "engine"), f"{model.name} is a {model.kind} model, not an LLM")
     context = entry.context or min(model.context_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
     if model.context_length and context > model.context_length:
@@ -75,7 +76,7 @@ def resolve_service(
     workload = Workload(
         context=context,
         parallel=entry.concurrency,
-        engine=engine if engine in ("llama.cpp", "vllm") else "llama.cpp",
+        engine=engine if engine in LLM_ENGINES else "llama.cpp",
         kv_cache_dtype=entry.kv_cache_dtype or "f16",
         # gpumix launches llama-server with an explicit -np, which turns the unified KV cache off: every slot
         # gets `context` cells of its own (gpumix.launch.commands).

@@ -9,6 +9,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gpumix.estimate.types import MemoryBreakdown
+from gpumix.kinds import DeviceKind, Engine, ModelKind, Objective, PlacementMode
+
 PLAN_FORMAT_VERSION = 1
 
 # OpenAI-compatible paths a service answers; launch, exports and the gateway all read them from the plan.
@@ -36,24 +39,10 @@ def default_endpoints(kind: str, *names: str) -> tuple[str, ...]:
         endpoints += (MODERATIONS,)
     return endpoints
 
-Engine = Literal["llama.cpp", "vllm", "tei", "whisper", "image"]
-Mode = Literal["single", "layer_split", "tensor_parallel", "pipeline_parallel", "replica", "cpu_offload"]
-Objective = Literal["latency", "throughput"]
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class MemoryBreakdown(_Frozen):
-    weights_bytes: int
-    kv_cache_bytes: int
-    compute_bytes: int
-    overhead_bytes: int
-
-    @property
-    def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_cache_bytes + self.compute_bytes + self.overhead_bytes
 
 
 class Predicted(_Frozen):
@@ -78,7 +67,7 @@ class PlannedDevice(_Frozen):
     index: int  # CUDA index (PCI bus order); CPU devices -1, -2, ...
     name: str  # catalog display name
     catalog_id: str
-    kind: Literal["gpu", "cpu"]
+    kind: DeviceKind
     host: str | None = None
     uuid: str | None = None
     memory_total_bytes: int
@@ -93,10 +82,10 @@ class PlannedService(_Frozen):
     name: str
     model: str  # catalog id (or file stem)
     model_path: str | None = None  # .gguf / config.json when the service named a file
-    model_kind: Literal["llm", "embedding", "reranker", "image", "audio"] = "llm"
+    model_kind: ModelKind = "llm"
     quant: str
     engine: Engine
-    mode: Mode
+    mode: PlacementMode
     devices: list[int]  # plan device indices, in engine order (first = main device)
     host: str | None = None
     split: list[float] = Field(default_factory=list)  # fraction of layers per device (sums to 1)

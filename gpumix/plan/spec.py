@@ -16,10 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gpumix.errors import GpumixError
+from gpumix.kinds import Engine, Objective, ServiceMode, Topology
 
 MAX_PLAN_FILE_BYTES = 2_000_000  # a plan for hundreds of services is a few hundred kB
-ServiceMode = Literal["auto", "single", "layer_split", "tensor_parallel", "pipeline_parallel", "replica", "cpu_offload"]
-EngineChoice = Literal["llama.cpp", "vllm", "tei", "whisper", "image"]
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"  # usable as a process, container and DNS label
 
 
@@ -67,7 +66,7 @@ class LinksEntry(_Strict):
     pcie_lanes: list[int] | None = None
     nvlink: bool = False
     nvlink_gbs: float | None = Field(default=None, gt=0)
-    topology: Literal["PIX", "PXB", "PHB", "NODE", "SYS"] | None = None
+    topology: Topology | None = None
     network_gbs: float | None = Field(default=None, gt=0)  # between hosts (RPC / Ray)
 
     @field_validator("pcie_lanes")
@@ -90,10 +89,10 @@ class ServiceEntry(_Strict):
     model: str = Field(min_length=1, max_length=512)
     file: str | None = Field(default=None, min_length=1, max_length=1024)  # pypi:PACKAGE or a path
     quant: str | None = Field(default=None, min_length=1, max_length=32)
-    engine: EngineChoice | None = None
+    engine: Engine | None = None
     context: int | None = Field(default=None, ge=256, le=10_000_000)
     concurrency: int = Field(default=1, ge=1, le=4096)
-    objective: Literal["latency", "throughput"] | None = None
+    objective: Objective | None = None
     slo: SloEntry | None = None
     replicas: int = Field(default=1, ge=1, le=64)
     mode: ServiceMode = "auto"
@@ -123,7 +122,7 @@ class PlanSpec(_Strict):
     links: LinksEntry | None = None
     services: list[ServiceEntry] = Field(min_length=1, max_length=4096)
     prices: dict[str, PriceEntry] = Field(default_factory=dict)
-    objective: Literal["latency", "throughput"] | None = None
+    objective: Objective | None = None
     runtime: RuntimeEntry = RuntimeEntry()
 
 

@@ -21,7 +21,6 @@ import math
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from gpumix.errors import GpumixError
 from gpumix.estimate import speed
@@ -36,10 +35,11 @@ from gpumix.estimate.memory import (
 )
 from gpumix.estimate.types import Links, Workload
 from gpumix.hardware.spec import Device
+from gpumix.kinds import Objective
 from gpumix.models.spec import ModelSpec, QuantSpec
 from gpumix.units import GB, MiB
 
-SplitObjective = Literal["latency", "throughput"]
+SplitObjective = Objective
 
 # Memory left free on every GPU: llama.cpp's `--fit-target` default, 1024 MiB (engines.md §1.1), which covers
 # allocator fragmentation and the display/desktop's share. RAM used for CPU offload keeps 4 GiB for the OS, or a

