@@ -76,6 +76,7 @@ def _estimate_json(model, quant, result: Estimate, how: str, workload: Workload)
                 "layers": d.layers,
                 "memory_bytes": d.memory_bytes,
                 "memory_free_bytes": d.memory_free_bytes,
+                "memory_usable_bytes": d.memory_usable_bytes,
                 "fits": d.fits,
                 "shortfall_bytes": d.shortfall_bytes,
                 "breakdown": d.memory.model_dump(),
@@ -99,7 +100,7 @@ def _print_estimate(model, quant, result: Estimate, how: str, workload: Workload
         f"{result.mode} ({how})"
     )
     table = Table(show_lines=False)
-    for col in ("device", "layers", "weights", "KV cache", "compute", "overhead", "total", "free", "fits"):
+    for col in ("device", "layers", "weights", "KV cache", "compute", "overhead", "total", "free", "usable", "fits"):
         table.add_column(col, justify="right" if col not in ("device", "fits") else "left")
     for d in result.devices:
         m = d.memory
@@ -107,10 +108,10 @@ def _print_estimate(model, quant, result: Estimate, how: str, workload: Workload
         table.add_row(
             f"{d.device_index}: {d.name}", str(d.layers),
             *(f"{v / GiB:.2f}" for v in (m.weights_bytes, m.kv_cache_bytes, m.compute_bytes, m.overhead_bytes)),
-            f"{d.memory_bytes / GiB:.2f}", f"{d.memory_free_bytes / GiB:.2f}", fit,
+            f"{d.memory_bytes / GiB:.2f}", f"{d.memory_free_bytes / GiB:.2f}", f"{d.memory_usable_bytes / GiB:.2f}", fit,
         )  # fmt: skip
     console.print(table)
-    console.print("memory in GiB (2^30 bytes)")
+    console.print("memory in GiB (2^30 bytes); usable = free − margin (1 GiB on a GPU), the test `gpumix plan` applies")
     verdict = "[green]fits[/]" if result.fits else "[red]does not fit[/]"
     console.print(
         f"{verdict} · decode {result.decode_tokens_per_s:.1f} tok/s (one stream; bandwidth bound "

@@ -67,8 +67,9 @@ class DeviceEstimate(_Frozen):
     memory: MemoryBreakdown
     memory_bytes: int
     memory_free_bytes: int
-    fits: bool
-    shortfall_bytes: int  # > 0: how much more memory this device would need
+    memory_usable_bytes: int  # free − margin (gpumix.estimate.memory.usable_bytes)
+    fits: bool  # memory_bytes ≤ memory_usable_bytes: the same test the planner applies
+    shortfall_bytes: int  # > 0: how much more memory this device would need (against free − margin)
     decode_s_per_token: float  # this device's share of one token's decode time (incl. its fixed overhead)
     bandwidth_bound_s_per_token: float  # bytes it reads per token / its peak bandwidth
 

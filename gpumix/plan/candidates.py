@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from gpumix.errors import GpumixError
 from gpumix.estimate import estimate
 from gpumix.estimate.calibration import Calibration, load_calibration
+from gpumix.estimate.memory import usable_bytes
 from gpumix.estimate.speed import achieved_flops
 from gpumix.estimate.types import Estimate, Links, Placement
 from gpumix.hardware.spec import Device
@@ -59,7 +60,7 @@ class Option:
     @functools.cached_property
     def _fits(self) -> bool:
         return all(
-            mem <= splitmod.usable_bytes(dev) for dev, mem in zip(self.devices, self.memory_bytes, strict=True)
+            mem <= usable_bytes(dev) for dev, mem in zip(self.devices, self.memory_bytes, strict=True)
         )
 
     def fits(self) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 from gpumix.errors import GpumixError
 from gpumix.estimate import estimate
 from gpumix.estimate.calibration import Calibration, load_calibration
+from gpumix.estimate.memory import usable_bytes
 from gpumix.estimate.types import Placement
 from gpumix.hardware.spec import Device
 from gpumix.plan import planner
@@ -154,7 +155,7 @@ def _default_splits(svc, devices, spec, sockets, cal) -> list[Alternative]:
             links = links_for(spec, group, sockets)
             est = estimate(svc.model, svc.quant, Placement(mode="layer_split", devices=tuple(group), layers=layers),
                            svc.workload, links, cal)  # fmt: skip
-            fits = all(d.memory_bytes <= splitmod.usable_bytes(dev) for d, dev in zip(est.devices, group, strict=True))
+            fits = all(d.memory_bytes <= usable_bytes(dev) for d, dev in zip(est.devices, group, strict=True))
             out.append(Alternative(
                 label=label, mode="layer_split", devices=[d.name for d in group], layers=list(layers), fits=fits,
                 decode_tokens_per_s=est.decode_tokens_per_s, aggregate_tokens_per_s=est.aggregate_tokens_per_s,

@@ -9,7 +9,7 @@ from gpumix.errors import GpumixError
 from gpumix.estimate.types import Links
 from gpumix.hardware.spec import Device
 from gpumix.plan.resolve import plan_error
-from gpumix.plan.spec import PlanSpec, SourceLines
+from gpumix.plan.spec import LinksEntry, PlanSpec, SourceLines
 
 
 def dkey(device: Device) -> tuple[str | None, int]:
@@ -89,24 +89,25 @@ def discovered_devices() -> list[Device]:
     return [g.device for g in machine.gpus]
 
 
+def device_pcie(links: LinksEntry | None, device: Device) -> tuple[int, int]:
+    """(generation, lanes) of one device's PCIe link: the plan file's `links:` override the device's own."""
+    gen = (links.pcie_gen if links else None) or device.pcie_gen or 4
+    lanes_cfg = links.pcie_lanes if links else None
+    lanes = lanes_cfg[device.index] if lanes_cfg and 0 <= device.index < len(lanes_cfg) else (device.pcie_width or 16)
+    return gen, lanes
+
+
 def links_for(spec: PlanSpec, group: Sequence[Device], sockets: dict[tuple, int | None]) -> Links:
     """Interconnect of one device group: the file's links, each device's own PCIe link, NVLink, topology."""
     cfg = spec.links
-    gen = cfg.pcie_gen if cfg and cfg.pcie_gen else min((d.pcie_gen or 4) for d in group)
-    lanes = tuple((d.pcie_width or 16) for d in group)
-    if cfg and cfg.pcie_lanes:
-        lanes = tuple(cfg.pcie_lanes[d.index] if 0 <= d.index < len(cfg.pcie_lanes) else ln
-                      for d, ln in zip(group, lanes, strict=True))  # fmt: skip
-    lanes = tuple(min(ln, d.pcie_width or ln) if (cfg is None or not cfg.pcie_lanes) else ln
-                  for d, ln in zip(group, lanes, strict=True))  # fmt: skip
+    pcie = [device_pcie(cfg, d) for d in group]
     socks = {sockets.get(dkey(d)) for d in group} - {None}
     topology = (cfg.topology if cfg and cfg.topology else None) or ("SYS" if len(socks) > 1 else "PHB")
     hosts = {d.host for d in group}
     network = cfg.network_gbs if cfg and cfg.network_gbs else (1.25 if len(hosts) > 1 else None)  # 10 GbE
-    gens = [d.pcie_gen or gen for d in group]
     return Links(
-        pcie_gen=min(gens) if not (cfg and cfg.pcie_gen) else gen,
-        pcie_lanes=lanes,
+        pcie_gen=min(gen for gen, _ in pcie),  # a hop runs at the slower end's generation
+        pcie_lanes=tuple(lanes for _, lanes in pcie),
         nvlink=bool(cfg and cfg.nvlink),
         nvlink_gb_per_s=(cfg.nvlink_gbs or 0.0) if cfg else 0.0,
         topology=topology,

@@ -25,8 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gpumix.estimate.memory import usable_bytes
+from gpumix.estimate.speed import pcie_gb_per_s
 from gpumix.hardware.spec import Device
-from gpumix.plan import split as splitmod
+from gpumix.plan.fleet import device_pcie
 from gpumix.plan.result import Plan, Warning_
 from gpumix.units import GB
 
@@ -202,24 +204,19 @@ def _fits_beside(option: Any, ctx: LintContext) -> bool:
         for d, m in zip(o.devices, o.memory_bytes, strict=True):
             used[(d.host, d.index)] = used.get((d.host, d.index), 0) + m
     return all(
-        used.get((d.host, d.index), 0) + m <= splitmod.usable_bytes(d)
+        used.get((d.host, d.index), 0) + m <= usable_bytes(d)
         for d, m in zip(option.devices, option.memory_bytes, strict=True)
     )
 
 
 def _slow_link(devs: list[Device], ctx: LintContext) -> str | None:
-    from gpumix.estimate.speed import PCIE_GB_PER_S_PER_LANE
-
     if len({d.host for d in devs}) > 1:
         return "the split crosses hosts: every token's activations go over the network (llama.cpp RPC)"
-    lanes_cfg = ctx.spec.links.pcie_lanes if ctx.spec.links and ctx.spec.links.pcie_lanes else None
-    gen_cfg = ctx.spec.links.pcie_gen if ctx.spec.links and ctx.spec.links.pcie_gen else None
     for d in devs:
         if d.kind != "gpu":
             continue
-        lanes = lanes_cfg[d.index] if lanes_cfg and 0 <= d.index < len(lanes_cfg) else (d.pcie_width or 16)
-        gen = gen_cfg or d.pcie_gen or 4
-        rate = PCIE_GB_PER_S_PER_LANE.get(gen, 1.969) * lanes
+        gen, lanes = device_pcie(ctx.spec.links, d)
+        rate = pcie_gb_per_s(gen, lanes)
         if rate < SLOW_LINK_GB_PER_S:
             return (f"device {d.index} ({d.name}) sits on a PCIe Gen{gen} x{lanes} link ({rate:.1f} GB/s); "
                     "splits over it pay for every hop — move it to an x8/x16 slot")  # fmt: skip
@@ -229,7 +226,7 @@ def _slow_link(devs: list[Device], ctx: LintContext) -> str | None:
 def _device_checks(plan: Plan, ctx: LintContext) -> list[Warning_]:
     out: list[Warning_] = []
     for dev, planned in zip(ctx.devices, plan.devices, strict=True):
-        limit = splitmod.usable_bytes(dev)
+        limit = usable_bytes(dev)
         if planned.memory_planned_bytes > limit:
             out.append(_w("GPX010", "over-free-memory",
                           f"device {dev.index} ({dev.name}): planned {planned.memory_planned_bytes / GB:.1f} GB is "

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from gpumix.errors import GpumixError
 from gpumix.estimate.calibration import Calibration, load_calibration
+from gpumix.estimate.memory import usable_bytes
 from gpumix.hardware.spec import Device
 from gpumix.kinds import OBJECTIVES
-from gpumix.plan import split as splitmod
 from gpumix.plan.assemble import plan_cost, planned_devices, planned_service, service_costs
 from gpumix.plan.assign import SOLVER_NAME, Choice, solve_assignment
 from gpumix.plan.candidates import (
@@ -108,7 +108,7 @@ def plan_services(
                 load={index_of[dkey(d)]: load * s for d, s in zip(opt.devices, shares, strict=True)} if load else {},
             ))  # fmt: skip
             option_of.append(opt)
-    capacity = {i: splitmod.usable_bytes(d) for i, d in enumerate(devs)}
+    capacity = {i: usable_bytes(d) for i, d in enumerate(devs)}
     pruned = len(choices) > MAX_CHOICES or pruned_hosts
     if pruned:
         choices, option_of = prune_choices(choices, option_of, len(services))

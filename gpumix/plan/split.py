@@ -32,30 +32,16 @@ from gpumix.estimate.memory import (
     memory_for_layers,
     non_layer_params,
     output_weight_bytes,
+    usable_bytes,
 )
 from gpumix.estimate.types import Links, Workload
 from gpumix.hardware.spec import Device
 from gpumix.kinds import Objective
 from gpumix.models.spec import ModelSpec, QuantSpec
-from gpumix.units import GB, MiB
+from gpumix.units import GB
 
 SplitObjective = Objective
 
-# Memory left free on every GPU: llama.cpp's `--fit-target` default, 1024 MiB (engines.md §1.1), which covers
-# allocator fragmentation and the display/desktop's share. RAM used for CPU offload keeps 4 GiB for the OS, or a
-# quarter of it when the plan gives gpumix a small RAM budget (the demo's `ram_gb: 4`).
-GPU_MARGIN_BYTES = 1024 * MiB
-CPU_MARGIN_BYTES = 4096 * MiB
-
-
-def margin_bytes(device: Device) -> int:
-    if device.kind == "cpu":
-        return min(CPU_MARGIN_BYTES, device.memory_total_bytes // 4)
-    return GPU_MARGIN_BYTES
-
-
-def usable_bytes(device: Device, margin: int | None = None) -> int:
-    return device.memory_free_bytes - (margin_bytes(device) if margin is None else margin)
 
 
 @dataclass(frozen=True)

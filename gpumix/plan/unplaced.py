@@ -6,10 +6,9 @@ from collections.abc import Sequence
 
 from gpumix.estimate import estimate
 from gpumix.estimate.calibration import load_calibration
-from gpumix.estimate.memory import total_weight_bytes
+from gpumix.estimate.memory import total_weight_bytes, usable_bytes
 from gpumix.estimate.types import Links, Placement
 from gpumix.hardware.spec import Device
-from gpumix.plan import split as splitmod
 from gpumix.plan.candidates import Option
 from gpumix.plan.resolve import Resolved
 
@@ -28,7 +27,7 @@ def unplaced_reason(svc: Resolved, options: list[Option], devs: Sequence[Device]
     if fitting:
         placed = sum(sum(o.memory_bytes) for o in chosen if o is not None)
         need = min(sum(o.memory_bytes) for o in fitting)
-        usable = sum(max(splitmod.usable_bytes(d), 0) for d in devs)
+        usable = sum(max(usable_bytes(d), 0) for d in devs)
         return (
             f"{name} fits on its own but not next to the other services: they take {placed / GB:.1f} GB, it needs "
             f"{need / GB:.1f} GB more, and the devices offer {usable / GB:.1f} GB usable (free − margin) — "
@@ -43,7 +42,7 @@ def unplaced_reason(svc: Resolved, options: list[Option], devs: Sequence[Device]
             whole = estimate(svc.model, svc.quant, Placement(mode="layer_split", devices=tuple(gpus)), svc.workload,
                              Links(), load_calibration(None))  # fmt: skip
             need = sum(d.memory_bytes for d in whole.devices)
-            have = sum(splitmod.usable_bytes(d) for d in gpus)
+            have = sum(usable_bytes(d) for d in gpus)
             if need > have:
                 total = sum(d.memory_total_bytes for d in gpus)
                 return (
@@ -56,11 +55,11 @@ def unplaced_reason(svc: Resolved, options: list[Option], devs: Sequence[Device]
 
     # The option that comes closest: smallest total shortfall against free − margin.
     def shortfall(o: Option) -> int:
-        return sum(max(m - splitmod.usable_bytes(d), 0) for d, m in zip(o.devices, o.memory_bytes, strict=True))
+        return sum(max(m - usable_bytes(d), 0) for d, m in zip(o.devices, o.memory_bytes, strict=True))
 
     closest = min(options, key=shortfall)
     need = sum(closest.memory_bytes)
-    have = sum(splitmod.usable_bytes(d) for d in closest.devices)
+    have = sum(usable_bytes(d) for d in closest.devices)
     where = " + ".join(d.name for d in closest.devices)
     return (
         f"{name} does not fit: it needs {need / GB:.1f} GB on {where}, which offer {have / GB:.1f} GB "
