@@ -3,7 +3,7 @@ what each card costs per month."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from gpumix.errors import GpumixError
 from gpumix.estimate.types import Links
@@ -11,9 +11,7 @@ from gpumix.hardware.spec import Device
 from gpumix.plan.resolve import plan_error
 from gpumix.plan.spec import LinksEntry, PlanSpec, SourceLines
 
-
-def dkey(device: Device) -> tuple[str | None, int]:
-    return (device.host, device.index)
+Discover = Callable[[], Sequence[Device]]  # this machine's devices (NVML); the CLI passes it, the core never reads
 
 
 def device_class(device: Device) -> tuple:
@@ -21,16 +19,17 @@ def device_class(device: Device) -> tuple:
     return (device.spec.id, device.kind, device.memory_free_bytes, device.pcie_gen, device.pcie_width, device.threads)
 
 
-def build_devices(spec: PlanSpec, source: str, lines: SourceLines) -> tuple[list[Device], dict[tuple, int | None]]:
-    """Devices of the plan file (or of this machine), and each device's CPU socket when known."""
+def build_devices(spec: PlanSpec, source: str, lines: SourceLines,
+                  discover: Discover | None = None) -> tuple[list[Device], dict[str, int | None]]:  # fmt: skip
+    """Devices of the plan file (or of this machine, from `discover`), and each device's CPU socket when known."""
     from gpumix.hardware.catalog import resolve_gpu
     from gpumix.hardware.devices import cpu_device, default_cpu_bandwidth_gb_per_s, device_from_spec, usable_threads
     from gpumix.units import GB
 
     if spec.devices is None:
-        return discovered_devices(), {}
+        return discovered_devices(source, discover), {}
     devices: list[Device] = []
-    sockets: dict[tuple, int | None] = {}
+    sockets: dict[str, int | None] = {}
     used: set[tuple[str | None, int]] = set()
     for i, entry in enumerate(spec.devices):
         loc = ("devices", i)
@@ -71,22 +70,22 @@ def build_devices(spec: PlanSpec, source: str, lines: SourceLines) -> tuple[list
                 update["pcie_width"] = entry.pcie_lanes
             device = device.model_copy(update=update)
             used.add((entry.host, index))
-            sockets[dkey(device)] = entry.socket
+            sockets[device.id] = entry.socket
             devices.append(device)
     return devices, sockets
 
 
-def discovered_devices() -> list[Device]:
-    from gpumix.hardware.discovery import discover_machine
-
+def discovered_devices(source: str, discover: Discover | None) -> list[Device]:
+    if discover is None:
+        raise GpumixError(f"{source}: the plan file has no `devices:`",
+                          hint="add a `devices:` list, e.g. devices: [{gpu: RTX 4090}, {gpu: RTX 5060 Ti 16GB}]")  # fmt: skip
     try:
-        machine = discover_machine()
+        return list(discover())
     except GpumixError as exc:
         raise GpumixError(
             f"the plan file has no `devices:` and this machine's GPUs cannot be read: {exc.message}",
             hint="add a `devices:` list to the plan file, e.g. devices: [{gpu: RTX 4090}, {gpu: RTX 5060 Ti 16GB}]",
         ) from None
-    return [g.device for g in machine.gpus]
 
 
 def device_pcie(links: LinksEntry | None, device: Device) -> tuple[int, int]:
@@ -97,11 +96,11 @@ def device_pcie(links: LinksEntry | None, device: Device) -> tuple[int, int]:
     return gen, lanes
 
 
-def links_for(spec: PlanSpec, group: Sequence[Device], sockets: dict[tuple, int | None]) -> Links:
+def links_for(spec: PlanSpec, group: Sequence[Device], sockets: Mapping[str, int | None]) -> Links:
     """Interconnect of one device group: the file's links, each device's own PCIe link, NVLink, topology."""
     cfg = spec.links
     pcie = [device_pcie(cfg, d) for d in group]
-    socks = {sockets.get(dkey(d)) for d in group} - {None}
+    socks = {sockets.get(d.id) for d in group} - {None}
     topology = (cfg.topology if cfg and cfg.topology else None) or ("SYS" if len(socks) > 1 else "PHB")
     hosts = {d.host for d in group}
     network = cfg.network_gbs if cfg and cfg.network_gbs else (1.25 if len(hosts) > 1 else None)  # 10 GbE
@@ -113,16 +112,6 @@ def links_for(spec: PlanSpec, group: Sequence[Device], sockets: dict[tuple, int 
         topology=topology,
         network_gb_per_s=network,
     )
-
-
-def cached_links(spec: PlanSpec, group: Sequence[Device], sockets: dict, cache: dict | None) -> Links:
-    if cache is None:
-        return links_for(spec, group, sockets)
-    key = ("links", tuple(device_class(d) + (d.index, d.host is None) for d in group),
-           tuple(sockets.get(dkey(d)) for d in group), len({d.host for d in group}))  # fmt: skip
-    if key not in cache:
-        cache[key] = links_for(spec, group, sockets)
-    return cache[key]
 
 
 def device_price(device: Device, spec: PlanSpec) -> float | None:

@@ -1,41 +1,41 @@
 """The planner: plan file → Plan. What runs where, split how, in which mode, how fast, at what cost.
 
-1. Devices come from the file or from this machine (`fleet.build_devices`); services are resolved
-   (`resolve.resolve_service`).
+1. Devices come from the file or from this machine (`fleet.build_devices`, discovery passed in by the caller);
+   services are resolved (`resolve.resolve_service`).
 2. Every service gets candidate placements (`candidates`), each estimated and scored against the service's
-   objective (`score`).
+   objective (`score`); large fleets are pruned (`prune`).
 3. HiGHS picks one option per service (`assign.solve_assignment`): memory within free − margin on every device,
    declared loads ≤ 1, the LLM on the card that serves it best, small services on the cheaper card.
 4. Predictions, SLO checks, cost (`assemble`), reasons for what could not be placed (`unplaced`) and lint
-   warnings (`lint`) complete the Plan.
+   warnings (`lint`) complete the Plan. `planning()` returns all of it (`Planning`); `plan_services()` the Plan.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
 from gpumix.errors import GpumixError
-from gpumix.estimate.calibration import Calibration, load_calibration
+from gpumix.estimate.calibration import Calibration, default_calibration
 from gpumix.estimate.memory import usable_bytes
 from gpumix.hardware.spec import Device
 from gpumix.kinds import OBJECTIVES
+from gpumix.plan import lint
 from gpumix.plan.assemble import plan_cost, planned_devices, planned_service, service_costs
-from gpumix.plan.assign import SOLVER_NAME, Choice, solve_assignment
-from gpumix.plan.candidates import (
+from gpumix.plan.assign import SOLVER_NAME, Assignment, Choice, solve_assignment
+from gpumix.plan.candidates import CandidateContext, Option, llm_options, service_options
+from gpumix.plan.fleet import Discover, build_devices, device_price
+from gpumix.plan.planning import Planning
+from gpumix.plan.prune import (
     MAX_CHOICES,
-    MAX_HOSTS_PER_SERVICE,
     SINGLES_PER_CLASS,
-    Option,
     candidate_devices,
-    device_shares,
     host_classes,
-    llm_options,
     prune_choices,
-    service_options,
+    too_many_hosts,
 )
-from gpumix.plan.fleet import build_devices, device_price, dkey
-from gpumix.plan.resolve import resolve_service
+from gpumix.plan.resolve import Resolved, resolve_service
 from gpumix.plan.result import Plan
 from gpumix.plan.score import score_options
 from gpumix.plan.spec import PlanSpec, SourceLines, load_plan_with_lines
@@ -44,105 +44,135 @@ from gpumix.plan.unplaced import unplaced_reason
 # Problem sizes: up to EXACT_CHOICES candidate placements HiGHS must prove optimality (gap 0); above, it stops at
 # LARGE_GAP or LARGE_TIME_LIMIT_S and the plan says "not proven optimal" with the gap.
 EXACT_CHOICES = 400
+EXACT_TIME_LIMIT_S = 20.0
 LARGE_GAP = 1e-3
 LARGE_TIME_LIMIT_S = 0.5
 
 
-def plan_file(path: Path, objective: str | None = None, calibration: Path | None = None) -> Plan:
+def plan_file(path: Path, objective: str | None = None, calibration: Calibration | None = None,
+              calibration_name: str | None = None, discover: Discover | None = None) -> Plan:  # fmt: skip
     """Plan the services of a plan file (what `gpumix plan FILE` and `gpumix up FILE` call)."""
+    return planning_of_file(path, objective, calibration, calibration_name, discover).plan
+
+
+def planning_of_file(path: Path, objective: str | None = None, calibration: Calibration | None = None,
+                     calibration_name: str | None = None, discover: Discover | None = None) -> Planning:  # fmt: skip
     spec, lines = load_plan_with_lines(Path(path))
-    return plan_services(spec, objective=objective, calibration=calibration, source=str(path), lines=lines)
+    return planning(spec, objective=objective, calibration=calibration, calibration_name=calibration_name,
+                    source=str(path), lines=lines, discover=discover)  # fmt: skip
 
 
 def plan_services(
     spec: PlanSpec,
     *,
     objective: str | None = None,
-    calibration: Path | Calibration | None = None,
+    calibration: Calibration | None = None,
+    calibration_name: str | None = None,
     source: str | None = None,
     lines: SourceLines | None = None,
     devices: Sequence[Device] | None = None,
+    discover: Discover | None = None,
 ) -> Plan:
-    from gpumix.plan import lint
+    """The Plan for `spec` (see `planning` for the arguments)."""
+    return planning(spec, objective=objective, calibration=calibration, calibration_name=calibration_name,
+                    source=source, lines=lines, devices=devices, discover=discover).plan  # fmt: skip
 
+
+def planning(
+    spec: PlanSpec,
+    *,
+    objective: str | None = None,
+    calibration: Calibration | None = None,
+    calibration_name: str | None = None,
+    source: str | None = None,
+    lines: SourceLines | None = None,
+    devices: Sequence[Device] | None = None,
+    discover: Discover | None = None,
+) -> Planning:
+    """Plan `spec`: the Plan and what it was made from.
+
+    `calibration` defaults to the packaged fit (`default_calibration()`); `calibration_name` is recorded in the
+    plan. `devices` replaces the file's devices (`gpumix compare`); `discover` reads this machine's devices when the
+    file has none (the CLI passes `gpumix.hardware.discovery.this_machine_gpus`; the planner never reads NVML)."""
     if objective is not None and objective not in OBJECTIVES:
         raise GpumixError(f"unknown objective {objective!r}", hint=f"use {' or '.join(OBJECTIVES)}")
     lines = lines or SourceLines()
     src = source or "<plan>"
-    cal = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)
-    cal_name = str(calibration) if isinstance(calibration, Path | str) else None
-    if devices is None:
-        devs, sockets = build_devices(spec, src, lines)
-    else:
-        devs, sockets = list(devices), {}
+    cal = calibration or default_calibration()
+    devs, sockets = build_devices(spec, src, lines, discover) if devices is None else (list(devices), {})
     if not devs:
         raise GpumixError(f"{src}: no devices to plan on", hint="add a `devices:` list")
     services = [resolve_service(e, i, spec, src, lines, objective) for i, e in enumerate(spec.services)]
-    prices = {dkey(d): p for d in devs if (p := device_price(d, spec)) is not None}
-    max_bandwidth = max((d.spec.mem_bandwidth_gb_per_s for d in devs), default=1.0)
-    all_options: list[list[Option]] = []
-    cache: dict = {}
     classes = host_classes(devs)
-    pruned_hosts = sum(len(hosts) for hosts in classes.values()) > MAX_HOSTS_PER_SERVICE
-    for svc in services:
-        pool = candidate_devices(devs, classes, svc.index) if pruned_hosts and svc.entry.host is None else devs
-        if svc.model.kind == "llm":
-            opts = llm_options(svc, pool, spec, sockets, cal, cache, SINGLES_PER_CLASS if pruned_hosts else None)
-        else:
-            opts = service_options(svc, pool, cache)
-        score_options(svc, opts, max_bandwidth)
-        all_options.append(opts)
+    ctx = CandidateContext(spec, sockets, cal, per_class=SINGLES_PER_CLASS if too_many_hosts(classes) else None)
+    options = _all_options(services, devs, ctx, classes)
+    chosen, assignment, pruned = _assign(services, devs, options)
+    plan = _plan(spec, devs, services, options, chosen, ctx, assignment, pruned, source, calibration_name)
+    result = Planning(spec=spec, plan=plan, devices=tuple(devs), sockets=sockets, services=tuple(services),
+                      options=tuple(tuple(o) for o in options), chosen=tuple(chosen), calibration=cal)  # fmt: skip
+    return dataclasses.replace(result, plan=plan.model_copy(update={"warnings": lint.lint(result)}))
 
+
+def _all_options(services: list[Resolved], devs: list[Device], ctx: CandidateContext,
+                 classes: dict[tuple, list[str | None]]) -> list[list[Option]]:  # fmt: skip
+    """Every service's candidate placements, scored against its objective."""
+    max_bandwidth = max((d.spec.mem_bandwidth_gb_per_s for d in devs), default=1.0)
+    out = []
+    for svc in services:
+        pool = candidate_devices(devs, classes, svc.index) if ctx.per_class and svc.entry.host is None else devs
+        opts = llm_options(svc, pool, ctx) if svc.model.kind == "llm" else service_options(svc, pool, ctx)
+        score_options(svc, opts, max_bandwidth)
+        out.append(opts)
+    return out
+
+
+def _assign(services: list[Resolved], devs: list[Device],
+            options: list[list[Option]]) -> tuple[list[Option | None], Assignment, bool]:  # fmt: skip
+    """HiGHS picks one fitting option per service (or none); returns the chosen options, the solver's answer and
+    whether candidates were pruned."""
+    column = {d.id: i for i, d in enumerate(devs)}
     choices: list[Choice] = []
     option_of: list[Option] = []
-    index_of = {dkey(d): i for i, d in enumerate(devs)}
-    for svc, opts in zip(services, all_options, strict=True):
+    for svc, opts in zip(services, options, strict=True):
         for opt in opts:
-            if not opt.fits():
-                continue
-            load = svc.entry.load
-            shares = device_shares(opt)
-            choices.append(Choice(
-                service=svc.index, cost=opt.cost,
-                memory={index_of[dkey(d)]: m for d, m in zip(opt.devices, opt.memory_bytes, strict=True)},
-                load={index_of[dkey(d)]: load * s for d, s in zip(opt.devices, shares, strict=True)} if load else {},
-            ))  # fmt: skip
-            option_of.append(opt)
+            if opt.fits():
+                choices.append(_choice(svc, opt, column))
+                option_of.append(opt)
     capacity = {i: usable_bytes(d) for i, d in enumerate(devs)}
-    pruned = len(choices) > MAX_CHOICES or pruned_hosts
+    pruned = len(choices) > MAX_CHOICES or too_many_hosts(host_classes(devs))
     if pruned:
-        choices, option_of = prune_choices(choices, option_of, len(services))
+        choices, option_of = prune_choices(choices, option_of)
     small = len(choices) <= EXACT_CHOICES
     result = solve_assignment(len(services), choices, capacity, rel_gap=0.0 if small else LARGE_GAP,
-                              time_limit_s=20.0 if small else LARGE_TIME_LIMIT_S)  # fmt: skip
+                              time_limit_s=EXACT_TIME_LIMIT_S if small else LARGE_TIME_LIMIT_S)  # fmt: skip
     per_service: dict[int, list[Option]] = {}
     for choice, opt in zip(choices, option_of, strict=True):
         per_service.setdefault(choice.service, []).append(opt)
-    chosen: list[Option | None] = []
-    for svc in services:
-        local = result.chosen[svc.index]
-        chosen.append(None if local is None else per_service[svc.index][local])
+    chosen = [None if (k := result.chosen[svc.index]) is None else per_service[svc.index][k] for svc in services]
+    return chosen, result, pruned
 
-    reasons = [unplaced_reason(svc, all_options[svc.index], devs, per_service.get(svc.index), chosen)
+
+def _choice(svc: Resolved, opt: Option, column: dict[str, int]) -> Choice:
+    load = svc.entry.load
+    return Choice(
+        service=svc.index, cost=opt.cost,
+        memory={column[d.id]: m for d, m in zip(opt.devices, opt.memory_bytes, strict=True)},
+        load={column[d.id]: load * s for d, s in zip(opt.devices, opt.busy_shares(), strict=True)} if load else {},
+    )  # fmt: skip
+
+
+def _plan(spec: PlanSpec, devs: list[Device], services: list[Resolved], options: list[list[Option]],
+          chosen: list[Option | None], ctx: CandidateContext, assignment: Assignment, pruned: bool,
+          source: str | None, calibration_name: str | None) -> Plan:  # fmt: skip
+    """The Plan (without warnings) from the chosen options."""
+    fitting = [[o for o in opts if o.fits()] for opts in options]
+    reasons = [unplaced_reason(svc, options[svc.index], devs, fitting[svc.index], chosen, ctx)
                for svc, opt in zip(services, chosen, strict=True) if opt is None]  # fmt: skip
-    planned_services = [planned_service(svc, opt) for svc, opt in zip(services, chosen, strict=True)]
+    prices = {d.id: p for d in devs if (p := device_price(d, spec)) is not None}
     devices_out = planned_devices(devs, services, chosen, prices)
-    planned_services = service_costs(planned_services, devices_out)
-    cost = plan_cost(devices_out, planned_services, services)
-    plan = Plan(
-        source=source,
-        feasible=not reasons,
-        optimal=result.optimal and not pruned,
-        solver=SOLVER_NAME + ("" if result.optimal and not pruned else
-                              f" (gap {result.gap:.2%}{', candidates pruned' if pruned else ''})"),
-        reasons=reasons,
-        devices=devices_out,
-        services=planned_services,
-        cost=cost,
-        calibration=cal_name,
-    )
-    context = lint.LintContext(spec=spec, devices=devs, services=services, options=all_options, chosen=chosen,
-                               sockets=sockets, calibration=cal)  # fmt: skip
-    return plan.model_copy(update={"warnings": lint.lint(plan, context)})
-
-
+    services_out = service_costs([planned_service(s, o) for s, o in zip(services, chosen, strict=True)], devices_out)
+    proven = assignment.optimal and not pruned
+    solver = SOLVER_NAME if proven else f"{SOLVER_NAME} (gap {assignment.gap:.2%}{', candidates pruned' if pruned else ''})"
+    return Plan(source=source, feasible=not reasons, optimal=proven, solver=solver, reasons=reasons,
+                devices=devices_out, services=services_out, cost=plan_cost(devices_out, services_out),
+                calibration=calibration_name)  # fmt: skip

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gpumix.errors import GpumixError
+from gpumix.hardware.spec import HOST_PATTERN, DeviceRef
 from gpumix.kinds import Engine, Objective, ServiceMode, Topology
 
 MAX_PLAN_FILE_BYTES = 2_000_000  # a plan for hundreds of services is a few hundred kB
@@ -42,7 +43,7 @@ class DeviceEntry(_Strict):
     gpu: str | None = None
     cpu: CpuEntry | None = None
     index: int | None = Field(default=None, ge=0, le=1023)
-    host: str | None = Field(default=None, min_length=1, max_length=253)
+    host: str | None = Field(default=None, pattern=HOST_PATTERN)
     free_gb: float | None = Field(default=None, gt=0, le=4096)
     count: int = Field(default=1, ge=1, le=64)
     driver: str | None = Field(default=None, max_length=64)  # driver version, e.g. "570.133.07"
@@ -97,15 +98,27 @@ class ServiceEntry(_Strict):
     replicas: int = Field(default=1, ge=1, le=64)
     mode: ServiceMode = "auto"
     load: float | None = Field(default=None, gt=0, le=1)  # expected busy share of its device(s)
-    host: str | None = None  # pin to a host
-    devices: list[int] | None = None  # pin to these device indices
+    host: str | None = Field(default=None, pattern=HOST_PATTERN)  # pin to a host
+    devices: list[int | str] | None = None  # pin to these devices: indices (on any host) or ids (gpu0, box-a/gpu1)
     fallback: str | None = None
     kv_cache_dtype: str | None = None
-    allow_rpc: bool = False  # allow a split across hosts (llama.cpp RPC)
+    allow_rpc: bool = False  # allow a llama.cpp layer split across hosts (over the network, llama.cpp RPC)
+    allow_multinode: bool = False  # allow vLLM pipeline parallel across hosts (one Ray cluster over them)
     task: Literal["chat", "embeddings", "rerank"] | None = None  # what an LLM-file model serves (default chat)
     threads: int | None = Field(default=None, ge=1, le=4096)  # CPU threads for this service (llama.cpp -t)
 
     _text = field_validator("model", "quant", "host", "kv_cache_dtype", mode="before")(_text_or_number)
+
+    @field_validator("devices")
+    @classmethod
+    def _device_ids(cls, value: list[int | str] | None) -> list[int | str] | None:
+        for item in value or []:
+            if isinstance(item, str):
+                try:
+                    DeviceRef.parse(item)
+                except GpumixError:
+                    raise ValueError(f"{item!r} is not a device index or id (gpu0, cpu0, HOST/gpu1)") from None
+        return value
 
 
 class PriceEntry(_Strict):
