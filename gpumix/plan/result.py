@@ -200,6 +200,8 @@ def plan_from_data(data: object, source: str) -> Plan:
     if not isinstance(data, dict):
         raise GpumixError(f"{source} is not a gpumix plan.json (not a JSON object)", hint=RERUN_PLAN_HINT)
     version = data.get("format_version")
+    if version is None:
+        raise GpumixError(f"{source} is not a gpumix plan.json (it has no format_version)", hint=RERUN_PLAN_HINT)
     if version != PLAN_FORMAT_VERSION:
         older = isinstance(version, int) and version < PLAN_FORMAT_VERSION
         raise GpumixError(f"{source} was written by {'an older' if older else 'another'} gpumix (plan format "
@@ -210,4 +212,4 @@ def plan_from_data(data: object, source: str) -> Plan:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
         message = first["msg"].removeprefix("Value error, ")
-        raise GpumixError(f"{source} is not a valid gpumix plan: {where}: {message}", hint=RERUN_PLAN_HINT) from None
+        raise GpumixError(f"{source} is not a valid plan.json: {where}: {message}", hint=RERUN_PLAN_HINT) from None
