@@ -14,6 +14,7 @@ from gpumix.estimate import Estimate, Placement, Workload, estimate, load_calibr
 from gpumix.estimate.validate import ValidationReport, validate_file
 from gpumix.hardware.catalog import parse_device_list
 from gpumix.hardware.devices import device_from_spec, this_machine_cpu
+from gpumix.hardware.entries import load_devices_file
 from gpumix.hardware.spec import Device
 from gpumix.kinds import LLM_ENGINES
 from gpumix.models.catalog import load_model, resolve_quant
@@ -22,7 +23,11 @@ from gpumix.units import GiB
 console = Console()
 
 
-def _devices(gpus: list[str], cpu: bool) -> list[Device]:
+def _devices(gpus: list[str], cpu: bool, devices_file: Path | None = None) -> list[Device]:
+    if devices_file is not None:
+        if gpus or cpu:
+            raise GpumixError("give --devices-file or --gpu/--cpu, not both")
+        return _file_devices(devices_file)
     specs = [spec for name in gpus for spec in parse_device_list(name)]
     devices = [device_from_spec(spec, index=i) for i, spec in enumerate(specs)]
     if cpu:
@@ -30,6 +35,15 @@ def _devices(gpus: list[str], cpu: bool) -> list[Device]:
     if not devices:
         raise GpumixError("no device given", hint='add --gpu "RTX 3090" (repeatable) and/or --cpu')
     return devices
+
+
+def _file_devices(path: Path) -> list[Device]:
+    """The devices of a devices file (one host); a CPU, if any, goes first (llama.cpp offloads the first layers)."""
+    devices = load_devices_file(path)
+    if len({d.host for d in devices}) > 1:
+        raise GpumixError(f"{path}: devices on several hosts; `gpumix estimate` places one model on one machine",
+                          hint="keep one host's devices in the file, or use `gpumix plan` for a fleet")  # fmt: skip
+    return sorted(devices, key=lambda d: d.kind != "cpu")
 
 
 def _parse_tensor_split(text: str | None, n: int) -> list[float] | None:
@@ -127,6 +141,7 @@ def estimate_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Catalog id/alias, a .gguf path or a config.json."),
     gpu: list[str] = typer.Option([], "--gpu", "-g", help='A GPU ("RTX 3090", "2x RTX 4090"); repeatable.'),
     cpu: bool = typer.Option(False, "--cpu", help="Add this machine's CPU and RAM as a device."),
+    devices_file: Path | None = typer.Option(None, "--devices-file", help="Devices from a YAML file (the plan file's `devices:` schema) instead of --gpu/--cpu."),
     quant: str | None = typer.Option(None, "--quant", "-q", help="Weight format (read from the file for a GGUF)."),
     ctx: int = typer.Option(4096, "--ctx", "-c", min=1, help="Context tokens per sequence."),
     parallel: int = typer.Option(1, "--parallel", "-np", min=1, help="Sequences held in KV at once."),
@@ -149,7 +164,7 @@ def estimate_cmd(
             raise GpumixError("--quant is required for a catalog model", hint="e.g. --quant q4_k_m (see `gpumix quants`)")
         quant = spec.file_quant
     qspec = resolve_quant(quant)
-    devices = _devices(gpu, cpu)
+    devices = _devices(gpu, cpu, devices_file)
     workload = Workload(
         context=ctx, parallel=parallel, engine=engine, kv_cache_dtype=kv_type, prompt_tokens=prompt,
     )  # fmt: skip

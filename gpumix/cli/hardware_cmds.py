@@ -12,8 +12,8 @@ from rich.table import Table
 
 from gpumix.errors import GpumixError
 from gpumix.hardware.catalog import all_gpus, gpu_candidates, load_catalog
-from gpumix.hardware.devices import load_devices_file
 from gpumix.hardware.discovery import INDEX_NOTE, DiscoveredMachine, discover_machine
+from gpumix.hardware.entries import load_devices_file
 from gpumix.hardware.spec import Device, GpuSpec
 from gpumix.units import GiB
 

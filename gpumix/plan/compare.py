@@ -20,7 +20,8 @@ from gpumix.plan.fleet import Discover, links_for
 from gpumix.plan.planning import Planning
 from gpumix.plan.resolve import Resolved
 from gpumix.plan.result import Plan
-from gpumix.plan.spec import PlanSpec, did_you_mean, load_plan_with_lines
+from gpumix.plan.spec import PlanSpec, load_plan_with_lines
+from gpumix.yaml_input import did_you_mean
 
 # The rental buyer's shortlist (VISION.md): used when `gpumix compare` gets no --option.
 DEFAULT_OPTIONS = (

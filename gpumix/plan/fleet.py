@@ -7,9 +7,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 from gpumix.errors import GpumixError
 from gpumix.estimate.types import Links
+from gpumix.hardware.entries import devices_from_entries
 from gpumix.hardware.spec import Device
-from gpumix.plan.resolve import plan_error
-from gpumix.plan.spec import LinksEntry, PlanSpec, SourceLines
+from gpumix.plan.spec import LinksEntry, PlanSpec
+from gpumix.yaml_input import SourceLines
 
 Discover = Callable[[], Sequence[Device]]  # this machine's devices (NVML); the CLI passes it, the core never reads
 
@@ -21,58 +22,12 @@ def device_class(device: Device) -> tuple:
 
 def build_devices(spec: PlanSpec, source: str, lines: SourceLines,
                   discover: Discover | None = None) -> tuple[list[Device], dict[str, int | None]]:  # fmt: skip
-    """Devices of the plan file (or of this machine, from `discover`), and each device's CPU socket when known."""
-    from gpumix.hardware.catalog import resolve_gpu
-    from gpumix.hardware.devices import cpu_device, default_cpu_bandwidth_gb_per_s, device_from_spec, usable_threads
-    from gpumix.units import GB
-
+    """Devices of the plan file (the one devices schema, gpumix.hardware.entries) or of this machine (from
+    `discover`), and each device's CPU socket when the file gives it."""
     if spec.devices is None:
         return discovered_devices(source, discover), {}
-    devices: list[Device] = []
-    sockets: dict[str, int | None] = {}
-    used: set[tuple[str | None, int]] = set()
-    for i, entry in enumerate(spec.devices):
-        loc = ("devices", i)
-        if entry.cpu is not None:
-            cpu = entry.cpu
-            if cpu.ram_gb is None:
-                raise plan_error(source, lines, (*loc, "cpu"), "ram_gb is required (the plan may be for another machine)",
-                            hint="e.g. cpu: {ram_gb: 64, bandwidth_gbs: 60}")  # fmt: skip
-            index = -1 - sum(1 for h, k in used if h == entry.host and k < 0)
-            device = cpu_device(
-                int(cpu.ram_gb * GB), cpu.bandwidth_gbs or default_cpu_bandwidth_gb_per_s(),
-                cpu.threads or usable_threads(), None if cpu.free_gb is None else int(cpu.free_gb * GB),
-                index=index, host=entry.host,
-            )  # fmt: skip
-            used.add((entry.host, index))
-            devices.append(device)
-            continue
-        try:
-            gpu = resolve_gpu(str(entry.gpu))
-        except GpumixError as exc:
-            raise plan_error(source, lines, (*loc, "gpu"), exc.message, exc.hint) from None
-        start = entry.index
-        if start is None:
-            start = 1 + max((k for h, k in used if h == entry.host and k >= 0), default=-1)
-        for k in range(entry.count):
-            index = start + k
-            if (entry.host, index) in used:
-                raise plan_error(source, lines, (*loc, "index"), f"index {index} is already used on this host")
-            free = None if entry.free_gb is None else int(entry.free_gb * GB)
-            try:
-                device = device_from_spec(gpu, index, free_bytes=free, host=entry.host)
-            except GpumixError as exc:
-                raise plan_error(source, lines, (*loc, "free_gb"), exc.message, exc.hint) from None
-            update = {"driver_version": entry.driver}
-            if entry.pcie_gen is not None:
-                update["pcie_gen"] = entry.pcie_gen
-            if entry.pcie_lanes is not None:
-                update["pcie_width"] = entry.pcie_lanes
-            device = device.model_copy(update=update)
-            used.add((entry.host, index))
-            sockets[device.id] = entry.socket
-            devices.append(device)
-    return devices, sockets
+    found = devices_from_entries(spec.devices, source, lines)
+    return found.devices, found.sockets
 
 
 def discovered_devices(source: str, discover: Discover | None) -> list[Device]:

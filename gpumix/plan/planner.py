@@ -38,8 +38,9 @@ from gpumix.plan.prune import (
 from gpumix.plan.resolve import Resolved, resolve_service
 from gpumix.plan.result import Plan
 from gpumix.plan.score import score_options
-from gpumix.plan.spec import PlanSpec, SourceLines, load_plan_with_lines
+from gpumix.plan.spec import PlanSpec, load_plan_with_lines
 from gpumix.plan.unplaced import unplaced_reason
+from gpumix.yaml_input import SourceLines
 
 # Problem sizes: up to EXACT_CHOICES candidate placements HiGHS must prove optimality (gap 0); above, it stops at
 # LARGE_GAP or LARGE_TIME_LIMIT_S and the plan says "not proven optimal" with the gap.

@@ -1,5 +1,5 @@
 """Plan-file services → `Resolved`: each service's model, quant, engine (with the engine rules), objective and
-workload; plus `plan_error`, the one way planning errors name file:line and field."""
+workload. Errors name file:line and field (`gpumix.yaml_input.located_error`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from gpumix.estimate.types import Workload
 from gpumix.kinds import LLM_ENGINES
 from gpumix.models.spec import ModelSpec, QuantSpec
 from gpumix.plan.result import default_endpoints
-from gpumix.plan.spec import PlanSpec, ServiceEntry, SourceLines
+from gpumix.plan.spec import PlanSpec, ServiceEntry
+from gpumix.yaml_input import SourceLines, located_error
 
 DEFAULT_CONTEXT = 4096
 VLLM_QUANTS = {"fp8", "awq-int4", "gptq-int4", "bf16", "f16"}  # weight formats vLLM loads from HF repos
@@ -31,13 +32,6 @@ class Resolved:
     model_path: str | None
 
 
-def plan_error(source: str, lines: SourceLines, loc: tuple, message: str, hint: str | None = None) -> GpumixError:
-    line = lines.line(loc)
-    where = f"{source}:{line}" if line else source
-    field_name = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
-    return GpumixError(f"{where}: {field_name}: {message}", hint=hint)
-
-
 def resolve_service(
     entry: ServiceEntry, index: int, spec: PlanSpec, source: str, lines: SourceLines, objective: str | None
 ) -> Resolved:
@@ -47,7 +41,7 @@ def resolve_service(
     try:
         model = load_model(entry.model)
     except GpumixError as exc:
-        raise plan_error(source, lines, (*loc, "model"), exc.message, exc.hint) from None
+        raise located_error(source, lines, (*loc, "model"), exc.message, exc.hint) from None
     model_path = entry.file or model.path
     if entry.file and model.layer_weight_bytes is None:
         model = _with_file_bytes(model, entry.file)
@@ -55,22 +49,22 @@ def resolve_service(
         try:
             quant = resolve_quant(entry.quant)
         except GpumixError as exc:
-            raise plan_error(source, lines, (*loc, "quant"), exc.message, exc.hint) from None
+            raise located_error(source, lines, (*loc, "quant"), exc.message, exc.hint) from None
     else:
         default = model.file_quant or ("bf16" if entry.engine == "vllm" else "q4_k_m")
         quant = resolve_quant(default if model.kind == "llm" else "f16")
     engine = entry.engine or default_engine(model, quant, entry)
     if model.kind == "llm" and engine == "vllm" and quant.id not in VLLM_QUANTS:
-        raise plan_error(source, lines, (*loc, "quant"), f"vLLM does not load {quant.id} weights",
+        raise located_error(source, lines, (*loc, "quant"), f"vLLM does not load {quant.id} weights",
                     hint="use engine: llama.cpp for GGUF quants, or quant fp8 / awq-int4 / gptq-int4 / bf16")  # fmt: skip
     if model.kind == "llm" and engine == "llama.cpp" and quant.id in VLLM_ONLY_QUANTS:
-        raise plan_error(source, lines, (*loc, "engine"), f"llama.cpp cannot load {quant.id} weights",
+        raise located_error(source, lines, (*loc, "engine"), f"llama.cpp cannot load {quant.id} weights",
                     hint="use engine: vllm, or a GGUF quant such as q4_k_m / q8_0")  # fmt: skip
     if model.kind != "llm" and engine in LLM_ENGINES and model.n_layers == 0:
-        raise plan_error(source, lines, (*loc, "engine"), f"{model.name} is a {model.kind} model, not an LLM")
+        raise located_error(source, lines, (*loc, "engine"), f"{model.name} is a {model.kind} model, not an LLM")
     context = entry.context or min(model.context_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
     if model.context_length and context > model.context_length:
-        raise plan_error(source, lines, (*loc, "context"),
+        raise located_error(source, lines, (*loc, "context"),
                     f"{context} tokens is above {model.name}'s trained context of {model.context_length}",
                     hint=f"use context: {model.context_length} or less")  # fmt: skip
     workload = Workload(
