@@ -362,7 +362,10 @@ def service_speed(model: ModelSpec, device: Device, calibration: Calibration) ->
     except GpumixError:
         return None
     quant = QuantSpec(id="f16", bits_per_weight=16)
-    ref_flops = achieved_flops(device_from_spec(ref, 0), quant, calibration)
+    # The reference speed was measured on a typical card: compare with the fitted model's figure for it, not with
+    # this machine's measurement of the same card (which would cancel out).
+    typical = calibration.model_copy(update={"measurements": ()})
+    ref_flops = achieved_flops(device_from_spec(ref, 0), quant, typical)
     here = achieved_flops(device, quant, calibration)
     if ref_flops <= 0 or here <= 0:
         return None
