@@ -196,17 +196,18 @@ def _rpc_worker(plan: Plan, proc: Process, j: int, device_id: str, port: int) ->
 
 
 def _cross_host_notes(plan: Plan, proc: Process) -> list[str]:
-    remote_hosts = sorted({str(_device(plan, i).host) for i in proc.devices if i not in proc.local(plan)})
-    if not remote_hosts:
+    """What a person must do before this process can reach its devices on other hosts."""
+    remote = [i for i in proc.devices if i not in proc.local(plan)]
+    if not remote:
         return []
+    hosts = [str(_device(plan, i).host) for i in remote]
     if proc.rpc:
-        forwards = "; ".join(f"ssh -N -L {ep.rsplit(':', 1)[1]}:127.0.0.1:{ep.rsplit(':', 1)[1]} {_device(plan, i).host}"
-                             for ep, i in zip(proc.rpc, [i for i in proc.devices if i not in proc.local(plan)],
-                                              strict=True))  # fmt: skip
-        return [f"split across hosts: start the RPC workers on {', '.join(remote_hosts)} first and forward their "
-                f"ports here: {forwards}"]  # fmt: skip
-    return [f"pipeline parallel across hosts {', '.join([str(proc.host), *remote_hosts])}: needs one Ray cluster "
-            "over them (vLLM --distributed-executor-backend ray)"]  # fmt: skip
+        ports = [endpoint.rsplit(":", 1)[1] for endpoint in proc.rpc]
+        forwards = "; ".join(f"ssh -N -L {p}:127.0.0.1:{p} {h}" for p, h in zip(ports, hosts, strict=True))
+        return [f"split across hosts: start the RPC workers on {', '.join(sorted(set(hosts)))} first and forward "
+                f"their ports here: {forwards}"]  # fmt: skip
+    return [f"pipeline parallel across hosts {', '.join([str(proc.host), *sorted(set(hosts))])}: needs one Ray "
+            "cluster over them (vLLM --distributed-executor-backend ray)"]  # fmt: skip
 
 
 def _device(plan: Plan, device_id: str) -> PlannedDevice:

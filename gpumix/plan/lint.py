@@ -74,10 +74,21 @@ def lint(ctx: Planning) -> list[Warning_]:
 
 
 def _service_checks(svc: Resolved, opt: Option, ctx: Planning) -> list[Warning_]:
+    return [
+        *_card_mix(svc, opt),
+        *_split_of_one_card(svc, opt, ctx),
+        *_links(svc, opt, ctx),
+        *_offload(svc, opt, ctx),
+        *_slo(svc, opt),
+        *_co_location(svc, opt, ctx),
+    ]
+
+
+def _card_mix(svc: Resolved, opt: Option) -> list[Warning_]:
+    """GPX001-GPX003: tensor / pipeline parallel over mismatched cards, the slower card first."""
     out: list[Warning_] = []
     name = svc.entry.name
-    devs = list(opt.devices)
-    gpus = [d for d in devs if d.kind == "gpu"]
+    gpus = [d for d in opt.devices if d.kind == "gpu"]
     mismatched = len({d.spec.id for d in gpus}) > 1
     if opt.mode == "tensor_parallel" and mismatched:
         out.append(_w("GPX001", "tp-mismatched-cards",
@@ -95,42 +106,59 @@ def _service_checks(svc: Resolved, opt: Option, ctx: Planning) -> list[Warning_]
             out.append(_w("GPX003", "slow-main-gpu",
                           f"{name}: device {gpus[0].id} ({gpus[0].name}) is first (main GPU) but "
                           f"{fastest.name} is faster; put the fastest card first", name))  # fmt: skip
-    if opt.mode in ("layer_split", "pipeline_parallel", "tensor_parallel"):
-        singles = [o for o in ctx.options[svc.index] if o.mode == "single" and o.fits()] or _singles(svc, gpus, ctx)
-        if singles:
-            best = max(singles, key=lambda o: o.speed)
-            out.append(_w("GPX004", "split-fits-one-card",
-                          f"{name}: split over {len(devs)} devices although it fits {best.devices[0].name} alone "
-                          f"(one card: {best.decode:.1f} tok/s one stream vs {opt.decode:.1f} split)", name,
-                          "info" if (opt.speed or 0) > best.speed else "warning"))  # fmt: skip
+    return out
+
+
+def _split_of_one_card(svc: Resolved, opt: Option, ctx: Planning) -> list[Warning_]:
+    """GPX004: a split of a model that fits one of its cards."""
+    if opt.mode not in ("layer_split", "pipeline_parallel", "tensor_parallel"):
+        return []
+    gpus = [d for d in opt.devices if d.kind == "gpu"]
+    singles = [o for o in ctx.options[svc.index] if o.mode == "single" and o.fits()] or _singles(svc, gpus, ctx)
+    if not singles:
+        return []
+    best = max(singles, key=lambda o: o.speed)
+    return [_w("GPX004", "split-fits-one-card",
+               f"{svc.entry.name}: split over {len(opt.devices)} devices although it fits {best.devices[0].name} alone "
+               f"(one card: {best.decode:.1f} tok/s one stream vs {opt.decode:.1f} split)", svc.entry.name,
+               "info" if (opt.speed or 0) > best.speed else "warning")]  # fmt: skip
+
+
+def _links(svc: Resolved, opt: Option, ctx: Planning) -> list[Warning_]:
+    """GPX009 / GPX011: a split over a slow link or the network; tensor parallel over PCIe or across sockets."""
+    out: list[Warning_] = []
+    name, devs = svc.entry.name, list(opt.devices)
     if opt.mode in ("layer_split", "pipeline_parallel", "tensor_parallel", "cpu_offload") and len(devs) > 1:
         slow = _slow_link(devs, ctx)
         if slow:
             out.append(_w("GPX009", "slow-link-split", f"{name}: {slow}", name))
-    if opt.mode == "tensor_parallel":
-        socks = {ctx.sockets.get(d.id) for d in devs} - {None}
-        links = ctx.spec.links
-        topology = links.topology if links and links.topology else ("SYS" if len(socks) > 1 else None)
-        nvlink = bool(links and links.nvlink)
-        if topology == "SYS" and not nvlink:
-            out.append(_w("GPX011", "tp-across-sockets",
-                          f"{name}: tensor parallel across CPU sockets (SYS) without NVLink: two all-reduces per layer "
-                          "cross the socket link; prefer pipeline parallel or cards on one socket", name))  # fmt: skip
-        elif not nvlink:
-            out.append(_w("GPX009", "slow-link-split",
-                          f"{name}: tensor parallel over PCIe without NVLink: 2 all-reduces per layer; expect "
-                          "~1.6-1.7x of one card, not 2x (pipeline parallel is less link-sensitive)", name, "info"))  # fmt: skip
-    if opt.mode == "cpu_offload":
-        gpu_only = [o for o in ctx.options[svc.index] if o.mode != "cpu_offload" and o.decode]
-        ram_gb = opt.memory_bytes[0] / GB
-        out.append(_w("GPX013", "cpu-offload",
-                      f"{name}: {opt.layers[0]} of {sum(opt.layers)} layers ({ram_gb:.1f} GB) run from system RAM; "
-                      f"predicted {opt.decode:.1f} tok/s" + ("" if gpu_only else
-                      "; more VRAM (a bigger second card) would keep it all on GPUs"), name, "info"))  # fmt: skip
-    for check in _slo(svc, opt):
-        out.append(check)
-    out.extend(_co_location(svc, opt, ctx))
+    if opt.mode != "tensor_parallel":
+        return out
+    socks = {ctx.sockets.get(d.id) for d in devs} - {None}
+    links = ctx.spec.links
+    topology = links.topology if links and links.topology else ("SYS" if len(socks) > 1 else None)
+    nvlink = bool(links and links.nvlink)
+    if topology == "SYS" and not nvlink:
+        out.append(_w("GPX011", "tp-across-sockets",
+                      f"{name}: tensor parallel across CPU sockets (SYS) without NVLink: two all-reduces per layer "
+                      "cross the socket link; prefer pipeline parallel or cards on one socket", name))  # fmt: skip
+    elif not nvlink:
+        out.append(_w("GPX009", "slow-link-split",
+                      f"{name}: tensor parallel over PCIe without NVLink: 2 all-reduces per layer; expect "
+                      "~1.6-1.7x of one card, not 2x (pipeline parallel is less link-sensitive)", name, "info"))  # fmt: skip
     return out
+
+
+def _offload(svc: Resolved, opt: Option, ctx: Planning) -> list[Warning_]:
+    """GPX013: layers in system RAM, and whether more VRAM would keep them all on GPUs."""
+    if opt.mode != "cpu_offload":
+        return []
+    gpu_only = [o for o in ctx.options[svc.index] if o.mode != "cpu_offload" and o.decode]
+    ram_gb = opt.memory_bytes[0] / GB
+    return [_w("GPX013", "cpu-offload",
+               f"{svc.entry.name}: {opt.layers[0]} of {sum(opt.layers)} layers ({ram_gb:.1f} GB) run from system RAM; "
+               f"predicted {opt.decode:.1f} tok/s" + ("" if gpu_only else
+               "; more VRAM (a bigger second card) would keep it all on GPUs"), svc.entry.name, "info")]  # fmt: skip
 
 
 def _singles(svc: Resolved, gpus: list[Device], ctx: Planning) -> list[Option]:

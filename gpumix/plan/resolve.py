@@ -35,39 +35,72 @@ class Resolved:
 def resolve_service(
     entry: ServiceEntry, index: int, spec: PlanSpec, source: str, lines: SourceLines, objective: str | None
 ) -> Resolved:
+    """One service of the plan file resolved; errors name file:line and the service's field."""
+    at = _Where(source, lines, ("services", index))
+    model, quant = _model_and_quant(entry, at)
+    engine = entry.engine or default_engine(model, quant, entry)
+    _check_engine(model, quant, engine, at)
+    return Resolved(
+        index=index,
+        entry=entry,
+        model=model,
+        quant=quant,
+        engine=engine,
+        objective=objective or entry.objective or spec.objective or "latency",
+        workload=_workload(entry, model, engine, _context(entry, model, at)),
+        model_path=entry.file or model.path,
+    )
+
+
+@dataclass(frozen=True)
+class _Where:
+    source: str
+    lines: SourceLines
+    loc: tuple
+
+    def error(self, key: str, message: str, hint: str | None = None) -> GpumixError:
+        return located_error(self.source, self.lines, (*self.loc, key), message, hint)
+
+
+def _model_and_quant(entry: ServiceEntry, at: _Where) -> tuple[ModelSpec, QuantSpec]:
     from gpumix.models.catalog import load_model, resolve_quant
 
-    loc = ("services", index)
     try:
         model = load_model(entry.model)
     except GpumixError as exc:
-        raise located_error(source, lines, (*loc, "model"), exc.message, exc.hint) from None
-    model_path = entry.file or model.path
+        raise at.error("model", exc.message, exc.hint) from None
     if entry.file and model.layer_weight_bytes is None:
         model = _with_file_bytes(model, entry.file)
-    if entry.quant:
-        try:
-            quant = resolve_quant(entry.quant)
-        except GpumixError as exc:
-            raise located_error(source, lines, (*loc, "quant"), exc.message, exc.hint) from None
-    else:
+    if not entry.quant:
         default = model.file_quant or ("bf16" if entry.engine == "vllm" else "q4_k_m")
-        quant = resolve_quant(default if model.kind == "llm" else "f16")
-    engine = entry.engine or default_engine(model, quant, entry)
+        return model, resolve_quant(default if model.kind == "llm" else "f16")
+    try:
+        return model, resolve_quant(entry.quant)
+    except GpumixError as exc:
+        raise at.error("quant", exc.message, exc.hint) from None
+
+
+def _check_engine(model: ModelSpec, quant: QuantSpec, engine: str, at: _Where) -> None:
     if model.kind == "llm" and engine == "vllm" and quant.id not in VLLM_QUANTS:
-        raise located_error(source, lines, (*loc, "quant"), f"vLLM does not load {quant.id} weights",
-                    hint="use engine: llama.cpp for GGUF quants, or quant fp8 / awq-int4 / gptq-int4 / bf16")  # fmt: skip
+        raise at.error("quant", f"vLLM does not load {quant.id} weights",
+                       hint="use engine: llama.cpp for GGUF quants, or quant fp8 / awq-int4 / gptq-int4 / bf16")  # fmt: skip
     if model.kind == "llm" and engine == "llama.cpp" and quant.id in VLLM_ONLY_QUANTS:
-        raise located_error(source, lines, (*loc, "engine"), f"llama.cpp cannot load {quant.id} weights",
-                    hint="use engine: vllm, or a GGUF quant such as q4_k_m / q8_0")  # fmt: skip
+        raise at.error("engine", f"llama.cpp cannot load {quant.id} weights",
+                       hint="use engine: vllm, or a GGUF quant such as q4_k_m / q8_0")  # fmt: skip
     if model.kind != "llm" and engine in LLM_ENGINES and model.n_layers == 0:
-        raise located_error(source, lines, (*loc, "engine"), f"{model.name} is a {model.kind} model, not an LLM")
+        raise at.error("engine", f"{model.name} is a {model.kind} model, not an LLM")
+
+
+def _context(entry: ServiceEntry, model: ModelSpec, at: _Where) -> int:
     context = entry.context or min(model.context_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
     if model.context_length and context > model.context_length:
-        raise located_error(source, lines, (*loc, "context"),
-                    f"{context} tokens is above {model.name}'s trained context of {model.context_length}",
-                    hint=f"use context: {model.context_length} or less")  # fmt: skip
-    workload = Workload(
+        raise at.error("context", f"{context} tokens is above {model.name}'s trained context of {model.context_length}",
+                       hint=f"use context: {model.context_length} or less")  # fmt: skip
+    return context
+
+
+def _workload(entry: ServiceEntry, model: ModelSpec, engine: str, context: int) -> Workload:
+    return Workload(
         context=context,
         parallel=entry.concurrency,
         engine=engine if engine in LLM_ENGINES else "llama.cpp",
@@ -76,16 +109,6 @@ def resolve_service(
         # gets `context` cells of its own (gpumix.launch.commands).
         kv_unified=engine != "llama.cpp",
         embeddings=engine == "llama.cpp" and (entry.task in ("embeddings", "rerank") or model.kind != "llm"),
-    )
-    return Resolved(
-        index=index,
-        entry=entry,
-        model=model,
-        quant=quant,
-        engine=engine,
-        objective=objective or entry.objective or spec.objective or "latency",
-        workload=workload,
-        model_path=model_path,
     )
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gpumix.errors import GpumixError
 from gpumix.hardware.spec import DeviceRef
@@ -101,6 +102,12 @@ def test_a_split_across_hosts_needs_allow_rpc_and_the_reason_says_so():
     assert main.env["CUDA_VISIBLE_DEVICES"] == "0" and worker.env["CUDA_VISIBLE_DEVICES"] == "0"
     assert any("ssh -N -L" in note for note in main.notes)
     assert specs_for_host([main, worker], worker.host_name) == [worker]
+    compose = render_export(allowed, "compose")
+    worker_compose = yaml.safe_load(compose[f"{worker.host_name}/compose.yaml"])["services"]
+    assert list(worker_compose) == ["chat-rpc0"] and "/dev/tcp/127.0.0.1/" in worker_compose["chat-rpc0"]["healthcheck"]["test"][-1]
+    caddy = render_export(allowed, "caddy", base_port=9200)
+    assert f"127.0.0.1:{main.port}" in caddy[f"{first_host}/Caddyfile"]
+    assert "reverse_proxy" not in caddy[f"{worker.host_name}/Caddyfile"]  # an RPC worker serves no endpoint
 
 
 def test_vllm_pipeline_parallel_across_hosts_needs_allow_multinode():
