@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from gpumix.hardware.spec import Device
 from gpumix.kinds import SPLIT_MODES
@@ -17,7 +18,7 @@ SECONDS_PER_MONTH = 30.44 * 86400  # average month (365.25 / 12 days)
 
 
 def planned_service(svc: Resolved, opt: Option | None) -> PlannedService:
-    base = {
+    base: dict[str, Any] = {
         "name": svc.entry.name, "model": svc.model.id, "model_path": svc.model_path, "model_kind": svc.model.kind,
         "quant": svc.quant.id, "engine": svc.engine, "context": svc.workload.context,
         "concurrency": svc.entry.concurrency, "replicas": svc.entry.replicas, "objective": svc.objective,
@@ -41,7 +42,7 @@ def planned_service(svc: Resolved, opt: Option | None) -> PlannedService:
     )
 
 
-def _layer_fields(svc: Resolved, opt: Option) -> dict:
+def _layer_fields(svc: Resolved, opt: Option) -> dict[str, Any]:
     """layers / split / tensor_split (-ts) / n_gpu_layers (-ngl) / threads (-t) of an LLM placement."""
     layers = list(opt.layers)
     if opt.mode in SPLIT_MODES and layers:

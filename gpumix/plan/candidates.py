@@ -21,7 +21,7 @@ from gpumix.estimate.memory import service_memory, usable_bytes
 from gpumix.estimate.speed import achieved_flops
 from gpumix.estimate.types import Estimate, Links, MemoryBreakdown, Placement
 from gpumix.hardware.spec import Device
-from gpumix.kinds import SPLIT_MODES, PlacementMode
+from gpumix.kinds import SPLIT_MODES, Objective, PlacementMode
 from gpumix.models.spec import ModelSpec, QuantSpec
 from gpumix.plan import split as splitmod
 from gpumix.plan.fleet import device_class, links_for
@@ -140,7 +140,7 @@ def llm_option(svc: Resolved, mode: PlacementMode, group: Sequence[Device], laye
         decode=est.decode_tokens_per_s, aggregate=est.aggregate_tokens_per_s,
         prefill=est.prefill_tokens_per_s, ttft_s=est.ttft_s,
     )  # fmt: skip
-    opt.speed = opt.decode if svc.objective == "latency" else opt.aggregate
+    opt.speed = (opt.decode if svc.objective == "latency" else opt.aggregate) or 0.0
     return opt
 
 
@@ -163,14 +163,14 @@ class _Options:
         except GpumixError:
             return
 
-    def split(self, group: Sequence[Device], objective: str, vllm: bool = False,
+    def split(self, group: Sequence[Device], objective: Objective, vllm: bool = False,
               min_layers: int = 0) -> tuple[int, ...] | None:  # fmt: skip
         svc, ctx = self.svc, self.ctx
         workload = svc.workload.model_copy(update={"engine": "vllm"}) if vllm else svc.workload
         links = ctx.links(group)
         key = ("split", _model_key(svc), workload, objective, tuple(device_class(d) for d in group), links, min_layers)
         if key not in ctx.cache:
-            ctx.cache[key] = splitmod.solve_layer_split(svc.model, svc.quant, group, workload, objective, links,  # type: ignore[arg-type]
+            ctx.cache[key] = splitmod.solve_layer_split(svc.model, svc.quant, group, workload, objective, links,
                                                         ctx.calibration, min_layers_per_device=min_layers)  # fmt: skip
         return ctx.cache[key]
 
@@ -308,8 +308,8 @@ def _limit_per_class(devices: list[Device], per_class: int | None) -> list[Devic
 def _distinct_groups(gpus: list[Device]) -> list[list[Device]]:
     """Device groups (fastest first) worth trying: every subset of size ≤ MAX_GROUP of a few GPUs; of many, one
     group per mix of card types (identical cards are interchangeable)."""
+    groups: list[list[Device]] = []
     if len(gpus) <= SMALL_HOST_GPUS:
-        groups = []
         for size in range(1, min(len(gpus), MAX_GROUP) + 1):
             groups.extend(list(g) for g in itertools.combinations(gpus, size))
         return groups
@@ -317,7 +317,6 @@ def _distinct_groups(gpus: list[Device]) -> list[list[Device]]:
     for d in gpus:
         by_type.setdefault((d.spec.id, d.memory_free_bytes), []).append(d)
     kinds = list(by_type.values())
-    groups = []
     for size in range(1, MAX_GROUP + 1):
         for combo in itertools.combinations_with_replacement(range(len(kinds)), size):
             counts = {k: combo.count(k) for k in set(combo)}

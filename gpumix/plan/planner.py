@@ -15,12 +15,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from gpumix.errors import GpumixError
 from gpumix.estimate.calibration import Calibration, default_calibration
 from gpumix.estimate.memory import usable_bytes
 from gpumix.hardware.spec import Device
-from gpumix.kinds import OBJECTIVES
+from gpumix.kinds import OBJECTIVES, Objective
 from gpumix.plan import lint
 from gpumix.plan.assemble import plan_cost, planned_devices, planned_service, service_costs
 from gpumix.plan.assign import SOLVER_NAME, Assignment, Choice, solve_assignment
@@ -97,13 +98,14 @@ def planning(
     file has none (the CLI passes `gpumix.hardware.discovery.this_machine_gpus`; the planner never reads NVML)."""
     if objective is not None and objective not in OBJECTIVES:
         raise GpumixError(f"unknown objective {objective!r}", hint=f"use {' or '.join(OBJECTIVES)}")
+    wanted = cast(Objective | None, objective)
     lines = lines or SourceLines()
     src = source or "<plan>"
     cal = calibration or default_calibration()
     devs, sockets = build_devices(spec, src, lines, discover) if devices is None else (list(devices), {})
     if not devs:
         raise GpumixError(f"{src}: no devices to plan on", hint="add a `devices:` list")
-    services = [resolve_service(e, i, spec, src, lines, objective) for i, e in enumerate(spec.services)]
+    services = [resolve_service(e, i, spec, src, lines, wanted) for i, e in enumerate(spec.services)]
     classes = host_classes(devs)
     ctx = CandidateContext(spec, sockets, cal, per_class=SINGLES_PER_CLASS if too_many_hosts(classes) else None)
     options = _all_options(services, devs, ctx, classes)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from gpumix.errors import GpumixError
 from gpumix.estimate.types import Workload
-from gpumix.kinds import LLM_ENGINES
+from gpumix.kinds import LLM_ENGINES, Objective
 from gpumix.models.spec import ModelSpec, QuantSpec
 from gpumix.plan.result import default_endpoints
 from gpumix.plan.spec import PlanSpec, ServiceEntry
@@ -27,13 +27,13 @@ class Resolved:
     model: ModelSpec
     quant: QuantSpec
     engine: str
-    objective: str
+    objective: Objective
     workload: Workload
     model_path: str | None
 
 
 def resolve_service(
-    entry: ServiceEntry, index: int, spec: PlanSpec, source: str, lines: SourceLines, objective: str | None
+    entry: ServiceEntry, index: int, spec: PlanSpec, source: str, lines: SourceLines, objective: Objective | None
 ) -> Resolved:
     """One service of the plan file resolved; errors name file:line and the service's field."""
     at = _Where(source, lines, ("services", index))

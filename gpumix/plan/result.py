@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -18,7 +18,7 @@ from gpumix.estimate.types import MemoryBreakdown
 from gpumix.kinds import DeviceKind, Engine, ModelKind, Objective, PlacementMode
 
 # 2: devices named by plan-wide ids (`id`, services' `devices` are ids), so one plan can span hosts.
-PLAN_FORMAT_VERSION = 2
+PLAN_FORMAT_VERSION: Final = 2
 MAX_PLAN_JSON_BYTES = 50_000_000  # a plan for thousands of services is a few MB
 RERUN_PLAN_HINT = "re-run `gpumix plan FILE -o plan.json` with this gpumix"
 
