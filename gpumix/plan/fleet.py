@@ -10,7 +10,7 @@ from gpumix.estimate.types import Links
 from gpumix.hardware.entries import devices_from_entries
 from gpumix.hardware.spec import Device
 from gpumix.plan.spec import LinksEntry, PlanSpec
-from gpumix.yaml_input import SourceLines
+from gpumix.yaml_input import SourceLines, did_you_mean, located_error
 
 Discover = Callable[[], Sequence[Device]]  # this machine's devices (NVML); the CLI passes it, the core never reads
 
@@ -28,6 +28,15 @@ def build_devices(spec: PlanSpec, source: str, lines: SourceLines,
         return discovered_devices(source, discover), {}
     found = devices_from_entries(spec.devices, source, lines)
     return found.devices, found.sockets
+
+
+def check_service_hosts(spec: PlanSpec, devices: Sequence[Device], source: str, lines: SourceLines) -> None:
+    """A service pinned to a host (`host:`) names one of the devices' hosts."""
+    hosts = sorted({d.host for d in devices if d.host is not None})
+    for i, entry in enumerate(spec.services):
+        if entry.host is not None and entry.host not in hosts:
+            raise located_error(source, lines, ("services", i, "host"), f"no device is on host {entry.host!r}"
+                                + did_you_mean(entry.host, hosts), hint=f"hosts: {', '.join(hosts) or 'none'}")  # fmt: skip
 
 
 def discovered_devices(source: str, discover: Discover | None) -> list[Device]:

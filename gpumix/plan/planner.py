@@ -26,7 +26,7 @@ from gpumix.plan import lint
 from gpumix.plan.assemble import plan_cost, planned_devices, planned_service, service_costs
 from gpumix.plan.assign import SOLVER_NAME, Assignment, Choice, solve_assignment
 from gpumix.plan.candidates import CandidateContext, Option, llm_options, service_options
-from gpumix.plan.fleet import Discover, build_devices, device_price
+from gpumix.plan.fleet import Discover, build_devices, check_service_hosts, device_price
 from gpumix.plan.planning import Planning
 from gpumix.plan.prune import (
     MAX_CHOICES,
@@ -105,6 +105,8 @@ def planning(
     devs, sockets = build_devices(spec, src, lines, discover) if devices is None else (list(devices), {})
     if not devs:
         raise GpumixError(f"{src}: no devices to plan on", hint="add a `devices:` list")
+    if devices is None:  # `gpumix compare` swaps the hardware: a host pin then just leaves the service unplaced
+        check_service_hosts(spec, devs, src, lines)
     services = [resolve_service(e, i, spec, src, lines, wanted) for i, e in enumerate(spec.services)]
     classes = host_classes(devs)
     ctx = CandidateContext(spec, sockets, cal, per_class=SINGLES_PER_CLASS if too_many_hosts(classes) else None)

@@ -163,3 +163,13 @@ def test_up_on_a_multi_host_plan_needs_host(tmp_path):
     mine = _gpumix("up", str(path), "--run-dir", str(tmp_path / "run"), "--host", "a")
     assert mine.returncode == 2 and "a/gpu0" in mine.stderr and "b/gpu0" not in mine.stderr
     assert not (tmp_path / "run" / "state.json").exists()
+
+
+def test_a_service_pinned_to_an_unknown_host_is_an_error_naming_the_line():
+    from gpumix.plan.spec import parse_plan_text_with_lines
+
+    text = TWO_HOSTS + "services:\n  - name: chat\n    model: llama-3.1-8b\n    host: c\n"
+    spec, lines = parse_plan_text_with_lines(text, "fleet.yaml")
+    with pytest.raises(GpumixError, match=r"^fleet.yaml:7: services\[0\]\.host: no device is on host 'c'") as err:
+        plan_services(spec, source="fleet.yaml", lines=lines)
+    assert err.value.hint == "hosts: a, b"
