@@ -14,19 +14,22 @@ from gpumix.cli.output import add_row, esc, say, show, styled
 from gpumix.cli.params import choice
 from gpumix.errors import GpumixError
 from gpumix.estimate import Calibration, Estimate, Placement, Workload, estimate, load_calibration
-from gpumix.estimate.types import EngineName, PlacementMode
 from gpumix.estimate.validate import ValidationReport, validate_file
 from gpumix.hardware.catalog import parse_device_list
 from gpumix.hardware.devices import device_from_spec, this_machine_cpu
+from gpumix.hardware.entries import load_devices_file
 from gpumix.hardware.spec import Device
+from gpumix.kinds import LLM_ENGINES, PlacementMode
 from gpumix.models.catalog import load_model, resolve_quant
 from gpumix.models.spec import ModelSpec, QuantSpec
 from gpumix.units import GiB
 
-ESTIMATE_ENGINES: tuple[EngineName, ...] = ("llama.cpp", "vllm")
 
-
-def _devices(gpus: list[str], cpu: bool) -> list[Device]:
+def _devices(gpus: list[str], cpu: bool, devices_file: Path | None = None) -> list[Device]:
+    if devices_file is not None:
+        if gpus or cpu:
+            raise GpumixError("give --devices-file or --gpu/--cpu, not both")
+        return _file_devices(devices_file)
     specs = [spec for name in gpus for spec in parse_device_list(name)]
     devices = [device_from_spec(spec, index=i) for i, spec in enumerate(specs)]
     if cpu:
@@ -34,6 +37,15 @@ def _devices(gpus: list[str], cpu: bool) -> list[Device]:
     if not devices:
         raise GpumixError("no device given", hint='add --gpu "RTX 3090" (repeatable) and/or --cpu')
     return devices
+
+
+def _file_devices(path: Path) -> list[Device]:
+    """The devices of a devices file (one host); a CPU, if any, goes first (llama.cpp offloads the first layers)."""
+    devices = load_devices_file(path)
+    if len({d.host for d in devices}) > 1:
+        raise GpumixError(f"{path}: devices on several hosts; `gpumix estimate` places one model on one machine",
+                          hint="keep one host's devices in the file, or use `gpumix plan` for a fleet")  # fmt: skip
+    return sorted(devices, key=lambda d: d.kind != "cpu")
 
 
 def _parse_tensor_split(text: str | None, n: int) -> list[float] | None:
@@ -83,6 +95,7 @@ def _estimate_json(model: ModelSpec, quant: QuantSpec, result: Estimate, how: st
                 "layers": d.layers,
                 "memory_bytes": d.memory_bytes,
                 "memory_free_bytes": d.memory_free_bytes,
+                "memory_usable_bytes": d.memory_usable_bytes,
                 "fits": d.fits,
                 "shortfall_bytes": d.shortfall_bytes,
                 "breakdown": d.memory.model_dump(),
@@ -106,7 +119,7 @@ def _print_estimate(model: ModelSpec, quant: QuantSpec, result: Estimate, how: s
         f"{result.mode} ({esc(how)})"
     )
     table = Table(show_lines=False)
-    for col in ("device", "layers", "weights", "KV cache", "compute", "overhead", "total", "free", "fits"):
+    for col in ("device", "layers", "weights", "KV cache", "compute", "overhead", "total", "free", "usable", "fits"):
         table.add_column(col, justify="right" if col not in ("device", "fits") else "left")
     for d in result.devices:
         m = d.memory
@@ -114,10 +127,10 @@ def _print_estimate(model: ModelSpec, quant: QuantSpec, result: Estimate, how: s
         add_row(
             table, f"{d.device_index}: {d.name}", str(d.layers),
             *(f"{v / GiB:.2f}" for v in (m.weights_bytes, m.kv_cache_bytes, m.compute_bytes, m.overhead_bytes)),
-            f"{d.memory_bytes / GiB:.2f}", f"{d.memory_free_bytes / GiB:.2f}", fit,
+            f"{d.memory_bytes / GiB:.2f}", f"{d.memory_free_bytes / GiB:.2f}", f"{d.memory_usable_bytes / GiB:.2f}", fit,
         )  # fmt: skip
     show(table)
-    say("memory in GiB (2^30 bytes)")
+    say("memory in GiB (2^30 bytes); usable = free − margin (1 GiB on a GPU), the test `gpumix plan` applies")
     verdict = "[green]fits[/]" if result.fits else "[red]does not fit[/]"
     say(
         f"{verdict} · decode {result.decode_tokens_per_s:.1f} tok/s (one stream; bandwidth bound "
@@ -133,6 +146,7 @@ def estimate_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Catalog id/alias, a .gguf path or a config.json."),
     gpu: list[str] = typer.Option([], "--gpu", "-g", help='A GPU ("RTX 3090", "2x RTX 4090"); repeatable.'),
     cpu: bool = typer.Option(False, "--cpu", help="Add this machine's CPU and RAM as a device."),
+    devices_file: Path | None = typer.Option(None, "--devices-file", help="Devices from a YAML file (the plan file's `devices:` schema) instead of --gpu/--cpu."),
     quant: str | None = typer.Option(None, "--quant", "-q", help="Weight format (read from the file for a GGUF)."),
     ctx: int = typer.Option(4096, "--ctx", "-c", min=1, help="Context tokens per sequence."),
     parallel: int = typer.Option(1, "--parallel", "-np", min=1, help="Sequences held in KV at once."),
@@ -146,14 +160,14 @@ def estimate_cmd(
 ) -> None:
     """Memory per device, fit, and predicted decode/prefill speed and TTFT for a model on GPUs."""
     split = choice(split, ("layer", "row", "tensor", "none"), "--split")
-    engine_name = choice(engine, ESTIMATE_ENGINES, "--engine")
+    engine_name = choice(engine, LLM_ENGINES, "--engine")
     spec = load_model(model)
     if quant is None:
         if spec.file_quant is None:
             raise GpumixError("--quant is required for a catalog model", hint="e.g. --quant q4_k_m (see `gpumix quants`)")
         quant = spec.file_quant
     qspec = resolve_quant(quant)
-    devices = _devices(gpu, cpu)
+    devices = _devices(gpu, cpu, devices_file)
     workload = Workload(
         context=ctx, parallel=parallel, engine=engine_name, kv_cache_dtype=kv_type, prompt_tokens=prompt,
     )  # fmt: skip

@@ -13,16 +13,17 @@ from rich.text import Text
 from gpumix.cli.output import add_row, esc, say, show, styled
 from gpumix.errors import GpumixError
 from gpumix.hardware.catalog import all_gpus, gpu_candidates, load_catalog
-from gpumix.hardware.devices import load_devices_file
 from gpumix.hardware.discovery import INDEX_NOTE, DiscoveredMachine, discover_machine
+from gpumix.hardware.entries import load_devices_file
 from gpumix.hardware.spec import Device, GpuSpec
 from gpumix.units import GiB
 
 DEVICES_FILE_HELP = (
     "YAML list describing the devices instead of asking the driver, e.g. "
     "'- gpu: RTX 4090' / '- gpu: RTX 5060 Ti 16GB, free_gb: 14' / '- cpu: {ram_gb: 64, bandwidth_gbs: 51.2}'. "
-    "Keys: gpu, index, host, free_gb|free_gib, total_gb|total_gib, uuid, count (a card not in the catalog: also "
-    "bandwidth_gbs, fp16_tflops, compute_capability); cpu: ram_gb, bandwidth_gbs, memory, threads."
+    "The plan file's `devices:` schema (docs/plan-file.md): gpu, index, host, count, free_gb|free_gib, "
+    "total_gb|total_gib, uuid, driver, pcie_gen, pcie_lanes, socket (a card not in the catalog: also bandwidth_gbs, "
+    "fp16_tflops, compute_capability); cpu: ram_gb|ram_gib, free_gb|free_gib, bandwidth_gbs, memory, threads."
 )
 
 

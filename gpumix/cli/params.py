@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 from gpumix.errors import GpumixError
-from gpumix.plan.result import Objective
+from gpumix.kinds import Objective
 
 T = TypeVar("T", bound=str)
 

@@ -13,7 +13,10 @@ from gpumix.cli.output import add_row, esc, say, show, styled
 from gpumix.cli.params import OBJECTIVE_HELP as _OBJECTIVE_HELP
 from gpumix.cli.params import objective as parse_objective
 from gpumix.errors import GpumixError
-from gpumix.plan.result import Objective, Plan
+from gpumix.estimate.calibration import Calibration, load_calibration
+from gpumix.hardware.discovery import this_machine_gpus
+from gpumix.kinds import Objective
+from gpumix.plan.result import Plan
 from gpumix.units import GB
 
 OBJECTIVE_HELP = _OBJECTIVE_HELP + "; overrides the file"
@@ -21,6 +24,12 @@ OBJECTIVE_HELP = _OBJECTIVE_HELP + "; overrides the file"
 
 def _objective(value: str | None) -> Objective | None:
     return None if value is None else parse_objective(value)
+
+
+def _calibration(path: Path | None) -> tuple[Calibration, str | None]:
+    """The fitted defaults plus this machine's measurements (from --calibration, $GPUMIX_CALIBRATION or the
+    default file), and the name the plan records."""
+    return load_calibration(path), None if path is None else str(path)
 
 
 def _bar(used: int, total: int, width: int = 20) -> Text:
@@ -41,12 +50,12 @@ def print_plan(plan: Plan) -> None:
     for reason in plan.reasons:
         say(f"  [red]✗[/] {esc(reason)}")
     dev_table = Table(title="devices")
-    for col in ("idx", "device", "host", "memory planned / free", "services", "bw util", "£/month"):
+    for col in ("id", "device", "memory planned / free", "services", "bw util", "£/month"):
         dev_table.add_column(col)
     for dev in plan.devices:
-        names = [s.name for s in plan.services if dev.index in s.devices and (s.host == dev.host or s.host is None)]
+        names = [s.name for s in plan.services_on(dev.id)]
         add_row(
-            dev_table, str(dev.index), dev.name, dev.host or "-",
+            dev_table, dev.id, dev.name,
             Text.assemble(_bar(dev.memory_planned_bytes, dev.memory_free_bytes),
                           f" {dev.memory_planned_bytes / GB:.1f}/{dev.memory_free_bytes / GB:.1f} GB"),
             ", ".join(names) or "-", f"{dev.bandwidth_utilisation:.2f}", _fmt(dev.gbp_per_month, 0),
@@ -69,7 +78,7 @@ def print_plan(plan: Plan) -> None:
         decode = _fmt(p.decode_tokens_per_s) if p.throughput is None else f"{p.throughput:.2f} {p.throughput_unit}"
         add_row(
             svc_table, svc.name, f"{svc.model} {svc.quant}", svc.engine, svc.mode,
-            ",".join(str(i) for i in svc.devices) or styled("none", "red"), split, decode,
+            ",".join(svc.devices) or styled("none", "red"), split, decode,
             _fmt(p.aggregate_tokens_per_s), _fmt(p.prefill_tokens_per_s, 0), _fmt(p.ttft_s, 3), slo,
         )  # fmt: skip
     show(svc_table)
@@ -91,7 +100,9 @@ def plan_cmd(
     """Decide what runs where, split how, how fast and at what cost."""
     from gpumix.plan.planner import plan_file
 
-    plan = plan_file(file, objective=_objective(objective), calibration=calibration)
+    cal, name = _calibration(calibration)
+    plan = plan_file(file, objective=_objective(objective), calibration=cal, calibration_name=name,
+                     discover=this_machine_gpus)  # fmt: skip
     text = plan.model_dump_json(indent=2)
     if output is not None:
         try:
@@ -118,7 +129,8 @@ def compare_cmd(
     from gpumix.plan.spec import load_plan_spec
 
     spec = load_plan_spec(file)
-    rows = compare(spec, option or DEFAULT_OPTIONS, _objective(objective), calibration)
+    cal, name = _calibration(calibration)
+    rows = compare(spec, option or DEFAULT_OPTIONS, _objective(objective), cal, name)
     if as_json:
         print(json.dumps([{"option": r.option, "feasible": r.plan.feasible, "slos_met": r.slos_met,
                            "slos_total": r.slos_total, "verdict": r.verdict,
@@ -152,17 +164,20 @@ def explain_cmd(
     """Why this placement and split: every alternative considered, with its predicted speed."""
     from gpumix.plan.compare import explain
 
-    plan, alternatives = explain(file, service, _objective(objective), calibration)
+    cal, name = _calibration(calibration)
+    plan, alternatives = explain(file, service, _objective(objective), cal, name, discover=this_machine_gpus)
     chosen = plan.service(service)
     say(f"[bold]{esc(service)}[/]: {esc(chosen.model)} {esc(chosen.quant)} on {chosen.engine}, mode {chosen.mode}, "
-        f"devices {esc(chosen.devices)}, objective {chosen.objective}")  # fmt: skip
+        f"devices {esc(', '.join(chosen.devices) or '-')}, objective {chosen.objective}")  # fmt: skip
     table = Table(title="alternatives considered")
     for col in ("", "placement", "devices", "layers", "fits", "decode t/s", "aggregate t/s", "TTFT s", "memory GB"):
         table.add_column(col)
     for a in alternatives:
         add_row(
-            table, styled("→", "green") if a.chosen else "", a.label, " + ".join(a.devices),
-            "/".join(map(str, a.layers)) or "-", "yes" if a.fits else styled("no", "red"), _fmt(a.decode_tokens_per_s), _fmt(a.aggregate_tokens_per_s),
+            table, styled("→", "green") if a.chosen else "", a.label,
+            " + ".join(f"{i} {n}" for i, n in zip(a.device_ids, a.devices, strict=True)),
+            "/".join(map(str, a.layers)) or "-", "yes" if a.fits else styled("no", "red"), _fmt(a.decode_tokens_per_s),
+            _fmt(a.aggregate_tokens_per_s),
             _fmt(a.ttft_s, 3), "/".join(f"{m:.1f}" for m in a.memory_gb),
         )  # fmt: skip
     show(table)

@@ -28,12 +28,15 @@ def up(
     health_timeout_s: Annotated[float, typer.Option(help="seconds a process may take to become healthy")] = 300.0,
     gateway: Annotated[bool, typer.Option("--gateway/--no-gateway", help="start `gpumix gateway` on --port")] = True,
     run_dir: Annotated[Path | None, _RUN_DIR] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="the plan host to run here (required when the plan spans several)")
+    ] = None,
 ) -> None:
     """Start every service of a plan pinned to its devices and supervise them (Ctrl-C stops all)."""
     from gpumix.run.up import UpOptions, load_plan, run_foreground, start_detached
 
     options = UpOptions(run_dir=(run_dir or default_run_dir()).resolve(), front_port=port, stagger_s=stagger_s,
-                        health_timeout_s=health_timeout_s, gateway=gateway)  # fmt: skip
+                        health_timeout_s=health_timeout_s, gateway=gateway, host=host)  # fmt: skip
     if not detach:
         sys.exit(run_foreground(load_plan(file), options, say=lambda text: print(text, flush=True)))
     state = start_detached(file, options)
@@ -75,11 +78,11 @@ def status(
                       f"{p.cpu_pct:.0f}%" if p.cpu_pct is not None else "-")  # fmt: skip
     show(table)
     devices = Table(title="devices")
-    for col in ("index", "name", "memory used", "load", "source"):
+    for col in ("id", "name", "memory used", "load", "source"):
         devices.add_column(col)
     for d in report.devices:
         used = f"{fmt_gib(d.memory_used_bytes)} / {fmt_gib(d.memory_total_bytes or 0)}" if d.memory_used_bytes is not None else "-"
-        add_row(devices, str(d.index), d.name, used, f"{d.utilisation_pct:.0f}%" if d.utilisation_pct is not None else "-", d.source)
+        add_row(devices, d.id, d.name, used, f"{d.utilisation_pct:.0f}%" if d.utilisation_pct is not None else "-", d.source)
     show(devices)
     for line in report.advice:
         say(f"[yellow]imbalance:[/] {esc(line)}")

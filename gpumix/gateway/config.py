@@ -25,6 +25,7 @@ from gpumix.plan.result import (  # noqa: F401  (the endpoint names are re-expor
     TRANSCRIPTIONS,
     Plan,
     PlannedService,
+    read_plan_json,
 )
 
 PROXIED_ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS, RERANK, IMAGES, TRANSCRIPTIONS, MODERATIONS)
@@ -195,17 +196,7 @@ def load_api_keys(path: Path | None, env_var: str = API_KEYS_ENV) -> frozenset[s
 
 
 def load_plan(path: Path) -> Plan:
-    try:
-        return Plan.model_validate_json(path.read_text())
-    except OSError as exc:
-        raise GpumixError(
-            f"cannot read plan {path}: {exc.strerror}", hint="run `gpumix plan FILE -o plan.json`"
-        ) from exc
-    except ValueError as exc:
-        first = str(exc).splitlines()[:3]
-        raise GpumixError(
-            f"{path} is not a gpumix plan: {' '.join(first)}", hint="regenerate it with `gpumix plan`"
-        ) from exc
+    return read_plan_json(path)
 
 
 def build_config(

@@ -268,3 +268,8 @@ def _discover(nvml: ModuleType) -> DiscoveredMachine:
     return DiscoveredMachine(
         gpus=gpus, links=_links(nvml, [h for h, _ in probed], gpus), driver_version=driver, warnings=warnings
     )
+
+
+def this_machine_gpus() -> list[Device]:
+    """This machine's GPUs as planner devices (what `gpumix plan` uses for a plan file without `devices:`)."""
+    return [g.device for g in discover_machine().gpus]

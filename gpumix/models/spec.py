@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-ModelKind = Literal["llm", "embedding", "reranker", "image", "audio"]
+from gpumix.kinds import ModelKind
+
 ComputeDtype = Literal["fp32", "fp16", "bf16", "fp8", "int8", "int4"]
 
 

@@ -38,28 +38,29 @@ def binary_problem(binary: str) -> str | None:
     return None if shutil.which(binary) else f"engine binary '{binary}' is not on PATH"
 
 
-def device_problems(plan: Plan, gpus: list[GpuReading] | None) -> list[str]:
-    """Each planned GPU must exist (by UUID when planned with one) and still have its planned memory free."""
+def device_problems(plan: Plan, gpus: list[GpuReading] | None, host: str | None = None) -> list[str]:
+    """Each GPU planned on `host` (this machine) must exist (by UUID when planned with one) and still have its
+    planned memory free."""
     problems = []
-    planned_gpus = [dev for dev in plan.devices if dev.kind == "gpu" and dev.memory_planned_bytes > 0]
+    planned_gpus = [dev for dev in plan.devices if dev.kind == "gpu" and dev.memory_planned_bytes > 0 and dev.host == host]
     if planned_gpus and gpus is None:
-        names = ", ".join(f"GPU {dev.index} ({dev.name})" for dev in planned_gpus)
+        names = ", ".join(f"GPU {dev.id} ({dev.name})" for dev in planned_gpus)
         return [f"the plan uses {names}, but this machine has no NVIDIA GPU (NVML found no driver)"]
     by_index = {gpu.index: gpu for gpu in gpus or []}
     by_uuid = {gpu.uuid: gpu for gpu in gpus or []}
     for dev in planned_gpus:
         gpu = by_uuid.get(dev.uuid) if dev.uuid else by_index.get(dev.index)
         if gpu is None:
-            problems.append(f"the plan uses GPU {dev.index} ({dev.name}{', ' + dev.uuid if dev.uuid else ''}), "
+            problems.append(f"the plan uses GPU {dev.id} ({dev.name}{', ' + dev.uuid if dev.uuid else ''}), "
                             f"which this machine does not have ({len(by_index)} GPU(s) found)")  # fmt: skip
         elif gpu.memory_free_bytes < dev.memory_planned_bytes:
-            problems.append(f"GPU {gpu.index} ({gpu.name}) has {fmt_gib(gpu.memory_free_bytes)} free but the plan "
+            problems.append(f"GPU {dev.id} ({gpu.name}) has {fmt_gib(gpu.memory_free_bytes)} free but the plan "
                             f"needs {fmt_gib(dev.memory_planned_bytes)}; another process took memory since planning")  # fmt: skip
     return problems
 
 
-def host_memory_problems(plan: Plan, available_bytes: int) -> list[str]:
-    planned = sum(dev.memory_planned_bytes for dev in plan.devices if dev.kind == "cpu")
+def host_memory_problems(plan: Plan, available_bytes: int, host: str | None = None) -> list[str]:
+    planned = sum(dev.memory_planned_bytes for dev in plan.devices if dev.kind == "cpu" and dev.host == host)
     if planned > available_bytes:
         return [f"the plan needs {fmt_gib(planned)} of host memory for CPU services but {fmt_gib(available_bytes)} is available"]
     return []
@@ -88,13 +89,15 @@ def preflight(
     front_port: int | None,
     gpus: list[GpuReading] | None | Literal["read"] = "read",
     port_free: Callable[[int], bool] = port_is_free,
+    host: str | None = None,
 ) -> None:
-    """Raise one GpumixError listing every problem; return silently when the plan can start here."""
+    """Raise one GpumixError listing every problem; return silently when `specs` (the processes of plan host
+    `host`) can start here."""
     problems: list[str] = []
     if not plan.feasible:
         problems.append("the plan is not feasible: " + "; ".join(plan.reasons or ["see `gpumix plan`"]))
-    problems += device_problems(plan, read_gpus() if isinstance(gpus, str) else gpus)
-    problems += host_memory_problems(plan, psutil.virtual_memory().available)
+    problems += device_problems(plan, read_gpus() if isinstance(gpus, str) else gpus, host)
+    problems += host_memory_problems(plan, psutil.virtual_memory().available, host)
     for spec in specs:
         problems += spec_problems(plan, spec, port_free)
     if front_port is not None and not port_free(front_port):

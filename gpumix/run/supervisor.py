@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -62,7 +63,9 @@ def _die_with_parent() -> None:
 
 
 def gateway_argv(plan_path: Path, port: int, specs: list[LaunchSpec]) -> list[str]:
-    backends = [arg for spec in specs for arg in ("--backend", f"{spec.service}={spec.url}")]
+    """The gateway in front of the server processes (RPC workers answer no endpoint)."""
+    servers = [spec for spec in specs if spec.role == "server"]
+    backends = [arg for spec in servers for arg in ("--backend", f"{spec.service}={spec.url}")]
     return [sys.executable, "-m", "gpumix", "gateway", "--plan", str(plan_path), "--port", str(port), *backends]
 
 
@@ -83,6 +86,7 @@ class Supervisor:
         settings: SupervisorSettings | None = None,
         gateway: list[str] | None = None,
         message: str | None = None,
+        host: str | None = None,
     ) -> None:
         self.plan = plan
         self.run_dir = run_dir
@@ -96,18 +100,15 @@ class Supervisor:
             plan_path=str(plan_path),
             front_port=front_port if gateway else None,
             message=message,
+            host=host,
             processes=[c.status for c in self._all()],
         )
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _child(self, spec: LaunchSpec) -> _Child:
-        service = self.plan.service(spec.service)
-        devices = [service.devices[i] for i in range(len(service.devices))]
-        if service.mode == "replica":
-            devices = [service.devices[spec.replica]]
         status = ProcessStatus(
             name=spec.name, service=spec.service, port=spec.port, url=spec.url, health_url=spec.health_url,
-            log=str(self.run_dir / "logs" / f"{spec.name}.log"), argv=spec.argv, env=spec.env, devices=devices,
+            log=str(self.run_dir / "logs" / f"{spec.name}.log"), argv=spec.argv, env=spec.env, devices=spec.devices,
         )  # fmt: skip
         return _Child(status, spec.env, spec.cwd, spec.uses_gpu)
 
@@ -279,6 +280,14 @@ def _signal_group(popen: subprocess.Popen, sig: int) -> None:
 
 
 def _healthy(url: str) -> bool:
+    """GET url answers 200; a tcp://HOST:PORT url (ggml-rpc-server) is healthy when it accepts a connection."""
+    if url.startswith("tcp://"):
+        host, _, port = url.removeprefix("tcp://").rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.0):
+                return True
+        except OSError:
+            return False
     try:
         return httpx.get(url, timeout=1.0).status_code == 200
     except httpx.HTTPError:

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from pydantic import ValidationError
 
 from gpumix.errors import GpumixError
-from gpumix.launch.commands import render_plan
+from gpumix.launch.commands import process_hosts, render_plan, specs_for_host
 from gpumix.launch.spec import LaunchSpec
 from gpumix.netutil import free_port
-from gpumix.plan.result import Plan
+from gpumix.plan.result import Plan, read_plan_json
 from gpumix.run.preflight import preflight
 from gpumix.run.state import PLAN_FILE, SUPERVISOR_LOG, ProcessStatus, RunState, read_state
 from gpumix.run.supervisor import Supervisor, SupervisorSettings, gateway_argv, gateway_available
@@ -29,24 +28,33 @@ PLAN_SUFFIXES_YAML = (".yaml", ".yml")
 
 
 def load_plan(path: Path) -> Plan:
-    """plan.json is read as is; a YAML plan file goes through the planner first."""
+    """plan.json is read as is (`read_plan_json`); a YAML plan file goes through the planner first, with this
+    machine's calibration and, for a file without `devices:`, its GPUs."""
     if not path.is_file():
         raise GpumixError(f"{path} does not exist", hint="pass a plan file (YAML) or a plan.json from `gpumix plan`")
     if path.suffix in PLAN_SUFFIXES_YAML:
-        try:
-            from gpumix.plan.planner import plan_file
-        except ImportError as exc:
-            raise GpumixError(
-                f"cannot plan {path}: the planner is not available in this install",
-                hint="run `gpumix plan FILE -o plan.json` and pass plan.json to `gpumix up`",
-            ) from exc
-        return plan_file(path)
-    try:
-        return Plan.model_validate_json(path.read_text())
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise GpumixError(f"{path} is not a valid plan.json: {where}: {first['msg']}", hint="re-run `gpumix plan`") from exc
+        from gpumix.estimate.calibration import load_calibration
+        from gpumix.hardware.discovery import this_machine_gpus
+        from gpumix.plan.planner import plan_file
+
+        return plan_file(path, calibration=load_calibration(None), discover=this_machine_gpus)
+    return read_plan_json(path)
+
+
+def host_to_run(specs: list[LaunchSpec], host: str | None) -> str | None:
+    """Which plan host this `gpumix up` runs: `--host`, or the only one. A plan over several hosts needs --host
+    (running all hosts at once, over Ray, is not built yet)."""
+    hosts = process_hosts(specs)
+    named = ", ".join(str(h) for h in hosts)
+    if host is None:
+        if len(hosts) > 1:
+            raise GpumixError(f"the plan runs processes on several hosts ({named}); `gpumix up` runs one host's",
+                              hint=f"on each host run `gpumix up PLAN --host NAME` (NAME one of {named})")  # fmt: skip
+        return hosts[0] if hosts else None
+    if host not in hosts:
+        raise GpumixError(f"--host {host}: the plan runs nothing on that host (its hosts: {named or 'none'})",
+                          hint="pass one of the plan's hosts, or leave --host out for a one-machine plan")  # fmt: skip
+    return host
 
 
 def supervisor_alive(state: RunState) -> bool:
@@ -67,8 +75,9 @@ def refuse_if_running(run_dir: Path) -> None:
         )
 
 
-def prepare(plan: Plan, front_port: int | None) -> list[LaunchSpec]:
-    """Backends get free loopback ports of their own; then every pre-flight check, before anything starts."""
+def prepare(plan: Plan, front_port: int | None, host: str | None = None) -> list[LaunchSpec]:
+    """The processes of `host` (see host_to_run); backends get free loopback ports of their own; then every
+    pre-flight check, before anything starts."""
     taken = {front_port}
 
     def allocate() -> int:
@@ -77,7 +86,9 @@ def prepare(plan: Plan, front_port: int | None) -> list[LaunchSpec]:
         return port
 
     specs = render_plan(plan, allocate_port=allocate)
-    preflight(plan, specs, front_port)
+    run_host = host_to_run(specs, host)
+    specs = specs_for_host(specs, run_host)
+    preflight(plan, specs, front_port, host=run_host)
     return specs
 
 
@@ -88,6 +99,7 @@ class UpOptions:
     stagger_s: float | None = None  # None: 10 s between GPU starts, 0 between CPU starts
     health_timeout_s: float = 300.0
     gateway: bool = True
+    host: str | None = None  # the plan host to run (`--host`); needed when the plan spans several
 
 
 def settings_for(options: UpOptions) -> SupervisorSettings:
@@ -103,7 +115,7 @@ def run_foreground(plan: Plan, options: UpOptions, say: Callable[[str], object] 
     run_dir = options.run_dir
     refuse_if_running(run_dir)
     use_gateway = options.gateway and gateway_available()
-    specs = prepare(plan, options.front_port if use_gateway else None)
+    specs = prepare(plan, options.front_port if use_gateway else None, options.host)
     run_dir.mkdir(parents=True, exist_ok=True)
     plan_path = run_dir / PLAN_FILE
     plan_path.write_text(plan.model_dump_json(indent=2))
@@ -111,10 +123,13 @@ def run_foreground(plan: Plan, options: UpOptions, say: Callable[[str], object] 
     gateway = gateway_argv(plan_path, options.front_port, specs) if use_gateway else None
     if not use_gateway:
         message = "gateway not started (gpumix gateway is not available); call the backends directly"
-    supervisor = Supervisor(plan, specs, run_dir, plan_path, options.front_port, settings_for(options), gateway, message)
+    supervisor = Supervisor(plan, specs, run_dir, plan_path, options.front_port, settings_for(options), gateway, message,
+                            host=specs[0].host_name if specs else None)  # fmt: skip
     supervisor.install_signal_handlers()
     for spec in specs:
         say(f"{spec.name}: {spec.engine} {spec.url} (CUDA_VISIBLE_DEVICES={spec.env['CUDA_VISIBLE_DEVICES']!r})")
+        for note in spec.notes:
+            say(f"  note: {note}")
     say(message or f"gateway: http://127.0.0.1:{options.front_port}")  # message is set when there is no gateway
     say(f"run dir: {run_dir} (logs in {run_dir / 'logs'}); Ctrl-C stops everything")
     return supervisor.run()
@@ -129,7 +144,7 @@ def start_detached(plan_file: Path, options: UpOptions, wait_s: float | None = N
     refuse_if_running(run_dir)
     plan = load_plan(plan_file)
     use_gateway = options.gateway and gateway_available()
-    prepare(plan, options.front_port if use_gateway else None)  # fail here, in the user's terminal
+    prepare(plan, options.front_port if use_gateway else None, options.host)  # fail here, in the user's terminal
     run_dir.mkdir(parents=True, exist_ok=True)
     plan_path = run_dir / PLAN_FILE
     plan_path.write_text(plan.model_dump_json(indent=2))
@@ -140,6 +155,8 @@ def start_detached(plan_file: Path, options: UpOptions, wait_s: float | None = N
         argv += ["--stagger-s", str(options.stagger_s)]
     if not options.gateway:
         argv += ["--no-gateway"]
+    if options.host is not None:
+        argv += ["--host", options.host]
     with (run_dir / SUPERVISOR_LOG).open("ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return _wait_until_healthy(proc, run_dir, wait_s or options.health_timeout_s + 30)

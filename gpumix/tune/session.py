@@ -9,6 +9,7 @@ from pathlib import Path
 
 from gpumix.errors import GpumixError
 from gpumix.hardware.spec import Device, GpuSpec
+from gpumix.kinds import Objective
 from gpumix.launch.models import model_source
 from gpumix.launch.models import resolve_model_file as launch_model_file
 from gpumix.models.files import PYPI_PREFIX, resolve_pypi_ref
@@ -16,7 +17,7 @@ from gpumix.tune.bench import BenchError, BenchRequest, BenchResult, list_device
 from gpumix.tune.calibration_file import DeviceCalibration, MachineCalibration
 from gpumix.tune.layout import read_layout
 from gpumix.tune.splits import Split
-from gpumix.tune.tuner import Measure, Objective, OnPoint, TuneDevice, TunePoint, TuneResult, tune
+from gpumix.tune.tuner import Measure, OnPoint, TuneDevice, TunePoint, TuneResult, tune
 
 
 def resolve_model_file(ref: str) -> Path:

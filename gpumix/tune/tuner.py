@@ -12,15 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 from gpumix.errors import GpumixError
+from gpumix.kinds import Objective
 from gpumix.tune.bench import BenchError, BenchResult
 from gpumix.tune.fit import Observation, SpeedModel, device_loads, fit_speed_model
 from gpumix.tune.layout import ModelLayout
 from gpumix.tune.splits import Assignment, Split, assign_layers, candidate_splits, describe
 
-Objective = Literal["latency", "throughput"]
 # Memory a device needs beyond weights and KV: llama.cpp's compute buffer (logits of a 512-token ubatch over a
 # large vocabulary reach ~0.5 GiB, engines.md §1.3 prints them) and allocator slack.
 COMPUTE_RESERVE_BYTES = 512 * 2**20

@@ -81,10 +81,10 @@ class Procs:
 
 def planned_service(name: str, model: str, kind: str = "llm", **extra: object) -> PlannedService:
     return PlannedService(name=name, model=model, model_kind=kind, quant="Q4_K_M", engine="llama.cpp", mode="single",
-                          devices=[0], **extra)  # fmt: skip
+                          devices=["gpu0"], **extra)  # fmt: skip
 
 
 def make_plan(*services: PlannedService) -> Plan:
-    device = PlannedDevice(index=0, name="RTX 4090", catalog_id="rtx-4090", kind="gpu", memory_total_bytes=24 * 2**30,
+    device = PlannedDevice(id="gpu0", index=0, name="RTX 4090", catalog_id="rtx-4090", kind="gpu", memory_total_bytes=24 * 2**30,
                            memory_free_bytes=24 * 2**30, memory_planned_bytes=2**30)  # fmt: skip
     return Plan(feasible=True, devices=[device], services=list(services))

@@ -181,7 +181,7 @@ def test_exports_of_the_planned_hybrid_box_example_validate(tmp_path):
     assert set(compose) == {svc.name for svc in plan.services}
     for svc in plan.services:
         ids = compose[svc.name]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
-        assert ids == [str(i) for i in svc.devices]
+        assert ids == [str(d.index) for d in plan.devices_of(svc)]
     if shutil.which("caddy"):
         path = tmp_path / "Caddyfile"
         path.write_text(rendered["caddy"]["Caddyfile"])
