@@ -64,6 +64,15 @@ class HealthSettings:
 
 
 @dataclass(frozen=True)
+class DashboardSettings:
+    """The live dashboard at /ui (gpumix.gateway.dashboard)."""
+
+    interval_s: float = 2.0  # the sampler's period
+    history_s: float = 600.0  # how much history the page's charts get
+    run_dir: Path | None = None  # the `gpumix up` run directory: the supervisor's state.json
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     name: str
     urls: tuple[str, ...]
@@ -88,6 +97,8 @@ class GatewayConfig:
     access_log: Path | None = None
     redis_url: str | None = None
     async_endpoints: tuple[str, ...] = PROXIED_ENDPOINTS  # endpoints that honour `Prefer: respond-async`
+    plan: Plan | None = None  # the plan the services came from (the dashboard shows its predictions and cards)
+    dashboard: DashboardSettings | None = DashboardSettings()  # None: no /ui, /api/status, /api/events
 
     def service(self, name: str) -> ServiceConfig:
         for svc in self.services:
@@ -226,4 +237,4 @@ def build_config(
             raise GpumixError(
                 f"service {svc.name}: fallback {svc.fallback!r} is not a service", hint="fix the plan's fallback"
             )
-    return GatewayConfig(services=tuple(services), routes=_routes(list(routes), services), **settings)  # type: ignore[arg-type]
+    return GatewayConfig(services=tuple(services), routes=_routes(list(routes), services), plan=plan, **settings)  # type: ignore[arg-type]

@@ -204,6 +204,12 @@ def service_cost(svc: Doc) -> float | None:
 
 
 def llm_speed(svc: Doc) -> float | None:
-    """Tokens/s the plan predicts for the service at its planned concurrency (aggregate, else one stream)."""
+    """Tokens/s the plan predicts for a text-generating service at its planned concurrency (aggregate, else one
+    stream); None for services that generate no tokens (embeddings, rerank, images, audio)."""
+    endpoints = svc.get("endpoints")
+    generates = any(e in ("/v1/chat/completions", "/v1/completions") for e in endpoints) if endpoints else (
+        svc.get("model_kind", "llm") == "llm")
+    if not generates:
+        return None
     pred = predicted(svc)
     return pred.get("aggregate_tokens_per_s") or pred.get("decode_tokens_per_s")
