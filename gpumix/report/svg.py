@@ -28,23 +28,28 @@ def gb(value_bytes: float) -> str:
     return f"{value_bytes / GB:.1f} GB"
 
 
+def _attrs(attrs: dict[str, Any]) -> str:
+    """Keyword arguments as SVG attributes: `class_` → class, `fill_opacity` → fill-opacity."""
+    return "".join(f' {k.rstrip("_").replace("_", "-")}="{esc(v)}"' for k, v in attrs.items())
+
+
 def title(text: str) -> str:
     return f"<title>{esc(text)}</title>"
 
 
 def rect(x: float, y: float, w: float, h: float, fill: str, tip: str = "", **attrs: Any) -> str:
-    extra = "".join(f' {k.replace("_", "-")}="{esc(v)}"' for k, v in attrs.items())
+    extra = _attrs(attrs)
     return (f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(w, 0):.1f}" height="{h:.1f}" fill="{fill}"{extra}>'
             f"{title(tip) if tip else ''}</rect>")  # fmt: skip
 
 
 def text(x: float, y: float, body: str, anchor: str = "start", **attrs: Any) -> str:
-    extra = "".join(f' {k.replace("_", "-")}="{esc(v)}"' for k, v in attrs.items())
+    extra = _attrs(attrs)
     return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"{extra}>{esc(body)}</text>'
 
 
 def svg(width: int, height: float, body: str, label: str, **attrs: Any) -> str:
-    extra = "".join(f' {k.replace("_", "-")}="{esc(v)}"' for k, v in attrs.items())
+    extra = _attrs(attrs)
     return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height:.0f}" width="{width}" '
             f'height="{height:.0f}" role="img" aria-label="{esc(label)}" {FONT}{extra}>{body}</svg>')  # fmt: skip
 
