@@ -30,6 +30,9 @@ VIEWS = (
     ("warnings", "Warnings and advice"),
 )
 
+SLO_LABELS = {"decode_tokens_per_s": "decode t/s", "aggregate_tokens_per_s": "aggregate t/s", "ttft_ms": "TTFT ms",
+              "prefill_tokens_per_s": "prefill t/s"}  # fmt: skip
+
 # What to do about each lint code (gpumix/plan/lint.py's table says when each fires).
 WARNING_ACTIONS = {
     "GPX001": "use a layer split (llama.cpp -sm layer) or pipeline parallel instead of tensor parallel over unlike cards",
@@ -211,7 +214,8 @@ def performance_view(doc: pf.Doc) -> str:
         share_text = " / ".join(f"{s * 100:.0f}%" for s in shares) if len(shares) > 1 else "–"
         slos = "".join(
             f'<div class="slo" data-met="{str(bool(c.get("met"))).lower()}">'
-            f"{'✓' if c.get('met') else '✗'} {esc(c.get('metric'))} {_num(c.get('predicted'), 1)} vs {esc(c.get('target'))}"
+            f"{'✓' if c.get('met') else '✗'} {esc(SLO_LABELS.get(c.get('metric'), c.get('metric')))} "
+            f"{_num(c.get('predicted'), 1)} vs {esc(c.get('target'))}"
             + (f" ({c['margin'] * 100:+.0f}%)" if c.get("margin") is not None else "")
             + f"{svg.slo_bar(c)}</div>"
             for c in pf.slo_checks(svc)

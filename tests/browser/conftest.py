@@ -86,3 +86,4 @@ def guarded_page(browser_context) -> Iterator[GuardedPage]:
         guard.assert_clean()
     finally:
         page.close()
+

@@ -15,6 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.browser
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
+from browserhelpers import save_screenshot  # noqa: E402
 from gwhelpers import PY, Procs, free_port, make_plan, planned_service, wait_http  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,5 +152,4 @@ def _screenshot(page) -> None:  # noqa: ANN001
     target = os.environ.get("GPUMIX_SCREENSHOTS_DIR")
     if target:
         time.sleep(2)  # a few more samples in the charts
-        page.set_viewport_size({"width": 1200, "height": 900})
-        page.screenshot(path=str(Path(target) / "dashboard-cpu-demo.png"), full_page=True)
+        save_screenshot(page, Path(target) / "dashboard-cpu-demo.png")

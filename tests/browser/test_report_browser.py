@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from browserhelpers import save_screenshot
 
 from gpumix.report import plan_fields as pf
 from gpumix.report import write_report
@@ -24,9 +25,17 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, d
     out = tmp_path_factory.mktemp("reports")
     built = {}
     for example in EXAMPLES:
-        data = build_report(example)
+        data = build_report(_relative(example))
         built[example.stem] = (write_report(data, out / f"{example.stem}.html"), data)
     return built
+
+
+def _relative(path: Path) -> Path:
+    """As a user types it (the report's heading shows it), when the tests run from the repository."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def test_every_example_has_a_report_case() -> None:
@@ -105,8 +114,7 @@ def _screenshot(page, name: str) -> None:  # noqa: ANN001
     """GPUMIX_SCREENSHOTS_DIR=docs/img keeps the hybrid box's report as the README's picture."""
     target = os.environ.get("GPUMIX_SCREENSHOTS_DIR")
     if target and name == "hybrid-box":
-        page.set_viewport_size({"width": 1100, "height": 900})
-        page.screenshot(path=str(Path(target) / "report-hybrid-box.png"), full_page=True)
+        save_screenshot(page, Path(target) / "report-hybrid-box.png", width=1100)
 
 
 def test_report_cli_with_png_opens_offline(tmp_path: Path, guarded_page) -> None:
