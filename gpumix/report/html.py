@@ -140,7 +140,8 @@ def placement_view(doc: pf.Doc) -> str:
         ids = pf.service_device_ids(doc, svc)
         mem = dict((dev, sum(parts.values())) for dev, parts in pf.service_memory(doc, svc))
         layers = pf.service_layers(svc)
-        ts = pf.service_tensor_split(svc)
+        ts = pf.service_tensor_split(doc, svc)
+        main = pf.service_main_device(doc, svc)
         cells = []
         for d in devs:
             dev_id = pf.device_id(d)
@@ -151,15 +152,15 @@ def placement_view(doc: pf.Doc) -> str:
             bits = [svg.gb(mem.get(dev_id, 0))]
             if pos < len(layers):
                 bits.append(f"{layers[pos]} layers")
-            if pos < len(ts):
-                bits.append(f"-ts {ts[pos]:g}")
-            if pos == 0 and len(ids) > 1 and place["mode"] != "replica":
+            if dev_id in ts:
+                bits.append(f"-ts {ts[dev_id]:g}")
+            if dev_id == main and len(ids) > 1 and place["mode"] != "replica":
                 bits.append("main")
             cells.append(f'<td class="on" data-device="{esc(dev_id)}">{"<br>".join(esc(b) for b in bits)}</td>')
         unplaced = "" if ids else ' class="unplaced"'
         rows.append(
             f'<tr data-service="{esc(svc["name"])}"{unplaced}><th>{esc(svc["name"])}</th>'
-            f"<td>{esc(model['model'])} {esc(model['quant'])}</td><td>{esc(place['engine'])}</td>"
+            f"<td class=nowrap>{esc(model['model'])} {esc(model['quant'])}</td><td>{esc(place['engine'])}</td>"
             f"<td>{esc(place['mode'] if ids else 'not placed')}</td><td>{place['replicas']}</td>"
             + "".join(cells)
             + f"<td>{'<br>'.join(esc(e) for e in place['endpoints'])}</td></tr>"

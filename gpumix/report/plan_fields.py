@@ -139,8 +139,22 @@ def service_layers(svc: Doc) -> list[int]:
     return [int(n) for n in svc.get("layers") or []]
 
 
-def service_tensor_split(svc: Doc) -> list[float]:
-    return [float(v) for v in svc.get("tensor_split") or []]
+def service_tensor_split(doc: Doc, svc: Doc) -> dict[str, float]:
+    """llama.cpp `-ts` value per device id. `-ts` covers GPUs only, so under CPU offload its values belong to the
+    service's GPUs in order."""
+    values = [float(v) for v in svc.get("tensor_split") or []]
+    ids = service_device_ids(doc, svc)
+    if len(values) != len(ids):
+        kinds = {device_id(d): d.get("kind", "gpu") for d in devices(doc)}
+        ids = [i for i in ids if kinds.get(i, "gpu") != "cpu"]
+    return dict(zip(ids, values, strict=False))
+
+
+def service_main_device(doc: Doc, svc: Doc) -> str | None:
+    """The engine's main device: the first GPU of a multi-device service (CPU offload lists the CPU first)."""
+    ids = service_device_ids(doc, svc)
+    kinds = {device_id(d): d.get("kind", "gpu") for d in devices(doc)}
+    return next((i for i in ids if kinds.get(i, "gpu") != "cpu"), ids[0] if ids else None)
 
 
 def service_placement(svc: Doc) -> dict[str, Any]:

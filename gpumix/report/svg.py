@@ -54,6 +54,10 @@ def svg(width: int, height: float, body: str, label: str, **attrs: Any) -> str:
             f'height="{height:.0f}" role="img" aria-label="{esc(label)}" {FONT}{extra}>{body}</svg>')  # fmt: skip
 
 
+def _clip(label: str, chars: int) -> str:
+    return label if len(label) <= chars else label[: chars - 1] + "…"
+
+
 def service_colours(doc: pf.Doc) -> dict[str, str]:
     return {s["name"]: SERVICE_COLOURS[i % len(SERVICE_COLOURS)] for i, s in enumerate(pf.services(doc))}
 
@@ -112,7 +116,7 @@ def memory_bars(doc: pf.Doc) -> str:
         rows.append(
             f'<g class="card" data-device="{esc(dev_id)}" data-overcommit="{str(over).lower()}">'
             + title(f"{pf.device_label(dev)}: {summary}")
-            + text(label_w, y + 15, f"{dev_id} {dev.get('name', '')}"[:30], "end", font_weight="600")
+            + text(label_w, y + 15, _clip(f"{dev_id} {dev.get('name', '')}", 24), "end", font_weight="600")
             + "".join(parts_svg)
             + rect(bar_x, y, mem["total"] * k, 22, "none", "", stroke=outline, stroke_width=1)
             + text(bar_x, y + 36, summary, fill=OVER if over else "#333", font_size=11)
@@ -151,15 +155,16 @@ def layer_strip(doc: pf.Doc, svc: pf.Doc) -> str:
     width, x0, cell_h = 740, 10, 24
     cell = (width - 2 * x0 - 40) / max(n, 1)
     cells, legend = [], []
-    start = 0
+    start, legend_x = 0, x0
     for pos, (count, dev) in enumerate(zip(layers, ids, strict=False)):
         colour = DEVICE_SHADES[pos % len(DEVICE_SHADES)]
         tip = f"layers {start}–{start + count - 1} ({count}) on {dev} {names.get(dev, '')}" if count else f"no layers on {dev}"
         block = "".join(rect(x0 + (start + i) * cell, 6, max(cell - 0.6, 0.4), cell_h, colour, "")
                         for i in range(count))  # fmt: skip
         cells.append(f'<g class="layers" data-device="{esc(dev)}" data-count="{count}">{title(tip)}{block}</g>')
-        legend.append(rect(x0 + 220 * pos, 40, 12, 12, colour, tip)
-                      + text(x0 + 220 * pos + 16, 50, f"{dev} {names.get(dev, '')}: {count} layers"[:34]))  # fmt: skip
+        label = _clip(f"{dev} {names.get(dev, '')}", 28) + f": {count} layers"
+        legend.append(rect(legend_x, 40, 12, 12, colour, tip) + text(legend_x + 16, 50, label))
+        legend_x += 16 + 6.6 * len(label) + 18  # ~6.6 px per character at 12 px
         start += count
     last = ids[len(layers) - 1] if len(ids) >= len(layers) and layers else (ids[-1] if ids else "?")
     out_x = x0 + n * cell + 4

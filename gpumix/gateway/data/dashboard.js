@@ -167,8 +167,9 @@
           "stroke-dasharray": s.dash ? "4 3" : null }, s.label));
       }
     });
+    var hasData = series.some(function (s) { return s.values.some(function (v) { return v !== null && v !== undefined; }); });
     svg.appendChild(svgEl("text", { x: w - 4, y: 11, "text-anchor": "end", "font-size": 9, fill: "#888" }, null)).textContent =
-      "max " + num(max / 1.15, 1) + (unit || "");
+      hasData ? "max " + num(max / 1.15, 1) + (unit || "") : "no data yet";
     var now = series.map(function (s) {
       var v = s.values.length ? s.values[s.values.length - 1] : null;
       return (series.length > 1 ? s.label + " " : "") + num(v, 1) + (unit || "");
