@@ -142,8 +142,8 @@ def split_curves(spec_path: Path, doc: pf.Doc, options: ReportOptions) -> list[d
         links = planner.links_for(spec, group, sockets)
         n = sum(pf.service_layers(planned))
 
-        def point(layers: Sequence[int], svc=svc, group=group, links=links) -> dict[str, Any]:
-            est = estimate(svc.model, svc.quant, Placement(mode="layer_split", devices=tuple(group), layers=tuple(layers)),
+        def point(layers: Sequence[int], svc=svc, group=group, links=links, mode=planned["mode"]) -> dict[str, Any]:
+            est = estimate(svc.model, svc.quant, Placement(mode=mode, devices=tuple(group), layers=tuple(layers)),
                            svc.workload, links, cal)  # fmt: skip
             fits = all(d.memory_bytes <= splitmod.usable_bytes(dev) for d, dev in zip(est.devices, group, strict=True))
             return {"layers": list(layers), "decode": round(est.decode_tokens_per_s, 3),
