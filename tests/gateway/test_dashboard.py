@@ -166,3 +166,16 @@ def test_module_imports_no_planner() -> None:
     code = "import sys, gpumix.gateway.dashboard; print(any(m.startswith('gpumix.plan.planner') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_health_combines_supervisor_state_and_gateway_checks() -> None:
+    from gpumix.gateway.dashboard import _health
+
+    up, down = {"up": True}, {"up": False}
+    healthy, backoff = {"state": "healthy"}, {"state": "backoff"}
+    assert _health([up], [healthy]) == "healthy"
+    assert _health([down], [backoff]) == "backoff"  # the supervisor knows why: it is restarting it
+    assert _health([up, down], [healthy, backoff]) == "degraded"  # one replica of two
+    assert _health([down], [healthy]) == "unhealthy"  # the process runs but the gateway cannot reach it
+    assert _health([up, down], []) == "degraded" and _health([], []) == "no backend"
+    assert _health([down], [{"state": "failed"}]) == "unhealthy"
