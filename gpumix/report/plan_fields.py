@@ -91,15 +91,6 @@ def device_margin_bytes(dev: Doc) -> int:
     return GPU_MARGIN_BYTES
 
 
-def device_price(dev: Doc) -> float | None:
-    return dev.get("gbp_per_month")
-
-
-def device_utilisation(dev: Doc) -> dict[str, float]:
-    return {"bandwidth": float(dev.get("bandwidth_utilisation") or 0.0),
-            "compute": float(dev.get("compute_utilisation") or 0.0)}  # fmt: skip
-
-
 # ---- services --------------------------------------------------------------------------------------------------
 def services(doc: Doc) -> list[Doc]:
     return list(doc.get("services") or [])
