@@ -34,7 +34,8 @@ from gpumix.gateway.queue import JobQueue
 
 # Statuses that mean "this backend cannot answer now", so another replica may (llama-server answers 503 while loading).
 _RETRYABLE_STATUS = frozenset({502, 503, 504})
-_USAGE_OBJECT_RE = re.compile(rb'"usage"\s*:\s*(\{[^{}]*\})')
+# The `usage` object, which may hold one level of nested objects (llama-server adds "prompt_tokens_details": {...}).
+_USAGE_OBJECT_RE = re.compile(rb'"usage"\s*:\s*(\{(?:[^{}]|\{[^{}]*\})*\})')
 _FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "User-Agent")
 _MAX_FALLBACK_DEPTH = 4
 

@@ -116,11 +116,10 @@ def test_cpu_demo_dashboard_shows_a_killed_backend_and_its_restart(tmp_path: Pat
         _wait_health(page, "chat", lambda h: h == "healthy")
         _wait_health(page, "embed", lambda h: h == "healthy")
         # the CPU card shows the processes' resident memory against the plan
-        page.wait_for_function("document.querySelector('#cards [data-device=cpu0] rect.used') !== null", timeout=20_000)
+        # (Python-side polling: the page's CSP forbids the eval that wait_for_function would need)
+        page.wait_for_selector("#cards [data-device='cpu0'] rect.used", timeout=20_000)
         _traffic(url)
-        page.wait_for_function(
-            "Number(document.querySelector('[data-kpi=tps] b').textContent.split('/')[0].replace(/,/g, '')) > 0",
-            timeout=30_000)  # fmt: skip
+        _wait_text(page, "[data-kpi='tps'] b", lambda t: float(t.split("/")[0].replace(",", "")) > 0)
         _screenshot(page)
 
         chat = read_state(run_dir).process("chat")
@@ -135,6 +134,20 @@ def test_cpu_demo_dashboard_shows_a_killed_backend_and_its_restart(tmp_path: Pat
     finally:
         subprocess.run([sys.executable, "-m", "gpumix", "down", "--run-dir", str(run_dir)], cwd=ROOT, timeout=120,
                        capture_output=True)  # fmt: skip
+
+
+def _wait_text(page, selector: str, want, timeout_s: float = 30.0) -> str:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    text = ""
+    while time.monotonic() < deadline:
+        text = page.inner_text(selector)
+        try:
+            if want(text):
+                return text
+        except ValueError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{selector}: {text!r} after {timeout_s} s")
 
 
 def _traffic(url: str) -> None:

@@ -179,3 +179,17 @@ def test_health_combines_supervisor_state_and_gateway_checks() -> None:
     assert _health([down], [healthy]) == "unhealthy"  # the process runs but the gateway cannot reach it
     assert _health([up, down], []) == "degraded" and _health([], []) == "no backend"
     assert _health([down], [{"state": "failed"}]) == "unhealthy"
+
+
+def test_usage_with_nested_details_is_counted() -> None:
+    """llama-server's usage carries `prompt_tokens_details: {...}`; the gateway must still count its tokens
+    (the dashboard's measured tokens/s come from that count)."""
+    from gpumix.gateway.metrics import usage_from_json
+    from gpumix.gateway.server import _USAGE_OBJECT_RE
+
+    body = (b'{"choices":[{"message":{"content":"hi"}}],"usage":{"completion_tokens":5,"prompt_tokens":25,'
+            b'"total_tokens":30,"prompt_tokens_details":{"cached_tokens":0}},"timings":{"prompt_n":25}}')  # fmt: skip
+    match = _USAGE_OBJECT_RE.search(body)
+    assert match is not None
+    usage = usage_from_json({"usage": json.loads(match.group(1))})
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (25, 5)

@@ -71,7 +71,7 @@
       tile(t.healthy + "/" + t.services, "services healthy", t.healthy === t.services ? "ok" : "bad", "healthy"),
       tile(num(t.requests_per_s, 2), "requests/s", "", "rps"),
       tile(num(t.p50_ms, 0) + " / " + num(t.p99_ms, 0), "p50 / p99 ms (last 60 s)", "", "latency"),
-      tile(num(t.tokens_per_s, 1) + " / " + num(t.predicted_tokens_per_s, 0), "tokens/s measured / predicted", "", "tps"),
+      tile(num(t.tokens_per_s, 1) + " / " + num(t.predicted_tokens_per_s, 0), "tokens/s measured / plan capacity", "", "tps"),
       tile(String(t.outstanding), "requests outstanding", "", "outstanding"),
       tile(gbp(c.rent_so_far_gbp, 2), "spent so far at " + gbp(c.gbp_per_month, 0) + "/month", "", "spent"),
       tile(gbp(c.actual_gbp_per_million_tokens, 2) + " / " + gbp(c.planned_gbp_per_million_tokens, 2),
