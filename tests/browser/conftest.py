@@ -34,8 +34,10 @@ def chromium_path() -> str | None:
     return next((p for p in CHROMIUM_PATHS if os.access(p, os.X_OK)), None)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_context(tmp_path_factory: pytest.TempPathFactory):
+    """One chromium per test module. Not per session: Playwright's sync API runs an event loop on this thread
+    while it is open, and later tests that call asyncio.run() must not find it there."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
