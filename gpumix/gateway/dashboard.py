@@ -129,8 +129,8 @@ class Sampler:
         self.settings = settings
         self.plan_doc: pf.Doc | None = gateway.config.plan.model_dump(mode="json") if gateway.config.plan else None
         self.started_at = time.time()
-        self.latest: dict[str, Any] | None = None
-        self.latest_text: str | None = None
+        self.latest_text: str | None = None  # the newest snapshot, JSON
+        self.history_text = "[]"  # the history, JSON (encoded by the sampler thread, not per request)
         points = max(int(settings.history_s / settings.interval_s), 2)
         self.history: deque[dict[str, Any]] = deque(maxlen=points)
         self._counters: deque[Counters] = deque(maxlen=max(int(LATENCY_WINDOW_S / settings.interval_s) + 2, 4))
@@ -141,22 +141,26 @@ class Sampler:
         while True:
             started = time.monotonic()
             try:
-                snapshot = await asyncio.to_thread(self.sample)
+                snapshot_text = await asyncio.to_thread(self.sample_encoded)
             except Exception as exc:  # noqa: BLE001 - the page must keep working; say what broke instead
-                snapshot = {"ts": time.time(), "error": f"sampler: {type(exc).__name__}: {exc}"}
-            self.publish(snapshot)
+                snapshot_text = json.dumps({"ts": time.time(), "error": f"sampler: {type(exc).__name__}: {exc}"})
+            self.publish(snapshot_text)
             await asyncio.sleep(max(self.settings.interval_s - (time.monotonic() - started), 0.05))
 
-    def publish(self, snapshot: dict[str, Any]) -> None:
-        self.latest = snapshot
-        self.latest_text = json.dumps(snapshot, separators=(",", ":"))
-        if "error" not in snapshot:
-            self.history.append(_history_point(snapshot))
+    def sample_encoded(self) -> str:
+        """One sample, added to the history, both already JSON: the event loop only hands out finished text."""
+        snapshot = self.sample()
+        self.history.append(_history_point(snapshot))
+        self.history_text = json.dumps(list(self.history), separators=(",", ":"))
+        return json.dumps(snapshot, separators=(",", ":"))
+
+    def publish(self, snapshot_text: str) -> None:
+        self.latest_text = snapshot_text
         for queue in list(self.subscribers):
             if queue.full():  # a slow reader gets the newest snapshot, not a backlog
                 with contextlib.suppress(asyncio.QueueEmpty):
                     queue.get_nowait()
-            queue.put_nowait(self.latest_text)
+            queue.put_nowait(snapshot_text)
 
     def close_streams(self) -> None:
         for queue in list(self.subscribers):
@@ -469,8 +473,8 @@ class Dashboard:
         if not self._authorised(request):
             return self._unauthorised()
         s = self.sampler
-        history = json.dumps(list(s.history), separators=(",", ":"))
-        body = f'{{"auth":{json.dumps(self._keys_required)},"latest":{s.latest_text or "null"},"history":{history}}}'
+        auth = "true" if self._keys_required else "false"
+        body = f'{{"auth":{auth},"latest":{s.latest_text or "null"},"history":{s.history_text}}}'
         return web.Response(text=body, content_type="application/json", headers={"Cache-Control": "no-store"})
 
     async def handle_events(self, request: web.Request) -> web.StreamResponse:
