@@ -96,6 +96,7 @@ def plan_cmd(
     objective: str | None = typer.Option(None, "--objective", help=OBJECTIVE_HELP),
     calibration: Path | None = typer.Option(None, "--calibration", help="Calibration file from `gpumix tune`."),
     output: Path | None = typer.Option(None, "-o", "--output", help="Write the plan JSON here (for launch/run)."),
+    html: Path | None = typer.Option(None, "--html", help="Also write the visual report (one offline HTML file)."),
 ) -> None:
     """Decide what runs where, split how, how fast and at what cost."""
     from gpumix.plan.planner import plan_file
@@ -115,6 +116,14 @@ def plan_cmd(
         print_plan(plan)
         if output is not None:
             say(Text(f"wrote {output}"))
+    if html is not None:
+        from gpumix.report import write_report
+        from gpumix.report.build import ReportOptions, report_data
+
+        options = ReportOptions(objective=objective, calibration=calibration)
+        write_report(report_data(plan.model_dump(mode="json"), file, str(file), options), html)
+        if not as_json:
+            say(Text(f"wrote {html} (the visual report; works offline)"))
 
 
 def compare_cmd(
