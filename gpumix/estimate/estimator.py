@@ -18,10 +18,9 @@ from gpumix.estimate.speed import (
     link_gb_per_s,
     peak_bandwidth_gb_per_s,
 )
-from gpumix.estimate.types import DeviceEstimate, Estimate, Links, Placement, Workload
+from gpumix.estimate.types import DeviceEstimate, Estimate, Links, MemoryBreakdown, Placement, Workload
 from gpumix.hardware.spec import Device
 from gpumix.models.spec import ModelSpec, QuantSpec
-from gpumix.plan.result import MemoryBreakdown
 
 
 def estimate(

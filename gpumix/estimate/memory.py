@@ -10,9 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from gpumix.estimate.types import Workload
+from gpumix.estimate.types import MemoryBreakdown, Workload
 from gpumix.models.spec import ModelSpec, QuantSpec
-from gpumix.plan.result import MemoryBreakdown
 from gpumix.units import MiB
 
 # Bytes per KV element by cache type. Source: ggml block sizes (gguf.GGML_QUANT_SIZES): q8_0 = 34 B / 32,

@@ -7,7 +7,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from gpumix.hardware.spec import Device
-from gpumix.plan.result import MemoryBreakdown
 
 EngineName = Literal["llama.cpp", "vllm", "tei", "whisper", "image"]
 PlacementMode = Literal["single", "layer_split", "tensor_parallel", "pipeline_parallel", "replica", "cpu_offload"]
@@ -15,6 +14,19 @@ PlacementMode = Literal["single", "layer_split", "tensor_parallel", "pipeline_pa
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+
+class MemoryBreakdown(_Frozen):
+    """Memory one device holds for a model: weights, KV cache, compute buffers, runtime overhead."""
+
+    weights_bytes: int
+    kv_cache_bytes: int
+    compute_bytes: int
+    overhead_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.compute_bytes + self.overhead_bytes
 
 
 class Workload(_Frozen):

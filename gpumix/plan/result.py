@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gpumix.estimate.types import MemoryBreakdown  # the estimator's type; the plan records it per device
+
 PLAN_FORMAT_VERSION = 1
 
 # OpenAI-compatible paths a service answers; launch, exports and the gateway all read them from the plan.
@@ -43,17 +45,6 @@ Objective = Literal["latency", "throughput"]
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class MemoryBreakdown(_Frozen):
-    weights_bytes: int
-    kv_cache_bytes: int
-    compute_bytes: int
-    overhead_bytes: int
-
-    @property
-    def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_cache_bytes + self.compute_bytes + self.overhead_bytes
 
 
 class Predicted(_Frozen):
