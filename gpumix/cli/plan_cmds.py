@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gpumix.cli.calibration_option import CALIBRATION_HELP, cli_calibration
 from gpumix.errors import GpumixError
 from gpumix.plan.result import Plan
 from gpumix.units import GB
@@ -83,13 +84,14 @@ def plan_cmd(
     file: Path = typer.Argument(..., help="Plan file (YAML); see docs/plan-file.md and examples/."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     objective: str | None = typer.Option(None, "--objective", help=OBJECTIVE_HELP),
-    calibration: Path | None = typer.Option(None, "--calibration", help="Calibration file from `gpumix tune`."),
+    calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
     output: Path | None = typer.Option(None, "-o", "--output", help="Write the plan JSON here (for launch/run)."),
 ) -> None:
     """Decide what runs where, split how, how fast and at what cost."""
     from gpumix.plan.planner import plan_file
 
-    plan = plan_file(file, objective=_objective(objective), calibration=calibration)
+    chosen = cli_calibration(calibration)
+    plan = plan_file(file, objective=_objective(objective), calibration=chosen.calibration, calibration_name=chosen.name)
     text = plan.model_dump_json(indent=2)
     if output is not None:
         try:
@@ -108,7 +110,7 @@ def compare_cmd(
     file: Path = typer.Argument(..., help="Plan file whose services to plan on each option."),
     option: list[str] = typer.Option(None, "--option", help='Hardware option, e.g. "2x RTX 4090" (repeatable).'),
     objective: str | None = typer.Option(None, "--objective", help=OBJECTIVE_HELP),
-    calibration: Path | None = typer.Option(None, "--calibration", help="Calibration file from `gpumix tune`."),
+    calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
     """Plan the same services on several hardware options, side by side."""
@@ -116,7 +118,7 @@ def compare_cmd(
     from gpumix.plan.spec import load_plan_spec
 
     spec = load_plan_spec(file)
-    rows = compare(spec, option or DEFAULT_OPTIONS, _objective(objective), calibration)
+    rows = compare(spec, option or DEFAULT_OPTIONS, _objective(objective), cli_calibration(calibration).calibration)
     if as_json:
         print(json.dumps([{"option": r.option, "feasible": r.plan.feasible, "slos_met": r.slos_met,
                            "slos_total": r.slos_total, "verdict": r.verdict,
@@ -145,12 +147,13 @@ def explain_cmd(
     file: Path = typer.Argument(..., help="Plan file."),
     service: str = typer.Argument(..., help="Service name in the file."),
     objective: str | None = typer.Option(None, "--objective", help=OBJECTIVE_HELP),
-    calibration: Path | None = typer.Option(None, "--calibration", help="Calibration file from `gpumix tune`."),
+    calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
 ) -> None:
     """Why this placement and split: every alternative considered, with its predicted speed."""
     from gpumix.plan.compare import explain
 
-    plan, alternatives = explain(file, service, _objective(objective), calibration)
+    chosen = cli_calibration(calibration)
+    plan, alternatives = explain(file, service, _objective(objective), chosen.calibration, chosen.name)
     chosen = plan.service(service)
     console.print(f"[bold]{service}[/]: {chosen.model} {chosen.quant} on {chosen.engine}, mode {chosen.mode}, "
                   f"devices {chosen.devices}, objective {chosen.objective}")  # fmt: skip

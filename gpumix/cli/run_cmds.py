@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gpumix.cli.calibration_option import CALIBRATION_HELP, plan_calibration
 from gpumix.run.state import default_run_dir
 from gpumix.units import fmt_gib
 
@@ -28,15 +29,18 @@ def up(
     health_timeout_s: Annotated[float, typer.Option(help="seconds a process may take to become healthy")] = 300.0,
     gateway: Annotated[bool, typer.Option("--gateway/--no-gateway", help="start `gpumix gateway` on --port")] = True,
     run_dir: Annotated[Path | None, _RUN_DIR] = None,
+    calibration: Annotated[Path | None, typer.Option("--calibration", help=CALIBRATION_HELP)] = None,
 ) -> None:
     """Start every service of a plan pinned to its devices and supervise them (Ctrl-C stops all)."""
     from gpumix.run.up import UpOptions, load_plan, run_foreground, start_detached
 
     options = UpOptions(run_dir=(run_dir or default_run_dir()).resolve(), front_port=port, stagger_s=stagger_s,
                         health_timeout_s=health_timeout_s, gateway=gateway)  # fmt: skip
+    cal, cal_name = plan_calibration(file, calibration)
     if not detach:
-        sys.exit(run_foreground(load_plan(file), options, say=lambda text: console.print(text, highlight=False)))
-    state = start_detached(file, options)
+        plan = load_plan(file, cal, cal_name)
+        sys.exit(run_foreground(plan, options, say=lambda text: console.print(text, highlight=False)))
+    state = start_detached(file, options, calibration=cal, calibration_name=cal_name)
     for proc in state.processes:
         console.print(f"{proc.name}: healthy at {proc.url} (pid {proc.pid})", highlight=False)
     if state.message:

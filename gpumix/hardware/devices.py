@@ -1,4 +1,7 @@
-"""Build `Device`s: from a catalog card, for this machine's CPU/RAM, or from a YAML devices file.
+"""Build `Device`s: from a catalog card, for a CPU/RAM, or from a YAML devices file.
+
+Nothing here looks at this machine: its CPU and RAM (/proc/meminfo, CPU affinity) and its GPUs (NVML) are read by
+`gpumix.hardware.discovery`, the one I/O module of the core, and passed in (`load_devices_file(..., local_cpu=)`).
 
 Devices file (the same shape as a plan file's `devices:`; a file with a top-level `devices:` key also works):
 
@@ -11,13 +14,13 @@ Devices file (the same shape as a plan file's `devices:`; a file with a top-leve
     - gpu: My Custom Card      # a card not in the catalog: give at least total_gb (or total_gib) and bandwidth_gbs,
       total_gb: 24             #   optionally fp16_tflops and compute_capability (these replace a catalog card's figures)
       bandwidth_gbs: 600
-    - cpu: {ram_gb: 64, bandwidth_gbs: 51.2, threads: 8}   # every key optional; default = this machine
+    - cpu: {ram_gb: 64, bandwidth_gbs: 51.2, threads: 8}   # every key optional; default = this machine (local_cpu)
 """
 
 from __future__ import annotations
 
-import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,6 @@ from gpumix.units import GB, GiB
 # Default CPU/RAM bandwidth when nothing better is known: the catalog's dual-channel DDR4-3200 row, 51.2 GB/s
 # (JEDEC JESD79-4: 3200 MT/s x 8 B x 2 channels). A conservative desktop figure; override with bandwidth_gb_per_s.
 DEFAULT_CPU_BANDWIDTH_ROW = "CPU DDR4-3200 dual-channel"
-MEMINFO_PATH = Path("/proc/meminfo")
 MAX_DEVICES_FILE_BYTES = 1_000_000  # a devices file is a few lines; refuse to parse something huge
 _GPU_KEYS = {"gpu", "index", "host", "free_gb", "free_gib", "total_gb", "total_gib", "uuid", "count"}
 _CUSTOM_GPU_KEYS = {"bandwidth_gbs", "fp16_tflops", "compute_capability"}  # only for cards not in the catalog
@@ -100,47 +102,6 @@ def cpu_device(
 
 def default_cpu_bandwidth_gb_per_s() -> float:
     return resolve_gpu(DEFAULT_CPU_BANDWIDTH_ROW).mem_bandwidth_gb_per_s
-
-
-def usable_threads() -> int:
-    """CPUs this process may run on (respects taskset/cgroup affinity), not the machine's total."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def read_meminfo(path: Path = MEMINFO_PATH) -> tuple[int, int]:
-    """(MemTotal, MemAvailable) in bytes from /proc/meminfo (whose 'kB' means KiB)."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise GpumixError(
-            f"cannot read {path} to size this machine's RAM: {exc.strerror}",
-            hint="describe the CPU in a devices file: `- cpu: {ram_gb: 64, bandwidth_gbs: 51.2}`",
-        ) from None
-    fields: dict[str, int] = {}
-    for line in text.splitlines():
-        name, _, rest = line.partition(":")
-        parts = rest.split()
-        if parts and parts[0].isdigit():
-            fields[name.strip()] = int(parts[0]) * 1024
-    if "MemTotal" not in fields:
-        raise GpumixError(f"{path} has no MemTotal line")
-    return fields["MemTotal"], fields.get("MemAvailable", fields.get("MemFree", fields["MemTotal"]))
-
-
-def this_machine_cpu(
-    bandwidth_gb_per_s: float | None = None, threads: int | None = None, meminfo_path: Path = MEMINFO_PATH
-) -> Device:
-    """This machine's CPU and RAM: total = MemTotal, free = MemAvailable; bandwidth defaults to DDR4-3200 x2."""
-    total, available = read_meminfo(meminfo_path)
-    return cpu_device(
-        ram_bytes=total,
-        bandwidth_gb_per_s=bandwidth_gb_per_s or default_cpu_bandwidth_gb_per_s(),
-        threads=threads or usable_threads(),
-        free_bytes=available,
-    )
 
 
 # ---------------------------------------------------------------------------------------------- devices file
@@ -260,7 +221,7 @@ def _custom_spec(item: _Item, name: str) -> GpuSpec:
     )
 
 
-def _cpu_device(item: _Item, index: int) -> Device:
+def _cpu_device(item: _Item, index: int, local_cpu: Callable[[], Device] | None) -> Device:
     raw = item.data["cpu"]
     extra = sorted(set(item.data) - {"cpu", "host"})
     if extra:
@@ -275,15 +236,22 @@ def _cpu_device(item: _Item, index: int) -> Device:
     if ram is None:
         if host is not None:
             raise item.fail("ram_gb is required for a CPU on another host", "cpu.ram_gb")
-        ram, available = read_meminfo()
-        free = available if free is None else free
+        if local_cpu is None:
+            raise item.fail("ram_gb is required (this machine's RAM is not known here)", "cpu.ram_gb")
+        local = local_cpu()
+        ram = local.memory_total_bytes
+        free = local.memory_free_bytes if free is None else free
     bandwidth = item.number(data, "bandwidth_gbs")
     if bandwidth is None and data.get("memory") is not None:
         try:
             bandwidth = resolve_gpu(f"CPU {data['memory']}").mem_bandwidth_gb_per_s
         except GpumixError as exc:
             raise item.fail(exc.message, "cpu.memory") from None
-    threads = data.get("threads", usable_threads())
+    threads = data.get("threads")
+    if threads is None:
+        if local_cpu is None:
+            raise item.fail("threads is required (this machine's CPU is not known here)", "cpu.threads")
+        threads = local_cpu().threads
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise item.fail(f"must be a whole number >= 1, got {threads!r}", "cpu.threads")
     try:
@@ -292,8 +260,11 @@ def _cpu_device(item: _Item, index: int) -> Device:
         raise item.fail(exc.message, "cpu") from None
 
 
-def load_devices_file(path: str | Path) -> list[Device]:
-    """Devices described in a YAML file (see the module docstring); errors name the file, item and field."""
+def load_devices_file(path: str | Path, local_cpu: Callable[[], Device] | None = None) -> list[Device]:
+    """Devices described in a YAML file (see the module docstring); errors name the file, item and field.
+
+    `local_cpu` gives this machine's CPU (e.g. `gpumix.hardware.discovery.this_machine_cpu`) for a `cpu:` item
+    without ram_gb or threads; without it those fields are required."""
     path = Path(path)
     devices: list[Device] = []
     taken: set[tuple[str | None, int]] = set()
@@ -310,7 +281,7 @@ def load_devices_file(path: str | Path) -> list[Device]:
             next_index = 1 + max((i for h, i in taken if h == host and i >= 0), default=-1)
             new = _gpu_devices(item, next_index)
         else:
-            new = [_cpu_device(item, -1 - sum(1 for h, i in taken if h == host and i < 0))]
+            new = [_cpu_device(item, -1 - sum(1 for h, i in taken if h == host and i < 0), local_cpu)]
         for device in new:
             if (device.host, device.index) in taken:
                 where = f" on host {device.host!r}" if device.host else ""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gpumix.errors import GpumixError
 from gpumix.estimate import estimate
-from gpumix.estimate.calibration import Calibration, load_calibration
+from gpumix.estimate.calibration import Calibration, default_calibration
 from gpumix.estimate.types import Placement
 from gpumix.hardware.spec import Device
 from gpumix.plan import planner
@@ -45,8 +45,8 @@ def devices_for_option(text: str) -> list[Device]:
 
 
 def compare(spec: PlanSpec, options: Sequence[str] = DEFAULT_OPTIONS, objective: str | None = None,
-            calibration: Path | Calibration | None = None) -> list[ComparisonRow]:  # fmt: skip
-    cal = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)
+            calibration: Calibration | None = None) -> list[ComparisonRow]:  # fmt: skip
+    cal = calibration or default_calibration()
     rows = []
     for text in options:
         plan = planner.plan_services(spec, objective=objective, calibration=cal, devices=devices_for_option(text))
@@ -93,16 +93,17 @@ class Alternative:
     note: str = ""
 
 
-def explain(path: Path, service: str, objective: str | None = None,
-            calibration: Path | None = None) -> tuple[Plan, list[Alternative]]:  # fmt: skip
+def explain(path: Path, service: str, objective: str | None = None, calibration: Calibration | None = None,
+            calibration_name: str | None = None) -> tuple[Plan, list[Alternative]]:  # fmt: skip
     """The plan, and every placement considered for `service` with its predicted speed."""
     spec, lines = load_plan_with_lines(path)
     names = [s.name for s in spec.services]
     if service not in names:
         raise GpumixError(f"{path}: no service named {service!r}{_suggest(service, names)}",
                           hint=f"services: {', '.join(names)}")  # fmt: skip
-    cal = load_calibration(calibration)
-    plan = planner.plan_services(spec, objective=objective, calibration=cal, source=str(path), lines=lines)
+    cal = calibration or default_calibration()
+    plan = planner.plan_services(spec, objective=objective, calibration=cal, calibration_name=calibration_name,
+                                 source=str(path), lines=lines)  # fmt: skip
     index = names.index(service)
     svc = planner.resolve_service(spec.services[index], index, spec, str(path), lines, objective)
     devices, sockets = planner.build_devices(spec, str(path), lines)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from gpumix.errors import GpumixError
 from gpumix.estimate import estimate
-from gpumix.estimate.calibration import Calibration, load_calibration
+from gpumix.estimate.calibration import Calibration, default_calibration
 from gpumix.estimate.memory import total_weight_bytes
 from gpumix.estimate.speed import achieved_flops
 from gpumix.estimate.types import Estimate, Links, Placement, Workload
@@ -230,7 +230,8 @@ def endpoints_for(model: ModelSpec, task: str | None = None) -> list[str]:
 def build_devices(spec: PlanSpec, source: str, lines: _Lines) -> tuple[list[Device], dict[tuple, int | None]]:
     """Devices of the plan file (or of this machine), and each device's CPU socket when known."""
     from gpumix.hardware.catalog import resolve_gpu
-    from gpumix.hardware.devices import cpu_device, default_cpu_bandwidth_gb_per_s, device_from_spec, usable_threads
+    from gpumix.hardware.devices import cpu_device, default_cpu_bandwidth_gb_per_s, device_from_spec
+    from gpumix.hardware.discovery import usable_threads  # removed at merge with f-core (the CLI passes devices in)
     from gpumix.units import GB
 
     if spec.devices is None:
@@ -551,7 +552,7 @@ def service_speed(model: ModelSpec, device: Device) -> float | None:
         ref = resolve_gpu(model.reference_gpu)
     except GpumixError:
         return None
-    cal = load_calibration(None)
+    cal = default_calibration()  # removed at merge with f-core: the plan's calibration is threaded here
     quant = QuantSpec(id="f16", bits_per_weight=16)
     ref_flops = achieved_flops(device_from_spec(ref, 0), quant, cal)
     here = achieved_flops(device, quant, cal)
@@ -601,17 +602,25 @@ def score_options(svc: Resolved, options: list[Option], max_bandwidth: float) ->
 # ---------------------------------------------------------------------------------------------- the plan
 
 
-def plan_file(path: Path, objective: str | None = None, calibration: Path | None = None) -> Plan:
-    """Plan the services of a plan file (what `gpumix plan FILE` and `gpumix up FILE` call)."""
+def plan_file(
+    path: Path,
+    objective: str | None = None,
+    calibration: Calibration | None = None,
+    calibration_name: str | None = None,
+) -> Plan:
+    """Plan the services of a plan file (what `gpumix plan FILE` and `gpumix up FILE` call). `calibration`: the
+    CLI's resolved calibration (None: the packaged fit); `calibration_name`: the file it came from, for the record."""
     spec, lines = load_plan_with_lines(Path(path))
-    return plan_services(spec, objective=objective, calibration=calibration, source=str(path), lines=lines)
+    return plan_services(spec, objective=objective, calibration=calibration, calibration_name=calibration_name,
+                         source=str(path), lines=lines)  # fmt: skip
 
 
 def plan_services(
     spec: PlanSpec,
     *,
     objective: str | None = None,
-    calibration: Path | Calibration | None = None,
+    calibration: Calibration | None = None,
+    calibration_name: str | None = None,
     source: str | None = None,
     lines: _Lines | None = None,
     devices: Sequence[Device] | None = None,
@@ -622,8 +631,8 @@ def plan_services(
         raise GpumixError(f"unknown objective {objective!r}", hint="use latency or throughput")
     lines = lines or _Lines()
     src = source or "<plan>"
-    cal = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)
-    cal_name = str(calibration) if isinstance(calibration, Path | str) else None
+    cal = calibration or default_calibration()
+    cal_name = calibration_name
     if devices is None:
         devs, sockets = build_devices(spec, src, lines)
     else:
@@ -780,7 +789,7 @@ def _unplaced_reason(svc: Resolved, options: list[Option], devs: Sequence[Device
         gpus = [d for d in devs if d.kind == "gpu" and d.host == devs[0].host] or list(devs)
         if len(gpus) > 1 or not any(d.kind == "cpu" for d in devs):
             whole = estimate(svc.model, svc.quant, Placement(mode="layer_split", devices=tuple(gpus)), svc.workload,
-                             Links(), load_calibration(None))  # fmt: skip
+                             Links(), default_calibration())  # fmt: skip  (f-core threads the plan's calibration)
             need = sum(d.memory_bytes for d in whole.devices)
             have = sum(splitmod.usable_bytes(d) for d in gpus)
             if need > have:

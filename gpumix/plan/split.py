@@ -25,7 +25,7 @@ from typing import Literal
 
 from gpumix.errors import GpumixError
 from gpumix.estimate import speed
-from gpumix.estimate.calibration import Calibration, load_calibration
+from gpumix.estimate.calibration import Calibration, default_calibration
 from gpumix.estimate.memory import (
     kv_cache_bytes,
     layer_params,
@@ -240,7 +240,7 @@ def solve_layer_split(
         raise GpumixError("a layer split needs at least one device")
     if model.n_layers <= 0:
         raise GpumixError(f"{model.name} has no layer count; a layer split needs one")
-    calibration = calibration or load_calibration(None)
+    calibration = calibration or default_calibration()
     costs = all_device_costs(model, quant, devices, workload, links or Links(), calibration, margin)
     return solve_from_costs(costs, model.n_layers, objective, min_layers_per_device)
 

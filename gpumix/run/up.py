@@ -15,6 +15,7 @@ import psutil
 from pydantic import ValidationError
 
 from gpumix.errors import GpumixError
+from gpumix.estimate.calibration import Calibration
 from gpumix.launch.commands import render_plan
 from gpumix.launch.spec import LaunchSpec
 from gpumix.plan.result import Plan
@@ -26,8 +27,9 @@ PLAN_SUFFIXES_JSON = (".json",)
 PLAN_SUFFIXES_YAML = (".yaml", ".yml")
 
 
-def load_plan(path: Path) -> Plan:
-    """plan.json is read as is; a YAML plan file goes through the planner first."""
+def load_plan(path: Path, calibration: Calibration | None = None, calibration_name: str | None = None) -> Plan:
+    """plan.json is read as is; a YAML plan file goes through the planner first (with `calibration`, which the CLI
+    resolved; None: the packaged fit)."""
     if not path.is_file():
         raise GpumixError(f"{path} does not exist", hint="pass a plan file (YAML) or a plan.json from `gpumix plan`")
     if path.suffix in PLAN_SUFFIXES_YAML:
@@ -38,7 +40,7 @@ def load_plan(path: Path) -> Plan:
                 f"cannot plan {path}: the planner is not available in this install",
                 hint="run `gpumix plan FILE -o plan.json` and pass plan.json to `gpumix up`",
             ) from exc
-        return plan_file(path)
+        return plan_file(path, calibration=calibration, calibration_name=calibration_name)
     try:
         return Plan.model_validate_json(path.read_text())
     except ValidationError as exc:
@@ -119,14 +121,20 @@ def run_foreground(plan: Plan, options: UpOptions, say=print) -> int:  # noqa: A
     return supervisor.run()
 
 
-def start_detached(plan_file: Path, options: UpOptions, wait_s: float | None = None) -> RunState:
+def start_detached(
+    plan_file: Path,
+    options: UpOptions,
+    wait_s: float | None = None,
+    calibration: Calibration | None = None,
+    calibration_name: str | None = None,
+) -> RunState:
     """Start the supervisor as a session of its own and return once every process is healthy.
 
     On failure (a process exits before it is ever healthy, misses its health timeout, or the supervisor dies)
     everything is stopped and a GpumixError carries the failing process's log tail."""
     run_dir = options.run_dir.resolve()
     refuse_if_running(run_dir)
-    plan = load_plan(plan_file)
+    plan = load_plan(plan_file, calibration, calibration_name)
     use_gateway = options.gateway and gateway_available()
     prepare(plan, options.front_port if use_gateway else None)  # fail here, in the user's terminal
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpumix.calibrate.files import DeviceCalibration, MachineCalibration
 from gpumix.errors import GpumixError
 from gpumix.hardware.spec import Device, GpuSpec
 from gpumix.tune.bench import BenchError, BenchRequest, BenchResult, list_devices, run_batched_bench, run_llama_bench
-from gpumix.tune.calibration_file import DeviceCalibration, MachineCalibration
 from gpumix.tune.layout import read_layout
 from gpumix.tune.splits import Split
 from gpumix.tune.tuner import Objective, OnPoint, TuneDevice, TunePoint, TuneResult, tune

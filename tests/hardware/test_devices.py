@@ -11,14 +11,8 @@ from hypothesis import strategies as st
 
 from gpumix.errors import GpumixError
 from gpumix.hardware.catalog import resolve_gpu
-from gpumix.hardware.devices import (
-    cpu_device,
-    device_from_spec,
-    load_devices_file,
-    read_meminfo,
-    this_machine_cpu,
-    usable_threads,
-)
+from gpumix.hardware.devices import cpu_device, device_from_spec, load_devices_file
+from gpumix.hardware.discovery import read_meminfo, this_machine_cpu, usable_threads
 from gpumix.units import GB, GiB
 
 MEMINFO = """\
@@ -100,7 +94,7 @@ def test_load_devices_file(tmp_path):
           host: other
         """,
     )
-    devices = load_devices_file(path)
+    devices = load_devices_file(path, local_cpu=this_machine_cpu)
     assert [(d.name, d.index, d.host) for d in devices] == [
         ("RTX 4090", 0, None),
         ("RTX 5060 Ti 16GB", 1, None),
@@ -128,9 +122,23 @@ def test_load_devices_file_accepts_a_plan_shaped_mapping(tmp_path):
           - cpu: {}
         """,
     )
-    devices = load_devices_file(path)
+    devices = load_devices_file(path, local_cpu=this_machine_cpu)
     assert [(d.name, d.index) for d in devices][:2] == [("RTX 3090", 1), ("RTX 3060 12GB", 0)]
     assert devices[2].kind == "cpu" and devices[2].memory_total_bytes > 0  # this machine's RAM
+
+
+def test_the_devices_file_reads_this_machine_only_through_local_cpu(tmp_path, monkeypatch):
+    """The loader is pure: this machine's CPU comes from the `local_cpu` the caller passes, or the fields are
+    required."""
+    path = _write(tmp_path, "- cpu: {}\n")
+    with pytest.raises(GpumixError, match=r"devices\[0\]\.cpu\.ram_gb: ram_gb is required"):
+        load_devices_file(path)
+    path = _write(tmp_path, "- cpu: {ram_gb: 64}\n")
+    with pytest.raises(GpumixError, match=r"devices\[0\]\.cpu\.threads: threads is required"):
+        load_devices_file(path)
+    fake = cpu_device(ram_bytes=32 * GiB, bandwidth_gb_per_s=60, threads=5, free_bytes=20 * GiB)
+    (device,) = load_devices_file(_write(tmp_path, "- cpu: {}\n"), local_cpu=lambda: fake)
+    assert (device.memory_total_bytes, device.memory_free_bytes, device.threads) == (32 * GiB, 20 * GiB, 5)
 
 
 @pytest.mark.parametrize(
