@@ -233,3 +233,28 @@ def test_cli_bad_calibration_is_a_clear_error_without_traceback(tmp_path) -> Non
     out = _gpumix(*ESTIMATE, "--calibration", str(missing), home=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"calibration file {missing} does not exist" in " ".join(out.stderr.split())
+
+
+def test_up_and_export_plan_a_yaml_with_the_resolved_calibration(tmp_path, monkeypatch) -> None:
+    """`gpumix up/export FILE.yaml` plan first, with the calibration the rule picks; a plan.json is already
+    planned, so an explicit --calibration there is refused rather than silently ignored."""
+    from gpumix.cli.calibration_option import plan_calibration
+    from gpumix.run.up import load_plan
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(ENV_CALIBRATION, raising=False)
+    yaml_file = tmp_path / "p.yaml"
+    yaml_file.write_text("devices: [{gpu: RTX 4090}]\nservices:\n  - {name: chat, model: llama-3-8b, quant: q4_k_m}\n")
+    assert plan_calibration(yaml_file, None) == (default_calibration(), None)
+    cal_file = save_machine_calibration(_cal("rtx-4090", 100.0), tmp_path / "cal.json")
+    monkeypatch.setenv(ENV_CALIBRATION, str(cal_file))
+    cal, name = plan_calibration(yaml_file, None)
+    assert name == str(cal_file) and cal.measurements[0].achieved_bandwidth_gb_per_s == 100.0
+    tuned, packaged = load_plan(yaml_file, cal, name), load_plan(yaml_file)
+    assert tuned.calibration == str(cal_file) and packaged.calibration is None
+    assert tuned.service("chat").predicted.decode_tokens_per_s < packaged.service("chat").predicted.decode_tokens_per_s / 4
+    plan_json = tmp_path / "plan.json"
+    plan_json.write_text(tuned.model_dump_json())
+    assert plan_calibration(plan_json, None) == (None, None)
+    with pytest.raises(GpumixError, match="--calibration applies to a plan file"):
+        plan_calibration(plan_json, cal_file)
