@@ -789,7 +789,7 @@ def _unplaced_reason(svc: Resolved, options: list[Option], devs: Sequence[Device
         gpus = [d for d in devs if d.kind == "gpu" and d.host == devs[0].host] or list(devs)
         if len(gpus) > 1 or not any(d.kind == "cpu" for d in devs):
             whole = estimate(svc.model, svc.quant, Placement(mode="layer_split", devices=tuple(gpus)), svc.workload,
-                             Links(), default_calibration())  # fmt: skip  (f-core threads the plan's calibration)
+                             Links(), default_calibration())  # fmt: skip  -- removed at merge with f-core (threads the plan's calibration)
             need = sum(d.memory_bytes for d in whole.devices)
             have = sum(splitmod.usable_bytes(d) for d in gpus)
             if need > have:
