@@ -1,4 +1,4 @@
-"""`gpumix estimate` and `gpumix validate`: thin wrappers over gpumix.estimate."""
+"""`gpumix estimate` and `gpumix validate`: thin wrappers over gpumix.estimate and gpumix.calibrate.validate."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from gpumix.calibrate.validate import ValidationReport, validate_file
+from gpumix.cli.calibration_option import CALIBRATION_HELP, cli_calibration
 from gpumix.cli.output import add_row, esc, say, show, styled
 from gpumix.cli.params import choice
 from gpumix.errors import GpumixError
-from gpumix.estimate import Calibration, Estimate, Placement, Workload, estimate, load_calibration
-from gpumix.estimate.validate import ValidationReport, validate_file
+from gpumix.estimate import Calibration, Estimate, Placement, Workload, estimate
 from gpumix.hardware.catalog import parse_device_list
-from gpumix.hardware.devices import device_from_spec, this_machine_cpu
+from gpumix.hardware.devices import device_from_spec
+from gpumix.hardware.discovery import read_this_machine, this_machine_cpu
 from gpumix.hardware.entries import load_devices_file
 from gpumix.hardware.spec import Device
 from gpumix.kinds import LLM_ENGINES, PlacementMode
@@ -41,7 +43,7 @@ def _devices(gpus: list[str], cpu: bool, devices_file: Path | None = None) -> li
 
 def _file_devices(path: Path) -> list[Device]:
     """The devices of a devices file (one host); a CPU, if any, goes first (llama.cpp offloads the first layers)."""
-    devices = load_devices_file(path)
+    devices = load_devices_file(path, read_this_machine)
     if len({d.host for d in devices}) > 1:
         raise GpumixError(f"{path}: devices on several hosts; `gpumix estimate` places one model on one machine",
                           hint="keep one host's devices in the file, or use `gpumix plan` for a fleet")  # fmt: skip
@@ -155,7 +157,7 @@ def estimate_cmd(
     engine: str = typer.Option("llama.cpp", "--engine", help="llama.cpp | vllm"),
     kv_type: str = typer.Option("f16", "--cache-type", help="KV cache type (f16, q8_0, fp8...)."),
     prompt: int = typer.Option(512, "--prompt", min=1, help="Prompt tokens for prefill and TTFT."),
-    calibration: Path | None = typer.Option(None, "--calibration", help="Machine calibration from `gpumix tune`."),
+    calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Memory per device, fit, and predicted decode/prefill speed and TTFT for a model on GPUs."""
@@ -171,7 +173,7 @@ def estimate_cmd(
     workload = Workload(
         context=ctx, parallel=parallel, engine=engine_name, kv_cache_dtype=kv_type, prompt_tokens=prompt,
     )  # fmt: skip
-    cal = load_calibration(calibration)
+    cal = cli_calibration(calibration).calibration
     ts = _parse_tensor_split(tensor_split, len(devices))
     placement, how = _placement(spec, qspec, devices, workload, split, ts, cal)
     result = estimate(spec, qspec, placement, workload, calibration=cal)
@@ -185,13 +187,13 @@ def estimate_cmd(
 
 def validate_cmd(
     csv_file: Path = typer.Argument(..., help="measurements.csv or multigpu.csv format."),
-    calibration: Path | None = typer.Option(None, "--calibration", help="Machine calibration to use."),
+    calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
     headline: bool = typer.Option(False, "--headline", help="Only dense tg128-tg1024 and pp512 rows."),
     show_rows: bool = typer.Option(False, "--rows", help="Print every row's prediction."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Predict every row of a measurement CSV and report the mean absolute percentage error."""
-    report = validate_file(csv_file, load_calibration(calibration), headline_only=headline)
+    report = validate_file(csv_file, cli_calibration(calibration).calibration, headline_only=headline)
     if as_json:
         print(report.model_dump_json(indent=2))
         return

@@ -13,7 +13,7 @@ from rich.text import Text
 from gpumix.cli.output import add_row, esc, say, show, styled
 from gpumix.errors import GpumixError
 from gpumix.hardware.catalog import all_gpus, gpu_candidates, load_catalog
-from gpumix.hardware.discovery import INDEX_NOTE, DiscoveredMachine, discover_machine
+from gpumix.hardware.discovery import INDEX_NOTE, DiscoveredMachine, discover_machine, read_this_machine
 from gpumix.hardware.entries import load_devices_file
 from gpumix.hardware.spec import Device, GpuSpec
 from gpumix.units import GiB
@@ -133,7 +133,7 @@ def devices_cmd(
     Without an NVIDIA driver, describe the devices in a file and pass --devices-file.
     """
     if devices_file is not None:
-        report = _file_json(devices_file, load_devices_file(devices_file))
+        report = _file_json(devices_file, load_devices_file(devices_file, read_this_machine))
     else:
         report = _machine_json(discover_machine())
     if as_json:

@@ -9,12 +9,12 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from gpumix.cli.calibration_option import CALIBRATION_HELP, cli_calibration
 from gpumix.cli.output import add_row, esc, say, show, styled
 from gpumix.cli.params import OBJECTIVE_HELP as _OBJECTIVE_HELP
 from gpumix.cli.params import objective as parse_objective
 from gpumix.errors import GpumixError
-from gpumix.estimate.calibration import Calibration, load_calibration
-from gpumix.hardware.discovery import this_machine_gpus
+from gpumix.hardware.discovery import LOCAL_MACHINE
 from gpumix.kinds import Objective
 from gpumix.plan.result import Plan
 from gpumix.units import GB
@@ -25,11 +25,6 @@ OBJECTIVE_HELP = _OBJECTIVE_HELP + "; overrides the file"
 def _objective(value: str | None) -> Objective | None:
     return None if value is None else parse_objective(value)
 
-
-def _calibration(path: Path | None) -> tuple[Calibration, str | None]:
-    """The fitted defaults plus this machine's measurements (from --calibration, $GPUMIX_CALIBRATION or the
-    default file), and the name the plan records."""
-    return load_calibration(path), None if path is None else str(path)
 
 
 def _bar(used: int, total: int, width: int = 20) -> Text:
@@ -94,16 +89,16 @@ def plan_cmd(
     file: Path = typer.Argument(..., help="Plan file (YAML); see docs/plan-file.md and examples/."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     objective: str | None = typer.Option(None, "--objective", help=OBJECTIVE_HELP),
-    calibration: Path | None = typer.Option(None, "--calibration", help="Calibration file from `gpumix tune`."),
+    calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
     output: Path | None = typer.Option(None, "-o", "--output", help="Write the plan JSON here (for launch/run)."),
     html: Path | None = typer.Option(None, "--html", help="Also write the visual report (one offline HTML file)."),
 ) -> None:
     """Decide what runs where, split how, how fast and at what cost."""
     from gpumix.plan.planner import plan_file
 
-    cal, name = _calibration(calibration)
-    plan = plan_file(file, objective=_objective(objective), calibration=cal, calibration_name=name,
-                     discover=this_machine_gpus)  # fmt: skip
+    chosen = cli_calibration(calibration)
+    plan = plan_file(file, objective=_objective(objective), calibration=chosen.calibration, calibration_name=chosen.name,
+                     discover=LOCAL_MACHINE)  # fmt: skip
     text = plan.model_dump_json(indent=2)
     if output is not None:
         try:
@@ -130,7 +125,7 @@ def compare_cmd(
     file: Path = typer.Argument(..., help="Plan file whose services to plan on each option."),
     option: list[str] = typer.Option(None, "--option", help='Hardware option, e.g. "2x RTX 4090" (repeatable).'),
     objective: str | None = typer.Option(None, "--objective", help=OBJECTIVE_HELP),
-    calibration: Path | None = typer.Option(None, "--calibration", help="Calibration file from `gpumix tune`."),
+    calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
     """Plan the same services on several hardware options, side by side."""
@@ -138,8 +133,8 @@ def compare_cmd(
     from gpumix.plan.spec import load_plan_spec
 
     spec = load_plan_spec(file)
-    cal, name = _calibration(calibration)
-    rows = compare(spec, option or DEFAULT_OPTIONS, _objective(objective), cal, name)
+    chosen = cli_calibration(calibration)
+    rows = compare(spec, option or DEFAULT_OPTIONS, _objective(objective), chosen.calibration, chosen.name)
     if as_json:
         print(json.dumps([{"option": r.option, "feasible": r.plan.feasible, "slos_met": r.slos_met,
                            "slos_total": r.slos_total, "verdict": r.verdict,
@@ -168,13 +163,14 @@ def explain_cmd(
     file: Path = typer.Argument(..., help="Plan file."),
     service: str = typer.Argument(..., help="Service name in the file."),
     objective: str | None = typer.Option(None, "--objective", help=OBJECTIVE_HELP),
-    calibration: Path | None = typer.Option(None, "--calibration", help="Calibration file from `gpumix tune`."),
+    calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
 ) -> None:
     """Why this placement and split: every alternative considered, with its predicted speed."""
     from gpumix.plan.compare import explain
 
-    cal, name = _calibration(calibration)
-    plan, alternatives = explain(file, service, _objective(objective), cal, name, discover=this_machine_gpus)
+    picked = cli_calibration(calibration)
+    plan, alternatives = explain(file, service, _objective(objective), picked.calibration, picked.name,
+                                 discover=LOCAL_MACHINE)  # fmt: skip
     chosen = plan.service(service)
     say(f"[bold]{esc(service)}[/]: {esc(chosen.model)} {esc(chosen.quant)} on {chosen.engine}, mode {chosen.mode}, "
         f"devices {esc(', '.join(chosen.devices) or '-')}, objective {chosen.objective}")  # fmt: skip

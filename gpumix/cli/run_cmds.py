@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from gpumix.cli.calibration_option import CALIBRATION_HELP, plan_calibration
 from gpumix.cli.output import add_row, esc, say, show
 from gpumix.run.state import default_run_dir
 from gpumix.units import fmt_gib
@@ -31,15 +32,18 @@ def up(
     host: Annotated[
         str | None, typer.Option("--host", help="the plan host to run here (required when the plan spans several)")
     ] = None,
+    calibration: Annotated[Path | None, typer.Option("--calibration", help=CALIBRATION_HELP)] = None,
 ) -> None:
     """Start every service of a plan pinned to its devices and supervise them (Ctrl-C stops all)."""
     from gpumix.run.up import UpOptions, load_plan, run_foreground, start_detached
 
     options = UpOptions(run_dir=(run_dir or default_run_dir()).resolve(), front_port=port, stagger_s=stagger_s,
                         health_timeout_s=health_timeout_s, gateway=gateway, host=host)  # fmt: skip
+    cal, cal_name = plan_calibration(file, calibration)
     if not detach:
-        sys.exit(run_foreground(load_plan(file), options, say=lambda text: print(text, flush=True)))
-    state = start_detached(file, options)
+        plan = load_plan(file, cal, cal_name)
+        sys.exit(run_foreground(plan, options, say=lambda text: print(text, flush=True)))
+    state = start_detached(file, options, calibration=cal, calibration_name=cal_name)
     for proc in state.processes:
         say(Text(f"{proc.name}: healthy at {proc.url} (pid {proc.pid})"))
     if state.message:

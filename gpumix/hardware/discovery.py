@@ -1,4 +1,6 @@
-"""Discover this machine's NVIDIA GPUs through NVML (package nvidia-ml-py, module `pynvml`).
+"""Discover this machine: its NVIDIA GPUs through NVML (package nvidia-ml-py, module `pynvml`), its CPU and RAM
+(/proc/meminfo, CPU affinity). The one module of the core that reads the machine it runs on; the planner and the
+estimator never import it — the CLI discovers and passes `Device`s in.
 
 Indices: CUDA numbers GPUs fastest-first unless CUDA_DEVICE_ORDER=PCI_BUS_ID; NVML and nvidia-smi list them in PCI bus
 order. Every index gpumix prints is the PCI-bus-order rank, i.e. what CUDA_VISIBLE_DEVICES means under
@@ -11,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -18,12 +21,15 @@ from pydantic import BaseModel, ConfigDict
 
 from gpumix.errors import GpumixError
 from gpumix.hardware.catalog import match_by_name_and_memory
+from gpumix.hardware.devices import cpu_device, default_cpu_bandwidth_gb_per_s
+from gpumix.hardware.entries import LocalMachine, ThisMachine
 from gpumix.hardware.spec import Device, GpuSpec
 
 INDEX_NOTE = (
     "indices are PCI bus order (as nvidia-smi): use them with CUDA_DEVICE_ORDER=PCI_BUS_ID, or use the UUIDs, "
     "in CUDA_VISIBLE_DEVICES"
 )
+MEMINFO_PATH = Path("/proc/meminfo")
 NO_DRIVER_HINT = "describe the devices in a YAML file and pass --devices-file FILE (see `gpumix devices --help`)"
 # nvmlDeviceGetTopologyCommonAncestor levels -> nvidia-smi topo labels (engines.md section 9).
 TOPOLOGY_LABELS = {0: "BOARD", 10: "PIX", 20: "PXB", 30: "PHB", 40: "NODE", 50: "SYS"}
@@ -273,3 +279,55 @@ def _discover(nvml: ModuleType) -> DiscoveredMachine:
 def this_machine_gpus() -> list[Device]:
     """This machine's GPUs as planner devices (what `gpumix plan` uses for a plan file without `devices:`)."""
     return [g.device for g in discover_machine().gpus]
+# ---------------------------------------------------------------------------------------------- CPU and RAM
+
+
+def usable_threads() -> int:
+    """CPUs this process may run on (respects taskset/cgroup affinity), not the machine's total."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def read_meminfo(path: Path = MEMINFO_PATH) -> tuple[int, int]:
+    """(MemTotal, MemAvailable) in bytes from /proc/meminfo (whose 'kB' means KiB)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise GpumixError(
+            f"cannot read {path} to size this machine's RAM: {exc.strerror}",
+            hint="describe the CPU in a devices file: `- cpu: {ram_gb: 64, bandwidth_gbs: 51.2}`",
+        ) from None
+    fields: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            fields[name.strip()] = int(parts[0]) * 1024
+    if "MemTotal" not in fields:
+        raise GpumixError(f"{path} has no MemTotal line")
+    return fields["MemTotal"], fields.get("MemAvailable", fields.get("MemFree", fields["MemTotal"]))
+
+
+def this_machine_cpu(
+    bandwidth_gb_per_s: float | None = None, threads: int | None = None, meminfo_path: Path = MEMINFO_PATH
+) -> Device:
+    """This machine's CPU and RAM: total = MemTotal, free = MemAvailable; bandwidth defaults to DDR4-3200 x2."""
+    total, available = read_meminfo(meminfo_path)
+    return cpu_device(
+        ram_bytes=total,
+        bandwidth_gb_per_s=bandwidth_gb_per_s or default_cpu_bandwidth_gb_per_s(),
+        threads=threads or usable_threads(),
+        free_bytes=available,
+    )
+
+
+def read_this_machine() -> ThisMachine:
+    """This machine's RAM (MemTotal, MemAvailable) and the threads this process may use."""
+    total, available = read_meminfo()
+    return ThisMachine(total, available, usable_threads())
+
+
+# What the CLI passes to the planner and the devices-file reader: the core never reads the machine itself.
+LOCAL_MACHINE = LocalMachine(gpus=this_machine_gpus, cpu=read_this_machine)

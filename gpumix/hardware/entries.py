@@ -36,13 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gpumix.errors import GpumixError
 from gpumix.hardware.catalog import resolve_gpu
-from gpumix.hardware.devices import (
-    cpu_device,
-    default_cpu_bandwidth_gb_per_s,
-    device_from_spec,
-    read_meminfo,
-    usable_threads,
-)
+from gpumix.hardware.devices import cpu_device, default_cpu_bandwidth_gb_per_s, device_from_spec
 from gpumix.hardware.spec import HOST_PATTERN, Device, GpuSpec
 from gpumix.units import GB, GiB
 from gpumix.yaml_input import SourceLines, located_error, read_yaml_with_lines, validation_error
@@ -175,9 +169,14 @@ class ThisMachine:
     threads: int
 
 
-def read_this_machine() -> ThisMachine:
-    total, available = read_meminfo()
-    return ThisMachine(total, available, usable_threads())
+
+@dataclass(frozen=True)
+class LocalMachine:
+    """How to read the machine gpumix runs on, passed in by the CLI (gpumix.hardware.discovery.LOCAL_MACHINE):
+    the core never reads NVML, /proc or the CPU affinity itself."""
+
+    gpus: Callable[[], Sequence[Device]]  # this machine's GPUs (NVML), for a plan file without `devices:`
+    cpu: Callable[[], ThisMachine]  # its RAM and usable threads, for a `cpu:` entry that leaves them out
 
 
 @dataclass
@@ -274,8 +273,13 @@ def _cpu(entry: DeviceEntry, cpu: CpuEntry, index: int, loc: tuple[str | int, ..
         ram, free = machine.ram_total_bytes, machine.ram_available_bytes if free is None else free
         threads = threads or machine.threads
     bandwidth = cpu.bandwidth_gbs or _ram_row_bandwidth(cpu, loc, source, lines) or default_cpu_bandwidth_gb_per_s()
+    if threads is None:
+        if entry.host is not None or this_machine is None:
+            raise located_error(source, lines, (*loc, "cpu", "threads"), "threads is required (the plan may be for "
+                                "another machine)", hint="e.g. cpu: {ram_gb: 64, threads: 8}")  # fmt: skip
+        threads = this_machine().threads
     try:
-        return cpu_device(ram, bandwidth, threads or usable_threads(), free, index=index, host=entry.host)
+        return cpu_device(ram, bandwidth, threads, free, index=index, host=entry.host)
     except GpumixError as exc:
         raise located_error(source, lines, (*loc, "cpu"), exc.message, exc.hint) from None
 
@@ -292,7 +296,7 @@ def _ram_row_bandwidth(cpu: CpuEntry, loc: tuple[str | int, ...], source: str, l
 # ---------------------------------------------------------------------------------------------- devices file
 
 
-def load_devices_file(path: str | Path, this_machine: Callable[[], ThisMachine] | None = read_this_machine) -> list[Device]:
+def load_devices_file(path: str | Path, this_machine: Callable[[], ThisMachine] | None = None) -> list[Device]:
     """Devices described in a YAML file (a list, or a mapping with a `devices:` list such as a plan file); errors
     name the file, line, item and field."""
     path = Path(path)

@@ -13,6 +13,7 @@ import functools
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from gpumix.errors import GpumixError
 from gpumix.estimate import estimate
@@ -24,7 +25,7 @@ from gpumix.hardware.spec import Device
 from gpumix.kinds import SPLIT_MODES, Objective, PlacementMode
 from gpumix.models.spec import ModelSpec, QuantSpec
 from gpumix.plan import split as splitmod
-from gpumix.plan.fleet import device_class, links_for
+from gpumix.plan.fleet import DeviceClass, device_class, links_for
 from gpumix.plan.resolve import Resolved
 from gpumix.plan.spec import PlanSpec, ServiceEntry
 
@@ -87,21 +88,21 @@ class CandidateContext:
     sockets: Mapping[str, int | None]
     calibration: Calibration
     per_class: int | None = None  # large fleets: one-card candidates per identical card type per host
-    cache: dict = field(default_factory=dict)
+    cache: dict[tuple[object, ...], Any] = field(default_factory=dict)  # estimates, splits, links by key
 
     def links(self, group: Sequence[Device]) -> Links:
         key = ("links", tuple(device_class(d) + (d.index, d.host is None) for d in group),
                tuple(self.sockets.get(d.id) for d in group), len({d.host for d in group}))  # fmt: skip
         if key not in self.cache:
             self.cache[key] = links_for(self.spec, group, self.sockets)
-        return self.cache[key]
+        return cast(Links, self.cache[key])
 
 
 def _speed_rank(device: Device) -> float:
     return device.spec.mem_bandwidth_gb_per_s
 
 
-def _model_key(svc: Resolved) -> tuple:
+def _model_key(svc: Resolved) -> tuple[str, str | None, str]:
     return (svc.model.id, svc.model.path, svc.quant.id)
 
 
@@ -121,7 +122,7 @@ def by_host(devices: Sequence[Device]) -> dict[str | None, list[Device]]:
 
 
 def llm_option(svc: Resolved, mode: PlacementMode, group: Sequence[Device], layers: tuple[int, ...], links: Links,
-               calibration: Calibration, cache: dict | None = None) -> Option:  # fmt: skip
+               calibration: Calibration, cache: dict[tuple[object, ...], Any] | None = None) -> Option:  # fmt: skip
     """One LLM placement, estimated. Raises GpumixError when the estimator cannot place it that way."""
     est_mode = "layer_split" if mode == "cpu_offload" else mode
     workload = svc.workload
@@ -150,7 +151,7 @@ class _Options:
     def __init__(self, svc: Resolved, ctx: CandidateContext) -> None:
         self.svc, self.ctx = svc, ctx
         self.items: list[Option] = []
-        self._seen: set[tuple] = set()
+        self._seen: set[tuple[object, ...]] = set()
 
     def add(self, mode: PlacementMode, group: Sequence[Device], layers: tuple[int, ...] = ()) -> None:
         key = (mode, tuple(d.id for d in group), layers)
@@ -172,7 +173,7 @@ class _Options:
         if key not in ctx.cache:
             ctx.cache[key] = splitmod.solve_layer_split(svc.model, svc.quant, group, workload, objective, links,
                                                         ctx.calibration, min_layers_per_device=min_layers)  # fmt: skip
-        return ctx.cache[key]
+        return cast(tuple[int, ...] | None, ctx.cache[key])
 
 
 def llm_options(svc: Resolved, devices: Sequence[Device], ctx: CandidateContext) -> list[Option]:
@@ -295,7 +296,7 @@ def _limit_per_class(devices: list[Device], per_class: int | None) -> list[Devic
     """Large fleets: a few of each identical card per host are enough candidates (the rest are equivalent)."""
     if per_class is None:
         return devices
-    taken: dict[tuple, int] = {}
+    taken: dict[DeviceClass, int] = {}
     out = []
     for d in devices:
         key = device_class(d)
@@ -313,7 +314,7 @@ def _distinct_groups(gpus: list[Device]) -> list[list[Device]]:
         for size in range(1, min(len(gpus), MAX_GROUP) + 1):
             groups.extend(list(g) for g in itertools.combinations(gpus, size))
         return groups
-    by_type: dict[tuple, list[Device]] = {}
+    by_type: dict[tuple[str, int], list[Device]] = {}
     for d in gpus:
         by_type.setdefault((d.spec.id, d.memory_free_bytes), []).append(d)
     kinds = list(by_type.values())

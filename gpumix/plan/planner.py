@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
 
 from gpumix.errors import GpumixError
 from gpumix.estimate.calibration import Calibration, default_calibration
@@ -31,6 +30,7 @@ from gpumix.plan.planning import Planning
 from gpumix.plan.prune import (
     MAX_CHOICES,
     SINGLES_PER_CLASS,
+    HostClass,
     candidate_devices,
     host_classes,
     prune_choices,
@@ -95,10 +95,11 @@ def planning(
 
     `calibration` defaults to the packaged fit (`default_calibration()`); `calibration_name` is recorded in the
     plan. `devices` replaces the file's devices (`gpumix compare`); `discover` reads this machine's devices when the
-    file has none (the CLI passes `gpumix.hardware.discovery.this_machine_gpus`; the planner never reads NVML)."""
+    file has none, and sizes a `cpu:` entry without RAM/threads (the CLI passes
+    `gpumix.hardware.discovery.LOCAL_MACHINE`; the planner never reads NVML or /proc)."""
     if objective is not None and objective not in OBJECTIVES:
         raise GpumixError(f"unknown objective {objective!r}", hint=f"use {' or '.join(OBJECTIVES)}")
-    wanted = cast(Objective | None, objective)
+    wanted: Objective | None = objective
     lines = lines or SourceLines()
     src = source or "<plan>"
     cal = calibration or default_calibration()
@@ -119,7 +120,7 @@ def planning(
 
 
 def _all_options(services: list[Resolved], devs: list[Device], ctx: CandidateContext,
-                 classes: dict[tuple, list[str | None]]) -> list[list[Option]]:  # fmt: skip
+                 classes: dict[HostClass, list[str | None]]) -> list[list[Option]]:  # fmt: skip
     """Every service's candidate placements, scored against its objective."""
     max_bandwidth = max((d.spec.mem_bandwidth_gb_per_s for d in devs), default=1.0)
     out = []

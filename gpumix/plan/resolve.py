@@ -56,7 +56,7 @@ def resolve_service(
 class _Where:
     source: str
     lines: SourceLines
-    loc: tuple
+    loc: tuple[str | int, ...]
 
     def error(self, key: str, message: str, hint: str | None = None) -> GpumixError:
         return located_error(self.source, self.lines, (*self.loc, key), message, hint)

@@ -9,6 +9,7 @@ import pytest
 from gpumix.errors import GpumixError
 from gpumix.hardware.catalog import resolve_gpu
 from gpumix.hardware.devices import device_from_spec
+from gpumix.hardware.entries import LocalMachine
 from gpumix.plan.compare import explain
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -38,11 +39,14 @@ def test_explain_discovers_a_device_less_plan_file_once(monkeypatch, tmp_path):
     path.write_text("services:\n  - {name: chat, model: llama-3.1-8b, quant: q4_k_m}\n")
     calls = []
 
-    def discover():
+    def gpus():
         calls.append(1)
         return [device_from_spec(resolve_gpu("RTX 4090"), 0), device_from_spec(resolve_gpu("RTX 3090"), 1)]
 
-    plan, alternatives = explain(path, "chat", discover=discover)
+    def cpu():
+        raise AssertionError("no cpu: entry, so this machine's RAM is never read")
+
+    plan, alternatives = explain(path, "chat", discover=LocalMachine(gpus=gpus, cpu=cpu))
     assert calls == [1] and plan.service("chat").devices == ["gpu0"]
     assert any(a.chosen for a in alternatives) and len(alternatives) >= 2
     with pytest.raises(GpumixError, match="the plan file has no `devices:`"):
