@@ -94,11 +94,12 @@ def plan_cmd(
     html: Path | None = typer.Option(None, "--html", help="Also write the visual report (one offline HTML file)."),
 ) -> None:
     """Decide what runs where, split how, how fast and at what cost."""
-    from gpumix.plan.planner import plan_file
+    from gpumix.plan.planner import planning_of_file
 
     chosen = cli_calibration(calibration)
-    plan = plan_file(file, objective=_objective(objective), calibration=chosen.calibration, calibration_name=chosen.name,
-                     discover=LOCAL_MACHINE)  # fmt: skip
+    planning = planning_of_file(file, objective=_objective(objective), calibration=chosen.calibration,
+                                calibration_name=chosen.name, discover=LOCAL_MACHINE)  # fmt: skip
+    plan = planning.plan
     text = plan.model_dump_json(indent=2)
     if output is not None:
         try:
@@ -113,10 +114,11 @@ def plan_cmd(
             say(Text(f"wrote {output}"))
     if html is not None:
         from gpumix.report import write_report
-        from gpumix.report.build import ReportOptions, report_data
+        from gpumix.report.build import ReportOptions, report_of_planning
 
-        options = ReportOptions(objective=objective, calibration=calibration)
-        write_report(report_data(plan.model_dump(mode="json"), file, str(file), options), html)
+        options = ReportOptions(objective=_objective(objective), calibration=chosen.calibration,
+                                calibration_file=chosen.path, discover=LOCAL_MACHINE)  # fmt: skip
+        write_report(report_of_planning(planning, str(file), options), html)
         if not as_json:
             say(Text(f"wrote {html} (the visual report; works offline)"))
 

@@ -221,8 +221,8 @@ class Sampler:
         planned = {s["name"]: s for s in pf.services(self.plan_doc)} if self.plan_doc else {}
         out = []
         for cfg in self.gateway.config.services:
-            backends = [{"url": b.url, "up": b.available(now), "outstanding": b.outstanding}
-                        for b in pool.by_service.get(cfg.name, [])]  # fmt: skip
+            backends: list[dict[str, Any]] = [{"url": b.url, "up": b.available(now), "outstanding": b.outstanding}
+                                              for b in pool.by_service.get(cfg.name, [])]  # fmt: skip
             procs = [p for p in run.processes if p["service"] == cfg.name] if run else []
             p50, p99 = self._latency_ms(counters, cfg.name)
             svc = planned.get(cfg.name)
@@ -350,29 +350,40 @@ def _supervised(run_dir: Path | None, plan: Any) -> _Run | None:
 
 
 def _devices(plan: Any, doc: pf.Doc | None, run: _Run | None) -> tuple[list[dict[str, Any]], list[str]]:
-    """Per card: used (NVML; the RSS of the processes on a CPU device) vs planned vs total, and the imbalance
-    advice of `gpumix status`."""
+    """Per card of the plan: used (NVML; the RSS of the processes on a CPU device) vs planned vs total, and the
+    imbalance advice of `gpumix status`. Only the run host's devices are read (by device id); another host's
+    cards show their plan with `source` saying where they are."""
     if plan is None or doc is None:
         return [], []
     from gpumix.run.gpuinfo import read_gpus
     from gpumix.run.state import RunState
     from gpumix.run.status import device_reports, imbalance_advice
 
+    # without a run dir, only a one-machine plan's cards are known to be this machine's
     state = run.state if run else RunState(supervisor_pid=0, started_at=0.0, plan_path="", processes=[])
     reports = device_reports(plan, run.reports if run else [], state, read_gpus())
+    by_id = {rep.id: rep for rep in reports}
     out = []
-    for dev, rep in zip(pf.devices(doc), reports, strict=True):
+    for dev in pf.devices(doc):
         mem = pf.device_memory(dev)
-        if run is None and rep.kind == "cpu":  # no processes known: nothing to sum
+        rep = by_id.get(pf.device_id(dev))
+        if rep is not None and run is None and rep.kind == "cpu":  # no processes known: nothing to sum
             rep = dataclasses.replace(rep, memory_used_bytes=None, utilisation_pct=None,
-                                      source="unavailable (no --run-dir)")
+                                      source="unavailable (no --run-dir)")  # fmt: skip
         out.append({
             "id": pf.device_id(dev), "name": dev.get("name"), "kind": dev.get("kind"),
-            "memory_used_bytes": rep.memory_used_bytes, "memory_planned_bytes": mem["planned"],
-            "memory_total_bytes": rep.memory_total_bytes or mem["total"], "utilisation_pct": rep.utilisation_pct,
-            "source": rep.source,
+            "memory_used_bytes": rep.memory_used_bytes if rep else None, "memory_planned_bytes": mem["planned"],
+            "memory_total_bytes": (rep.memory_total_bytes if rep else None) or mem["total"],
+            "utilisation_pct": rep.utilisation_pct if rep else None,
+            "source": rep.source if rep else _elsewhere(dev, run),
         })  # fmt: skip
     return out, imbalance_advice(plan, reports)
+
+
+def _elsewhere(dev: pf.Doc, run: _Run | None) -> str:
+    if run is None:
+        return "unavailable (a multi-host plan: --run-dir says which host this is)"
+    return f"on host {dev.get('host')} (read there)"
 
 
 # ---- HTTP: pages, data, auth --------------------------------------------------------------------------------------

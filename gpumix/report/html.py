@@ -16,7 +16,7 @@ from typing import Any
 
 from gpumix.report import plan_fields as pf
 from gpumix.report import svg
-from gpumix.report.build import ReportData
+from gpumix.report.build import MEMORY_PROPORTIONAL_MARK, PLANNED_MARK, ReportData
 from gpumix.report.svg import esc
 
 VIEWS = (
@@ -97,7 +97,7 @@ def _note(text: str) -> str:
 
 
 # ---- 1. summary -------------------------------------------------------------------------------------------------
-def summary_view(doc: pf.Doc) -> str:
+def summary_view(doc: pf.Doc, notes: list[str] | None = None) -> str:
     s = pf.summary(doc)
     checks = [c for svc in pf.services(doc) for c in pf.slo_checks(svc)]
     met = sum(bool(c.get("met")) for c in checks)
@@ -117,6 +117,7 @@ def summary_view(doc: pf.Doc) -> str:
     html += f"<p>Source: <code>{esc(s['source'] or '-')}</code>. Speeds predicted with {esc(calibration)}.</p>"
     if s["reasons"]:
         html += '<ul class="reasons">' + "".join(f"<li>{esc(r)}</li>" for r in s["reasons"]) + "</ul>"
+    html += "".join(_note(n) for n in notes or [])
     return _section("summary", "Summary", html)
 
 
@@ -194,6 +195,11 @@ def _with_range(svc: pf.Doc, metric: str, digits: int = 1, scale: float = 1.0) -
     return text
 
 
+def _slo_range(check: pf.Doc) -> str:
+    rng = pf.slo_range(check)
+    return "" if rng is None else f' <span class="range">({rng[0]:,.1f}–{rng[1]:,.1f})</span>'
+
+
 def performance_view(doc: pf.Doc) -> str:
     rows = []
     for svc in pf.services(doc):
@@ -211,12 +217,14 @@ def performance_view(doc: pf.Doc) -> str:
             kv = f"{work['kv_cache_tokens']:,} tokens"
             if work["max_full_context_sequences"] is not None:
                 kv += f"<br>{work['max_full_context_sequences']} × {work['context']:,}"
-        shares = pf.replica_shares(svc)
+        shares, streams = pf.replica_shares(svc), pf.replica_concurrency(svc)
         share_text = " / ".join(f"{s * 100:.0f}%" for s in shares) if len(shares) > 1 else "–"
+        if len(shares) > 1 and len(streams) == len(shares):
+            share_text += "<br>" + " / ".join(str(n) for n in streams) + " streams"
         slos = "".join(
             f'<div class="slo" data-met="{str(bool(c.get("met"))).lower()}">'
-            f"{'✓' if c.get('met') else '✗'} {esc(SLO_LABELS.get(c.get('metric'), c.get('metric')))} "
-            f"{_num(c.get('predicted'), 1)} vs {esc(c.get('target'))}"
+            f"{'✓' if c.get('met') else '✗'} {esc(SLO_LABELS.get(str(c.get('metric')), c.get('metric')))} "
+            f"{_num(c.get('predicted'), 1)}{_slo_range(c)} vs {esc(c.get('target'))}"
             + (f" ({c['margin'] * 100:+.0f}%)" if c.get("margin") is not None else "")
             + f"{svg.slo_bar(c)}</div>"
             for c in pf.slo_checks(svc)
@@ -239,16 +247,15 @@ def performance_view(doc: pf.Doc) -> str:
 def curve_view(data: ReportData) -> str:
     curves = data["curves"]
     if not curves:
-        why = ("No service is layer-split across GPUs in this plan, so there is no split to choose."
-               if not data["notes"] else data["notes"][0])  # fmt: skip
+        why = data["left_out"] or "No service is layer-split across GPUs in this plan, so there is no split to choose."
         return _section("split-curve", "Split vs speed", _note(why))
     body = ""
     for c in curves:
         marks = c["marks"]
-        planned = marks["speed-aware (planned)"]
-        default = marks["memory-proportional (llama.cpp default)"]
+        planned = marks[PLANNED_MARK]
+        default = marks.get(MEMORY_PROPORTIONAL_MARK)
         key = "aggregate" if c.get("objective") == "throughput" and c.get("concurrency", 1) > 1 else "decode"
-        gain = planned[key] / default[key] if default[key] else None
+        gain = planned[key] / default[key] if default and default[key] else None
         body += (f'<h3>{esc(c["service"])} <small>{esc(" + ".join(c["devices"]))}, {c["n_layers"]} layers, '
                  f"{esc(key)} tokens/s</small></h3>" + svg.split_curve(c))  # fmt: skip
         rows = "".join(
@@ -270,7 +277,7 @@ def curve_view(data: ReportData) -> str:
 def compare_view(data: ReportData) -> str:
     cmp = data["compare"]
     if not cmp:
-        why = data["notes"][0] if data["notes"] else "compare was not run (--no-compare)"
+        why = data["left_out"] or "compare was not run (--no-compare)"
         return _section("compare", "Hardware options", _note(why))
     rows = "".join(
         f'<tr data-option="{esc(r["option"])}" class="{"ok" if r["feasible"] else "bad"}"><th>{esc(r["option"])}</th>'
@@ -306,8 +313,9 @@ def warnings_view(doc: pf.Doc) -> str:
     sugg = pf.suggestions(doc)
     if sugg:
         items = "".join(
-            f'<li class="suggestion" data-feasible="{str(bool(s.get("feasible"))).lower()}"><b>{esc(s.get("kind", ""))}</b> '
-            f"{esc(s.get('change', ''))}"
+            f'<li class="suggestion" data-feasible="{str(bool(s.get("feasible"))).lower()}">'
+            + (f"{esc(s['service'])}: " if s.get("service") else "")
+            + f"<b>{esc(s.get('kind', ''))}</b> {esc(s.get('change', ''))}"
             + (f" — {'fits' if s.get('feasible') else 'still does not fit'}" if "feasible" in s else "")
             + (f", {s['decode_tokens_per_s']:.1f} t/s" if isinstance(s.get("decode_tokens_per_s"), int | float) else "")
             + (f", £{s['gbp_per_month']:,.0f}/month" if isinstance(s.get("gbp_per_month"), int | float) else "")
@@ -323,7 +331,7 @@ def render_html(data: ReportData) -> str:
     doc = data["plan"]
     script = _script()
     body = "".join((
-        summary_view(doc), memory_view(doc), placement_view(doc), layers_view(doc), performance_view(doc),
+        summary_view(doc, data["notes"]), memory_view(doc), placement_view(doc), layers_view(doc), performance_view(doc),
         curve_view(data), compare_view(data), warnings_view(doc),
     ))  # fmt: skip
     nav = "".join(f'<a href="#view-{k}">{esc(h)}</a>' for k, h in VIEWS)

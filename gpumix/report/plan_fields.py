@@ -1,9 +1,11 @@
 """Reading a Plan for display: the one place where the report and the dashboard touch the Plan JSON's field names.
 
 Every view (the HTML report, its PNGs, the gateway's live dashboard) reads a plan through these functions, on
-the plan's JSON form (`Plan.model_dump(mode="json")`), so a change of the plan format is adapted here alone.
-Fields that later planners add are optional and read as None/empty when absent: `devices[].id`,
-`services[].kv_cache_tokens`, `max_full_context_sequences`, `replica_shares`, prediction ranges, `suggestions`.
+the plan's JSON form (`Plan.model_dump(mode="json")` of a format-2 plan: devices named by id), so a change of the
+plan format is adapted here alone. Fields that later planners add are optional and read as None/empty when
+absent: `services[].kv_cache_tokens`, `max_full_context_sequences`, `replica_shares`, `replica_concurrency`,
+prediction ranges (`predicted.<metric>_low` / `_high`, and `predicted_low` / `predicted_high` on an SLO check),
+and the plan's `suggestions` (`{service, kind, change, feasible, decode_tokens_per_s, gbp_per_month}`).
 
 Light on purpose (stdlib only at import): the gateway imports it.
 """
@@ -46,11 +48,9 @@ def warnings(doc: Doc) -> list[dict[str, Any]]:
 
 
 def suggestions(doc: Doc) -> list[dict[str, Any]]:
-    """The planner's re-planned advice (`suggestions`, plan-wide or per service), cheapest first as given."""
-    found = [dict(s) for s in doc.get("suggestions") or []]
-    for svc in services(doc):
-        found += [dict(s, service=s.get("service", svc["name"])) for s in svc.get("suggestions") or []]
-    return found
+    """The planner's re-planned advice for services that do not fit or miss an SLO, as given (plan `suggestions`:
+    service, kind, change, feasible, decode_tokens_per_s, gbp_per_month)."""
+    return [dict(s) for s in doc.get("suggestions") or [] if isinstance(s, dict)]
 
 
 # ---- devices ---------------------------------------------------------------------------------------------------
@@ -59,12 +59,8 @@ def devices(doc: Doc) -> list[Doc]:
 
 
 def device_id(dev: Doc) -> str:
-    """The plan-wide id ("gpu0", "cpu0", "alpha/gpu1"); older plans have none, so it is made the same way."""
-    if isinstance(dev.get("id"), str):
-        return dev["id"]
-    index = int(dev.get("index", 0))
-    local = f"gpu{index}" if dev.get("kind", "gpu") == "gpu" else f"cpu{-index - 1 if index < 0 else index}"
-    return f"{dev['host']}/{local}" if dev.get("host") else local
+    """The plan-wide id ("gpu0", "cpu0", "alpha/gpu1")."""
+    return str(dev.get("id", "?"))
 
 
 def device_label(dev: Doc) -> str:
@@ -82,13 +78,12 @@ def device_memory(dev: Doc) -> dict[str, int]:
 
 def device_margin_bytes(dev: Doc) -> int:
     """Memory the planner keeps free on the device (the plan's own figure when it states one)."""
-    if isinstance(dev.get("memory_margin_bytes"), int):
-        return dev["memory_margin_bytes"]
-    from gpumix.plan.split import CPU_MARGIN_BYTES, GPU_MARGIN_BYTES
+    margin = dev.get("memory_margin_bytes")
+    if isinstance(margin, int):
+        return margin
+    from gpumix.estimate.memory import kind_margin_bytes
 
-    if dev.get("kind") == "cpu":
-        return min(CPU_MARGIN_BYTES, int(dev.get("memory_total_bytes") or 0) // 4)
-    return GPU_MARGIN_BYTES
+    return kind_margin_bytes("cpu" if dev.get("kind") == "cpu" else "gpu", int(dev.get("memory_total_bytes") or 0))
 
 
 # ---- services --------------------------------------------------------------------------------------------------
@@ -97,19 +92,8 @@ def services(doc: Doc) -> list[Doc]:
 
 
 def service_device_ids(doc: Doc, svc: Doc) -> list[str]:
-    """The service's devices as plan-wide ids, in engine order (first = main device).
-
-    Format 2 lists ids; format 1 lists per-host indices with one `host` for the service (None on one host)."""
-    refs = svc.get("devices") or []
-    if all(isinstance(r, str) for r in refs):
-        return list(refs)
-    host = svc.get("host")
-    by_key = {(d.get("host"), d.get("index")): d for d in devices(doc)}
-    out = []
-    for ref in refs:
-        dev = by_key.get((host, ref)) or next((d for d in devices(doc) if d.get("index") == ref), None)
-        out.append(device_id(dev) if dev else str(ref))
-    return out
+    """The service's devices as plan-wide ids, in engine order (first = main device)."""
+    return [str(ref) for ref in svc.get("devices") or []]
 
 
 def service_memory(doc: Doc, svc: Doc) -> list[tuple[str, dict[str, int]]]:
@@ -176,12 +160,19 @@ def service_workload(svc: Doc) -> dict[str, Any]:
 
 
 def replica_shares(svc: Doc) -> list[float]:
-    """Share of the service's load each replica takes (a later planner sizes replicas by speed); even otherwise."""
-    shares = svc.get("replica_shares") or svc.get("shares")
+    """Share of the service's streams each replica takes (`replica_shares`: the planner sizes replicas by speed);
+    even where the plan does not say."""
+    shares = svc.get("replica_shares")
     if isinstance(shares, list) and shares:
         return [float(s) for s in shares]
     n = int(svc.get("replicas") or 1)
     return [1.0 / n] * n if svc.get("mode") == "replica" else []
+
+
+def replica_concurrency(svc: Doc) -> list[int]:
+    """Streams each replica serves (its -np / --max-num-seqs), where the plan says."""
+    values = svc.get("replica_concurrency")
+    return [int(v) for v in values] if isinstance(values, list) else []
 
 
 def predicted(svc: Doc) -> dict[str, Any]:
@@ -189,9 +180,12 @@ def predicted(svc: Doc) -> dict[str, Any]:
 
 
 def predicted_range(svc: Doc, metric: str) -> tuple[float, float] | None:
-    """(low, high) of a prediction where the estimator gives one: `predicted.<metric>_range` or
-    `predicted.ranges.<metric>`; None otherwise."""
+    """(low, high) of a prediction where the estimator gives one (an 80% interval): `predicted.<metric>_low` and
+    `_high`, or `predicted.<metric>_range` / `predicted.ranges.<metric>` as [low, high]; None otherwise."""
     pred = predicted(svc)
+    low, high = pred.get(f"{metric}_low"), pred.get(f"{metric}_high")
+    if isinstance(low, int | float) and isinstance(high, int | float):
+        return float(low), float(high)
     value = pred.get(f"{metric}_range") or (pred.get("ranges") or {}).get(metric)
     if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int | float) for v in value):
         return float(value[0]), float(value[1])
@@ -202,6 +196,14 @@ def predicted_range(svc: Doc, metric: str) -> tuple[float, float] | None:
 
 def slo_checks(svc: Doc) -> list[dict[str, Any]]:
     return [dict(c) for c in svc.get("slo") or []]
+
+
+def slo_range(check: Doc) -> tuple[float, float] | None:
+    """(low, high) of an SLO check's prediction, where the plan gives `predicted_low` and `predicted_high`."""
+    low, high = check.get("predicted_low"), check.get("predicted_high")
+    if isinstance(low, int | float) and isinstance(high, int | float):
+        return float(low), float(high)
+    return None
 
 
 def service_cost(svc: Doc) -> float | None:

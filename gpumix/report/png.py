@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from gpumix.errors import GpumixError
 from gpumix.report import plan_fields as pf
@@ -61,8 +62,8 @@ def _memory_png(doc: pf.Doc, path: Path) -> Path:
     ax.set_yticks(range(len(devs)), [f"{pf.device_id(d)} {d.get('name', '')}" for d in devs])
     ax.invert_yaxis()
     ax.set_xlabel("GB (10^9 bytes); hatched = safety margin, red outline = over-committed")
-    parts = ", ".join(f"{PART_LABEL[p]} {o:.0%}" for p, o in PART_OPACITY.items())
-    ax.set_title(f"memory per card (opacity: {parts})", fontsize=9)
+    opacities = ", ".join(f"{PART_LABEL[p]} {o:.0%}" for p, o in PART_OPACITY.items())
+    ax.set_title(f"memory per card (opacity: {opacities})", fontsize=9)
     fig.tight_layout(rect=(0, 0.35 / (1.6 + 0.55 * len(devs)), 1, 1))  # room for the legend below
     fig.legend(fontsize=8, loc="lower center", ncol=min(6, max(len(seen), 1)), frameon=False)
     fig.savefig(path)
@@ -70,7 +71,7 @@ def _memory_png(doc: pf.Doc, path: Path) -> Path:
     return path
 
 
-def _curve_png(curve: dict, path: Path) -> Path:
+def _curve_png(curve: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     key = "aggregate" if curve.get("objective") == "throughput" and curve.get("concurrency", 1) > 1 else "decode"

@@ -8,6 +8,7 @@ from html import escape
 from typing import Any
 
 from gpumix.report import plan_fields as pf
+from gpumix.report.build import EVEN_MARK, MEMORY_PROPORTIONAL_MARK, PLANNED_MARK
 from gpumix.units import GB
 
 # Colour-blind-safe qualitative palette (Okabe & Ito, "Color Universal Design", 2008), then a few more hues.
@@ -92,7 +93,7 @@ def memory_bars(doc: pf.Doc) -> str:
             parts_svg.append(rect(bar_x + mem["free"] * k, y, not_free * k, 22, "#bbb",
                                   f"{dev_id}: {gb(not_free)} not free when planned (other processes, display)",
                                   class_="notfree"))  # fmt: skip
-        x = bar_x
+        x: float = bar_x
         for name, parts in booked:
             for part, value in parts.items():
                 if value <= 0:
@@ -155,7 +156,7 @@ def layer_strip(doc: pf.Doc, svc: pf.Doc) -> str:
     width, x0, cell_h = 740, 10, 24
     cell = (width - 2 * x0 - 40) / max(n, 1)
     cells, legend = [], []
-    start, legend_x = 0, x0
+    start, legend_x = 0, float(x0)
     for pos, (count, dev) in enumerate(zip(layers, ids, strict=False)):
         colour = DEVICE_SHADES[pos % len(DEVICE_SHADES)]
         tip = f"layers {start}–{start + count - 1} ({count}) on {dev} {names.get(dev, '')}" if count else f"no layers on {dev}"
@@ -177,8 +178,8 @@ def layer_strip(doc: pf.Doc, svc: pf.Doc) -> str:
 
 
 # ---- split-vs-speed curve -------------------------------------------------------------------------------------
-MARK_STYLE = {"speed-aware (planned)": ("#009E73", "circle"), "memory-proportional (llama.cpp default)": ("#D55E00", "square"),
-              "even": ("#0072B2", "diamond")}  # fmt: skip
+MARK_STYLE = {PLANNED_MARK: ("#009E73", "circle"), MEMORY_PROPORTIONAL_MARK: ("#D55E00", "square"),
+              EVEN_MARK: ("#0072B2", "diamond")}  # fmt: skip
 
 
 def _marker(shape: str, x: float, y: float, colour: str, tip: str, cls: str) -> str:

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from browserhelpers import save_screenshot
 
+from gpumix.hardware.discovery import LOCAL_MACHINE
 from gpumix.report import plan_fields as pf
 from gpumix.report import write_report
-from gpumix.report.build import build_report
+from gpumix.report.build import ReportOptions, build_report
 from gpumix.report.html import VIEWS
 
 pytestmark = pytest.mark.browser
@@ -25,7 +26,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, d
     out = tmp_path_factory.mktemp("reports")
     built = {}
     for example in EXAMPLES:
-        data = build_report(_relative(example))
+        data = build_report(_relative(example), ReportOptions(discover=LOCAL_MACHINE))  # as `gpumix report` plans
         built[example.stem] = (write_report(data, out / f"{example.stem}.html"), data)
     return built
 

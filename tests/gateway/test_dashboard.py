@@ -193,3 +193,41 @@ def test_usage_with_nested_details_is_counted() -> None:
     assert match is not None
     usage = usage_from_json({"usage": json.loads(match.group(1))})
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (25, 5)
+
+
+def test_cards_of_a_multi_host_plan_are_read_by_id_on_the_run_host() -> None:
+    """Only the run host's devices are measured (matched by device id, not by position); another host's cards keep
+    their plan and say where they are read; without a run dir a multi-host plan measures nothing here."""
+    from gpumix.gateway.dashboard import _devices, _Run
+    from gpumix.plan.result import Plan, PlannedDevice
+    from gpumix.run.state import ProcessStatus, RunState
+    from gpumix.run.status import ProcessReport
+
+    def dev(host: str, kind: str, index: int) -> PlannedDevice:
+        local = f"gpu{index}" if kind == "gpu" else "cpu0"
+        return PlannedDevice(id=f"{host}/{local}", index=index, name="RTX 4090" if kind == "gpu" else "CPU",
+                             catalog_id="rtx-4090" if kind == "gpu" else "cpu", kind=kind, host=host,
+                             memory_total_bytes=24 * 2**30, memory_free_bytes=24 * 2**30,
+                             memory_planned_bytes=(index + 2) * 2**30)  # fmt: skip
+
+    devices = [dev("alpha", "gpu", 0), dev("beta", "cpu", -1), dev("beta", "gpu", 0), dev("beta", "gpu", 1)]
+    chat = planned_service("chat", "gemma-3-270m").model_copy(update={"devices": ["beta/cpu0"], "host": "beta"})
+    plan = Plan(feasible=True, devices=devices, services=[chat])
+    doc = plan.model_dump(mode="json")
+
+    alone, _ = _devices(plan, doc, None)
+    assert [d["id"] for d in alone] == ["alpha/gpu0", "beta/cpu0", "beta/gpu0", "beta/gpu1"]
+    assert all(d["memory_used_bytes"] is None and "--run-dir" in d["source"] for d in alone)
+
+    proc = ProcessStatus(name="chat", service="chat", port=1, url="http://127.0.0.1:1", health_url="http://127.0.0.1:1/health",
+                         log="chat.log", argv=["llama-server"], devices=["beta/cpu0"])  # fmt: skip
+    state = RunState(supervisor_pid=1, started_at=0.0, plan_path="plan.json", host="beta", processes=[proc])
+    report = ProcessReport(name="chat", service="chat", state="healthy", pid=123, port=1, restarts=0, uptime_s=5.0,
+                           health="ok", rss_bytes=3 * 2**30, cpu_pct=50.0, log="chat.log")  # fmt: skip
+    run = _Run(summary={}, started_at=0.0, processes=[], state=state, reports=[report])
+    cards, _ = _devices(plan, doc, run)
+    by_id = {d["id"]: d for d in cards}
+    assert by_id["beta/cpu0"]["memory_used_bytes"] == 3 * 2**30 and by_id["beta/cpu0"]["source"] == "process rss"
+    assert by_id["beta/gpu1"]["memory_planned_bytes"] == 3 * 2**30 and by_id["beta/gpu1"]["source"] != "process rss"
+    assert by_id["alpha/gpu0"]["source"] == "on host alpha (read there)"
+    assert by_id["alpha/gpu0"]["memory_used_bytes"] is None and by_id["alpha/gpu0"]["memory_planned_bytes"] == 2 * 2**30

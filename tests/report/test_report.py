@@ -1,5 +1,6 @@
 """The report without a browser: offline by construction (CSP, no URL), the plan embedded, bad input as a
-one-line error, the plan read through plan_fields (format 1 and the coming format 2), tune's measured points."""
+one-line error, the plan read through plan_fields (with the planner's later fields when present), the split curve
+from one planning run, tune's measured points."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from gpumix.calibrate.files import load_calibration
 from gpumix.errors import GpumixError
+from gpumix.plan.planner import planning_of_file
 from gpumix.report import plan_fields as pf
-from gpumix.report.build import ReportOptions, build_report, report_data
+from gpumix.report.build import ReportOptions, build_report, report_of_planning
 from gpumix.report.html import VIEWS, render_html
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,6 +91,7 @@ def test_views_and_numbers(pair: dict) -> None:
     assert [k for k in re.findall(r'data-view="([^"]+)"', html)] == [k for k, _ in VIEWS]
     curve = pair["curves"][0]
     assert curve["service"] == "chat" and curve["n_layers"] == 80 and len(curve["sweep"]) == 79
+    assert curve["device_ids"] == ["gpu0", "gpu1"] and curve["devices"] == ["RTX 4090", "RTX 3090"]
     planned = curve["marks"]["speed-aware (planned)"]
     svc = pair["plan"]["services"][0]
     assert planned["layers"] == svc["layers"] and planned["fits"]
@@ -95,11 +99,17 @@ def test_views_and_numbers(pair: dict) -> None:
     # the planner's split is the fastest split that fits, on the curve it draws
     best_fit = max(p["decode"] for p in curve["sweep"] if p["fits"])
     assert planned["decode"] >= best_fit * 0.999
+    # llama.cpp's memory-proportional default and the even split are points of the same sweep
+    sweep = {tuple(p["layers"]): p for p in curve["sweep"]}
+    for label in ("memory-proportional (llama.cpp default)", "even"):
+        mark = curve["marks"][label]
+        assert mark["layers"] != planned["layers"] and mark["decode"] == sweep[tuple(mark["layers"])]["decode"]
+        assert mark["decode"] < planned["decode"]
     assert 'class="output-layer" data-device="gpu1"' in html
 
 
-def test_compare_view(hybrid: dict) -> None:
-    data = report_data(hybrid["plan"], EXAMPLES / "hybrid-box.yaml", "hybrid", ReportOptions())
+def test_compare_view() -> None:
+    data = report_of_planning(planning_of_file(EXAMPLES / "hybrid-box.yaml"), "hybrid", ReportOptions())
     rows = {r["option"]: r for r in data["compare"]["rows"]}
     assert rows["this plan"]["gbp_per_month"] == 735.0
     assert rows["RTX 4090 + RTX 5060 Ti 16GB"]["aggregate_tokens_per_s"] == rows["this plan"]["aggregate_tokens_per_s"]
@@ -118,11 +128,15 @@ def test_measured_points_from_tune(tmp_path: Path) -> None:
     tune.write_text(json.dumps({"devices": [{"name": "CUDA0", "label": "RTX 4090"}, {"name": "CUDA1", "label": "RTX 3090"}],
                                 "points": [{"layers": [44, 36], "tokens_per_s": 16.9, "measured": True},
                                            {"layers": [30, 50], "tokens_per_s": 15.0, "measured": False}]}))  # fmt: skip
-    data = build_report(EXAMPLES / "4090-3090-70b.yaml", ReportOptions(calibration=cal, tune_result=tune, compare=False))
+    options = ReportOptions(calibration=load_calibration(cal), calibration_file=cal, tune_result=tune, compare=False)
+    data = build_report(EXAMPLES / "4090-3090-70b.yaml", options)
     measured = data["curves"][0]["measured"]
     assert sorted(m["tokens_per_s"] for m in measured) == [16.9, 24.0]  # the predicted-only point is not a measurement
     assert data["plan"]["calibration"] == str(cal)
     assert render_html(data).count('class="measured"') == 2
+    # the calibration's measured 4090 changes the curve: the planned point is predicted with it
+    plain = build_report(EXAMPLES / "4090-3090-70b.yaml", ReportOptions(compare=False))
+    assert data["curves"][0]["marks"]["even"]["decode"] != plain["curves"][0]["marks"]["even"]["decode"]
 
 
 def test_plan_json_input_finds_its_source(tmp_path: Path) -> None:
@@ -130,22 +144,51 @@ def test_plan_json_input_finds_its_source(tmp_path: Path) -> None:
     run = _gpumix("plan", "examples/4090-3090-70b.yaml", "-o", str(plan_json))
     assert run.returncode == 0, run.stderr
     data = build_report(plan_json, ReportOptions(compare=False))
-    assert len(data["curves"]) == 1 and not data["notes"]
-    moved = json.loads(plan_json.read_text()) | {"source": "nowhere/gone.yaml"}
+    assert len(data["curves"]) == 1 and not data["notes"] and data["left_out"] is None
+    # the plan.json's own split is the one marked as planned, even where re-planning now chooses another
+    edited = json.loads(plan_json.read_text())
+    edited["services"][0]["layers"] = [40, 40]
+    plan_json.write_text(json.dumps(edited))
+    data = build_report(plan_json, ReportOptions(compare=False))
+    assert data["curves"][0]["marks"]["speed-aware (planned)"]["layers"] == [40, 40]
+    moved = edited | {"source": "nowhere/gone.yaml"}
     plan_json.write_text(json.dumps(moved))
     data = build_report(plan_json, ReportOptions(compare=False))
-    assert data["curves"] == [] and "names no plan file" in data["notes"][0]
+    assert data["curves"] == [] and "names no plan file" in data["left_out"]
     html = render_html(data)
     assert html.count("names no plan file") == 2  # views 6 and 7 say why they are empty
 
 
+def test_plan_json_uses_the_calibration_it_records(tmp_path: Path) -> None:
+    """`gpumix report plan.json` predicts its curves with the calibration the plan was made with (not the one the
+    environment would pick now); --calibration is for plan files; a recorded file that is gone is said."""
+    cal = tmp_path / "calibration.json"
+    cal.write_text(json.dumps({"format_version": 1, "devices": [{
+        "match": "rtx-4090", "name": "RTX 4090", "achieved_bandwidth_gb_per_s": 700.0, "per_token_overhead_s": 0.002,
+        "measured": {"tokens_per_s": 19.0, "n_layers": 80}}]}))  # fmt: skip
+    plan_json = tmp_path / "plan.json"
+    run = _gpumix("plan", "examples/4090-3090-70b.yaml", "--calibration", str(cal), "-o", str(plan_json))
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "r.html"
+    run = _gpumix("report", str(plan_json), "-o", str(out), "--no-compare")
+    assert run.returncode == 0, run.stderr
+    html = out.read_text()
+    assert html.count('class="measured"') == 1 and "was planned with" not in html  # the recorded file's point
+    run = _gpumix("report", str(plan_json), "-o", str(out), "--calibration", str(cal))
+    assert run.returncode == 2 and "already planned" in run.stderr.splitlines()[0]
+    cal.unlink()
+    run = _gpumix("report", str(plan_json), "-o", str(out), "--no-compare")
+    assert run.returncode == 0, run.stderr
+    assert "options are predicted with the packaged fit" in out.read_text()
+
+
 @pytest.mark.parametrize("content, expected", [
     (None, "does not exist"),
-    ("not json at all", "is not JSON"),
-    ('{"a": 1}', "not a gpumix plan"),
-    ('{"format_version": 0, "feasible": true, "devices": [], "services": []}', "format_version 0 is older"),
-    ('{"feasible": true, "devices": [], "services": []}', "format_version None is older"),
-    ('{"format_version": 1, "feasible": "maybe", "devices": [], "services": []}', "field 'feasible'"),
+    ("not json at all", "(not JSON)"),
+    ('{"a": 1}', "it has no format_version"),
+    ('{"format_version": 1, "feasible": true, "devices": [], "services": []}', "written by an older gpumix"),
+    ('{"feasible": true, "devices": [], "services": []}', "it has no format_version"),
+    ('{"format_version": 2, "feasible": "maybe", "devices": [], "services": []}', "not a valid plan.json: feasible"),
 ])  # fmt: skip
 def test_bad_input_is_a_one_line_error(tmp_path: Path, content: str | None, expected: str) -> None:
     path = tmp_path / "plan.json"
@@ -167,28 +210,32 @@ def test_plan_html_option(tmp_path: Path) -> None:
     assert 'data-device="cpu0"' in html and html.count('<tr data-service="') == 4  # placement + performance rows
 
 
-def test_plan_fields_read_format_2_and_planner_additions(hybrid: dict) -> None:
-    """The fields the foundation and planner issues add: plan-wide device ids, devices as ids, KV budget,
-    replica shares, suggestions, prediction ranges. The views read them when present."""
+def test_plan_fields_read_the_planners_later_fields(hybrid: dict) -> None:
+    """Fields the planner issues add (KV budget, replica shares and streams, suggestions, prediction ranges):
+    the views show them when present, and a plan without them still renders (the fixture has none)."""
+    assert "65,536 tokens" not in render_html(hybrid) and "Suggestions" not in render_html(hybrid)
     doc = copy.deepcopy(hybrid["plan"])
-    doc["format_version"] = 2
     for dev in doc["devices"]:
-        dev["id"] = f"box/{'gpu'}{dev['index']}"
+        dev["id"] = f"box/{dev['id']}"
     for svc in doc["services"]:
-        svc["devices"] = [f"box/gpu{i}" for i in svc["devices"]]
+        svc["devices"] = [f"box/{i}" for i in svc["devices"]]
     chat = doc["services"][0]
-    chat.update(kv_cache_tokens=65536, max_full_context_sequences=16, replica_shares=[0.7, 0.3])
-    chat["predicted"]["decode_tokens_per_s_range"] = [80.0, 105.0]
-    doc["suggestions"] = [{"kind": "quant", "change": "use q4_k_m", "feasible": True, "decode_tokens_per_s": 120.5,
-                           "gbp_per_month": 735}]  # fmt: skip
+    chat.update(kv_cache_tokens=65536, max_full_context_sequences=16, replica_shares=[0.7, 0.3],
+                replica_concurrency=[11, 5])  # fmt: skip
+    chat["predicted"].update(decode_tokens_per_s_low=80.0, decode_tokens_per_s_high=105.0)
+    chat["predicted"]["ttft_s_range"] = [0.05, 0.2]
+    chat["slo"] = [{"metric": "decode_tokens_per_s", "target": 50, "predicted": 90.0, "met": True, "margin": 0.8,
+                    "predicted_low": 70.5, "predicted_high": 111.0}]  # fmt: skip
+    doc["suggestions"] = [{"service": "chat", "kind": "quant", "change": "use q4_k_m", "feasible": True,
+                           "decode_tokens_per_s": 120.5, "gbp_per_month": 735}]  # fmt: skip
     assert pf.service_device_ids(doc, chat) == ["box/gpu0"]
     assert pf.service_workload(chat)["kv_cache_tokens"] == 65536
     assert pf.predicted_range(chat, "decode_tokens_per_s") == (80.0, 105.0)
+    assert pf.predicted_range(chat, "prefill_tokens_per_s") is None
     html = render_html({**hybrid, "plan": doc})
     assert 'data-device="box/gpu0"' in html and "65,536 tokens" in html and "16 × 4,096" in html
-    assert "70% / 30%" in html and "(80.0–105.0)" in html and "use q4_k_m" in html and "120.5 t/s" in html
-    # format 1: ids are made the same way from host and index
-    assert pf.device_id({"index": 1, "kind": "gpu", "host": "alpha"}) == "alpha/gpu1"
-    assert pf.device_id({"index": -1, "kind": "cpu", "host": None}) == "cpu0"
+    assert "70% / 30%<br>11 / 5 streams" in html and "(80.0–105.0)" in html and "(50–200)" in html
+    assert "(70.5–111.0)" in html
+    assert "chat: <b>quant</b> use q4_k_m" in html and "120.5 t/s" in html and "£735/month" in html
     with pytest.raises(GpumixError):
         build_report(Path("/nonexistent/plan.yaml"))
