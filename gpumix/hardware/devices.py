@@ -15,6 +15,7 @@ from gpumix.units import GiB
 # (JEDEC JESD79-4: 3200 MT/s x 8 B x 2 channels). A conservative desktop figure; override with bandwidth_gb_per_s.
 DEFAULT_CPU_BANDWIDTH_ROW = "CPU DDR4-3200 dual-channel"
 MEMINFO_PATH = Path("/proc/meminfo")
+CPUINFO_PATH = Path("/proc/cpuinfo")
 
 
 def device_from_spec(
@@ -107,6 +108,19 @@ def read_meminfo(path: Path = MEMINFO_PATH) -> tuple[int, int]:
     if "MemTotal" not in fields:
         raise GpumixError(f"{path} has no MemTotal line")
     return fields["MemTotal"], fields.get("MemAvailable", fields.get("MemFree", fields["MemTotal"]))
+
+
+def read_cpu_model_name(path: Path = CPUINFO_PATH) -> str | None:
+    """This machine's CPU as the OS names it (/proc/cpuinfo "model name", x86 Linux); None where it is not there."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "model name" and value.strip():
+            return value.strip()
+    return None
 
 
 def this_machine_cpu(

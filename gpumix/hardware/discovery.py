@@ -271,5 +271,13 @@ def _discover(nvml: ModuleType) -> DiscoveredMachine:
 
 
 def this_machine_gpus() -> list[Device]:
-    """This machine's GPUs as planner devices (what `gpumix plan` uses for a plan file without `devices:`)."""
+    """This machine's GPUs as planner devices."""
     return [g.device for g in discover_machine().gpus]
+
+
+def this_machine_devices() -> list[Device]:
+    """This machine's GPUs and its CPU + RAM (its own CPU model where the CPU catalog knows it, for CPU offload):
+    what `gpumix plan` and `gpumix up` use for a plan file without `devices:`."""
+    from gpumix.hardware.entries import this_machine_cpu_device
+
+    return [*this_machine_gpus(), this_machine_cpu_device()]

@@ -34,10 +34,10 @@ def load_plan(path: Path) -> Plan:
         raise GpumixError(f"{path} does not exist", hint="pass a plan file (YAML) or a plan.json from `gpumix plan`")
     if path.suffix in PLAN_SUFFIXES_YAML:
         from gpumix.estimate.calibration import load_calibration
-        from gpumix.hardware.discovery import this_machine_gpus
+        from gpumix.hardware.discovery import this_machine_devices
         from gpumix.plan.planner import plan_file
 
-        return plan_file(path, calibration=load_calibration(None), discover=this_machine_gpus)
+        return plan_file(path, calibration=load_calibration(None), discover=this_machine_devices)
     return read_plan_json(path)
 
 
