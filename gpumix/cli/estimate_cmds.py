@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 from rich.table import Table
@@ -19,7 +20,7 @@ from gpumix.hardware.catalog import parse_device_list
 from gpumix.hardware.devices import device_from_spec, this_machine_cpu
 from gpumix.hardware.entries import load_devices_file
 from gpumix.hardware.spec import Device
-from gpumix.kinds import LLM_ENGINES, PlacementMode
+from gpumix.kinds import LLM_ENGINES, Engine, PlacementMode
 from gpumix.models.catalog import load_model, resolve_quant
 from gpumix.models.spec import ModelSpec, QuantSpec
 from gpumix.plan.result import Plan
@@ -206,9 +207,15 @@ def _advice_plan(model: str, quant: QuantSpec, engine: str, workload: Workload, 
     from gpumix.plan.spec import PlanSpec, ServiceEntry
 
     kv = None if workload.kv_cache_dtype == "f16" else workload.kv_cache_dtype
-    service = ServiceEntry(name="model", model=model, quant=quant.id, engine=engine, context=workload.context,
-                           concurrency=workload.parallel, kv_cache_dtype=kv)  # fmt: skip
+    service = ServiceEntry(name=_service_name(model), model=model, quant=quant.id, engine=cast(Engine, engine),
+                           context=workload.context, concurrency=workload.parallel, kv_cache_dtype=kv)  # fmt: skip
     return plan_services(PlanSpec(services=[service]), calibration=calibration, devices=devices)
+
+
+def _service_name(model: str) -> str:
+    """A plan service name (lower-case slug) for the model the estimate was asked about."""
+    slug = re.sub(r"[^a-z0-9_.-]+", "-", Path(model).stem.lower() if model.endswith((".gguf", ".json")) else model.lower())
+    return slug.strip("-._")[:63] or "model"
 
 
 def _no_split(exc: GpumixError, plan: Plan, as_json: bool) -> None:
@@ -226,7 +233,7 @@ def _print_advice(plan: Plan) -> None:
     from gpumix.cli.plan_cmds import print_suggestions
 
     if plan.feasible:  # the planner found a placement the estimate's split/mode did not try
-        placed = plan.service("model")
+        placed = plan.services[0]
         say(Text(f"gpumix plan would place it: {placed.mode} on {', '.join(placed.devices)} "
                  f"({', '.join(map(str, placed.layers))} layers) → {placed.predicted.decode_tokens_per_s} tok/s"))  # fmt: skip
     elif plan.suggestions:

@@ -247,7 +247,7 @@ def devices_from_entries(entries: Sequence[DeviceEntry], source: str, lines: Sou
             out.devices.append(device)
             if entry.socket is not None:
                 out.sockets[device.id] = entry.socket
-    for host, (position, model) in boards.items():
+    for position, model in boards.values():
         _seat_gpus(out, entries[position], model, explicit_links, ("devices", position), source, lines)
     return out
 

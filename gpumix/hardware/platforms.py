@@ -127,9 +127,7 @@ def _cpu_optional_positions(tokens: list[str]) -> set[int]:
         nxt = tokens[i + 1].isdigit()
         if tokens[i] == "ryzen" and nxt:
             optional.add(i + 1)
-        elif tokens[i] in ("i", "w") and nxt:
-            optional |= {i, i + 1}
-        elif tokens[i] == "ultra" and nxt and i > 0 and tokens[i - 1] == "core":
+        elif tokens[i] in ("i", "w") and nxt or tokens[i] == "ultra" and nxt and i > 0 and tokens[i - 1] == "core":
             optional |= {i, i + 1}
     return optional
 

@@ -21,6 +21,7 @@ the report in docs/plan-file.md, "Advice").
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +58,7 @@ KV_CHOICES = {"llama.cpp": ("q8_0", "q4_0"), "vllm": ("fp8",)}
 SIXTEEN_BIT_KV = ("f16", "bf16", "auto")
 # A typical desktop to offload to when the host has no CPU entry (VISION.md's homelab box): 64 GB dual-channel
 # DDR4-3200 on a Ryzen 7 5800X (8 cores); 128 GB when 64 is not enough.
-TYPICAL_CPU = {"model": "Ryzen 7 5800X", "ram_type": "DDR4-3200", "ram_channels": 2}
+TYPICAL_CPU_MODEL, TYPICAL_RAM_TYPE, TYPICAL_RAM_CHANNELS = "Ryzen 7 5800X", "DDR4-3200", 2
 TYPICAL_RAM_GB = (64, 128)
 
 Replan = Callable[[PlanSpec, Sequence[Device] | None], Plan]
@@ -231,7 +232,7 @@ def _offload_changes(svc: Resolved, ctx: Planning, hw: Hardware) -> list[_Change
         return [] if grown is None else [_Change("cpu_offload", f"{svc.entry.name}: {ram_gb:.0f} GB of RAM{where} "
                                                  f"instead of {now_gb:.0f} GB, for CPU offload", grown)]  # fmt: skip
     return [_Change("cpu_offload", f"{svc.entry.name}: add {ram_gb} GB of dual-channel DDR4-3200{where} (a typical "
-                    f"{TYPICAL_CPU['model']} desktop) and offload the first layers to it", _add_cpu(base, host, ram_gb),
+                    f"{TYPICAL_CPU_MODEL} desktop) and offload the first layers to it", _add_cpu(base, host, ram_gb),
                     if_previous_fails=i > 0) for i, ram_gb in enumerate(TYPICAL_RAM_GB)]  # fmt: skip
 
 
@@ -250,7 +251,8 @@ def _grow_cpu(hw: Hardware, cpu: Device, ram_gb: float, ctx: Planning) -> Hardwa
 
 
 def _add_cpu(hw: Hardware, host: str | None, ram_gb: int) -> Hardware:
-    entry = DeviceEntry(cpu=CpuEntry(ram_gb=ram_gb, **TYPICAL_CPU), host=host)
+    entry = DeviceEntry(cpu=CpuEntry(ram_gb=ram_gb, model=TYPICAL_CPU_MODEL, ram_type=TYPICAL_RAM_TYPE,
+                                     ram_channels=TYPICAL_RAM_CHANNELS), host=host)  # fmt: skip
     if hw.devices is None:
         return Hardware(spec=hw.spec.model_copy(update={"devices": [*(hw.spec.devices or []), entry]}), devices=None)
     cpu = devices_from_entries([entry], "advice", SourceLines()).devices[0]
@@ -386,8 +388,6 @@ def _shortfall_bytes(svc: Resolved, ctx: Planning) -> int:
     if svc.model.kind == "llm" and ctx.devices:
         gpus = roomiest_gpus(svc, ctx.devices)
         if gpus:
-            try:
+            with contextlib.suppress(GpumixError):  # the estimator cannot split it there: the options' figure stands
                 shorts.append(max(layer_split_need_bytes(svc, gpus, ctx.calibration) - sum(free(d) for d in gpus), 0))
-            except GpumixError:
-                pass
     return min(shorts, default=0)

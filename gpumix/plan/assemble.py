@@ -9,8 +9,8 @@ from typing import Any
 from gpumix.estimate.calibration import Calibration
 from gpumix.estimate.speed import CPU_GB_PER_S_PER_THREAD, achieved_bandwidth_gb_per_s
 from gpumix.hardware.spec import Device
-from gpumix.models.spec import QuantSpec
 from gpumix.kinds import SPLIT_MODES
+from gpumix.models.spec import QuantSpec
 from gpumix.plan.candidates import Option
 from gpumix.plan.resolve import Resolved, endpoints_for
 from gpumix.plan.result import Cost, PlannedDevice, PlannedService, Predicted
