@@ -51,7 +51,7 @@ def test_gpx018_per_host_psus_and_unknown_hosts():
     plan = _plan(fleet + "psu_w: 1000\nhosts: {b: {psu_w: 650}}\n")
     messages = [w.message for w in _warnings(plan, "GPX018")]
     assert len(messages) == 1 and messages[0].startswith("host a:") and "1192 W" in messages[0]
-    plan = _plan(fleet + "psu_w: 1200\nhosts: {b: {psu_w: 400}}\n")
+    plan = _plan(fleet + "psu_w: 1600\nhosts: {b: {psu_w: 400}}\n")
     assert [w.message.split(":")[0] for w in _warnings(plan, "GPX018")] == ["host b"]
     with pytest.raises(GpumixError, match=r"t.yaml:\d+: hosts.c: no device is on host 'c'"):
         _plan(fleet + "hosts: {c: {psu_w: 400}}\n")
