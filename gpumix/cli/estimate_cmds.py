@@ -17,8 +17,8 @@ from gpumix.errors import GpumixError
 from gpumix.estimate import Calibration, Estimate, Placement, Workload, estimate, load_calibration
 from gpumix.estimate.validate import ValidationReport, validate_file
 from gpumix.hardware.catalog import parse_device_list
-from gpumix.hardware.devices import device_from_spec, this_machine_cpu
-from gpumix.hardware.entries import load_devices_file
+from gpumix.hardware.devices import device_from_spec
+from gpumix.hardware.entries import load_devices_file, this_machine_cpu_device
 from gpumix.hardware.spec import Device
 from gpumix.kinds import LLM_ENGINES, Engine, PlacementMode
 from gpumix.models.catalog import load_model, resolve_quant
@@ -35,7 +35,7 @@ def _devices(gpus: list[str], cpu: bool, devices_file: Path | None = None) -> li
     specs = [spec for name in gpus for spec in parse_device_list(name)]
     devices = [device_from_spec(spec, index=i) for i, spec in enumerate(specs)]
     if cpu:
-        devices.insert(0, this_machine_cpu())  # llama.cpp keeps the first layers on the CPU when offloading
+        devices.insert(0, this_machine_cpu_device())  # llama.cpp keeps the first layers on the CPU when offloading
     if not devices:
         raise GpumixError("no device given", hint='add --gpu "RTX 3090" (repeatable) and/or --cpu')
     return devices
@@ -193,6 +193,9 @@ def estimate_cmd(
         print(json.dumps(data, indent=2))
     else:
         _print_estimate(spec, qspec, result, how, workload)
+        for device in devices:
+            if device.assumed:
+                say(Text(f"  {device.id} assumed: {device.assumed}"))
         if plan is not None:
             _print_advice(plan)
     if not result.fits:
