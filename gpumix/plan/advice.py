@@ -15,8 +15,9 @@ Bounded work. Per advised service, at most:
   (plan `prices:` or the catalog's rent) that bring enough memory (or, for a missed SLO, more bandwidth);
 - replace_card: each of the host's two smallest card types swapped for up to 3 such cards with more memory;
 - drop_service: (a service that did not fit) up to 2 other services, the biggest first.
-At most 3 services are advised per plan and 40 plans re-planned in all (a small plan re-plans in ~10-50 ms: see
-the report in docs/plan-file.md, "Advice").
+At most 3 services are advised per plan and 40 plans re-planned in all (12 for a plan of more than 8 services).
+Re-plans share the planning run's cache of estimates. Measured by bench/plan/advice_bench.py (docs/plan-file.md,
+"Advice"): ~7 ms per re-plan of a two-card plan, ~0.5 s for the 21-service fleet.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ from gpumix.yaml_input import SourceLines
 
 MAX_SERVICES = 3
 MAX_REPLANS = 40
+# A plan of many services re-plans slowly (HiGHS proves each assignment optimal: ~0.5 s for the 21-service fleet of
+# examples/fleet.yaml on this project's 2-core VM, bench/plan/advice_bench.py), so it gets fewer re-plans.
+LARGE_PLAN_SERVICES = 8
+MAX_REPLANS_LARGE = 12
 MAX_QUANTS = 3
 MAX_CARDS = 3  # priced catalog cards tried per add / per replaced card type
 MAX_REPLACED_TYPES = 2
@@ -88,7 +93,7 @@ def suggest(ctx: Planning, replan: Replan, devices: Sequence[Device] | None) -> 
     devices this planning used when they did not come from the file's entries."""
     hardware = Hardware(spec=ctx.spec, devices=None if devices is None else tuple(devices))
     out: list[Suggestion] = []
-    budget = [MAX_REPLANS]
+    budget = [MAX_REPLANS if len(ctx.services) <= LARGE_PLAN_SERVICES else MAX_REPLANS_LARGE]
     for svc in [s for s in ctx.services if _needs_advice(ctx.plan, s.entry.name)][:MAX_SERVICES]:
         changes = _changes(svc, ctx, hardware)
         out.extend(_evaluate(svc.entry.name, changes, replan, budget))

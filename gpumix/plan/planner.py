@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from gpumix.errors import GpumixError
 from gpumix.estimate.calibration import Calibration, default_calibration
@@ -94,6 +94,7 @@ def planning(
     devices: Sequence[Device] | None = None,
     discover: Discover | None = None,
     advise: bool = True,
+    cache: dict[Any, Any] | None = None,
 ) -> Planning:
     """Plan `spec`: the Plan and what it was made from.
 
@@ -101,7 +102,8 @@ def planning(
     plan. `devices` replaces the file's devices (`gpumix compare`); `discover` reads this machine's devices when the
     file has none (the CLI passes `gpumix.hardware.discovery.this_machine_devices`; the planner never reads NVML).
     `advise`: when a service does not fit or misses its SLO, re-plan changes that would fix it (gpumix.plan.advice)
-    into the Plan's `suggestions`."""
+    into the Plan's `suggestions`. `cache`: estimates, splits and links shared between plannings of similar specs
+    (advice re-plans with its own; every key names all its inputs)."""
     if objective is not None and objective not in OBJECTIVES:
         raise GpumixError(f"unknown objective {objective!r}", hint=f"use {' or '.join(OBJECTIVES)}")
     wanted = cast(Objective | None, objective)
@@ -116,7 +118,8 @@ def planning(
         check_host_entries(spec, devs, src, lines)
     services = [resolve_service(e, i, spec, src, lines, wanted) for i, e in enumerate(spec.services)]
     classes = host_classes(devs)
-    ctx = CandidateContext(spec, sockets, cal, per_class=SINGLES_PER_CLASS if too_many_hosts(classes) else None)
+    ctx = CandidateContext(spec, sockets, cal, per_class=SINGLES_PER_CLASS if too_many_hosts(classes) else None,
+                           cache={} if cache is None else cache)  # fmt: skip
     options = _all_options(services, devs, ctx, classes)
     chosen, assignment, pruned = _assign(services, devs, options)
     plan = _plan(spec, devs, services, options, chosen, ctx, assignment, pruned, source, calibration_name)
@@ -128,7 +131,7 @@ def planning(
 
     def replan(changed: PlanSpec, changed_devices: Sequence[Device] | None) -> Plan:
         return planning(changed, objective=objective, calibration=cal, calibration_name=calibration_name,
-                        source=source, devices=changed_devices, advise=False).plan  # fmt: skip
+                        source=source, devices=changed_devices, advise=False, cache=ctx.cache).plan  # fmt: skip
 
     fixed = None if devices is None and spec.devices is not None else devs
     advice = suggest(result, replan, fixed)
