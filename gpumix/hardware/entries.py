@@ -341,7 +341,10 @@ def _cpu(entry: DeviceEntry, cpu: CpuEntry, index: int, loc: tuple[str | int, ..
     bandwidth, bandwidth_source = _bandwidth(cpu, ram_cfg, loc, source, lines)
     if bandwidth_source:
         how.append(bandwidth_source)
-    threads = cpu.threads or (model.cores if model else None) or (machine.threads if machine else None)
+    # The model's physical cores (llama.cpp's default -t), on this machine no more than this process may use.
+    cores = model.cores if model else None
+    usable = machine.threads if machine else None
+    threads = cpu.threads or (min(cores, usable) if cores and usable else cores or usable)
     if threads is None:
         threads = usable_threads()
         how.append(f"threads not given: {threads} (the CPUs this planning process may use)")
@@ -391,10 +394,11 @@ def _ram_row_bandwidth(cpu: CpuEntry, loc: tuple[str | int, ...], source: str, l
         raise located_error(source, lines, (*loc, "cpu", "memory"), exc.message, exc.hint) from None
 
 
-def this_machine_cpu_device(this_machine: Callable[[], ThisMachine] = read_this_machine) -> Device:
+def this_machine_cpu_device(this_machine: Callable[[], ThisMachine] | None = None) -> Device:
     """This machine's CPU and RAM as the CPU entry `cpu: {}` of a devices file gives it: its own CPU model where the
     catalog knows it (threads and RAM bandwidth from there), else the defaults; `assumed` says which."""
-    return devices_from_entries([DeviceEntry(cpu=CpuEntry())], "this machine", SourceLines(), this_machine).devices[0]
+    read = this_machine or read_this_machine
+    return devices_from_entries([DeviceEntry(cpu=CpuEntry())], "this machine", SourceLines(), read).devices[0]
 
 
 # ---------------------------------------------------------------------------------------------- devices file

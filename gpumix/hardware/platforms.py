@@ -307,7 +307,8 @@ def resolve_board(name: str) -> Board:
 
 
 _OS_NAME_NOISE = re.compile(
-    r"\(r\)|\(tm\)|\b\d+(?:th|nd|rd|st) gen\b|\b\d+-core processor\b|\bcpu @ .*$|\bw/ .*$|\bwith radeon.*$", re.IGNORECASE
+    r"\(r\)|\(tm\)|\b\d+(?:th|nd|rd|st) gen\b|\b\d+-cores?(?: processor)?\b|\bcpu @ .*$|\bw/ .*$|\bwith radeon.*$",
+    re.IGNORECASE,
 )
 
 

@@ -176,3 +176,17 @@ def test_this_machine_uses_its_own_cpu_model_where_the_catalog_knows_it():
     assert "Ryzen 9 5950X" in (cpu.assumed or "") and "fastest official DDR4-3200" in (cpu.assumed or "")
     unknown = this_machine_cpu_device(lambda: ThisMachine(8 * GB, 4 * GB, 2, "AMD EPYC"))
     assert unknown.spec.id == "cpu" and unknown.threads == 2
+
+
+def test_a_discovered_machine_brings_its_own_cpu(monkeypatch):
+    from gpumix.hardware import discovery, entries
+    from gpumix.hardware.catalog import resolve_gpu
+    from gpumix.hardware.devices import device_from_spec
+
+    monkeypatch.setattr(discovery, "this_machine_gpus", lambda: [device_from_spec(resolve_gpu("RTX 3090"), 0)])
+    monkeypatch.setattr(entries, "read_this_machine",
+                        lambda: ThisMachine(128 * GB, 100 * GB, 32, "AMD Ryzen Threadripper 7960X 24-Cores"))  # fmt: skip
+    gpu, cpu = discovery.this_machine_devices()
+    assert gpu.id == "gpu0" and cpu.id == "cpu0"
+    assert cpu.spec.id == "cpu-ryzen-threadripper-7960x" and cpu.threads == 24  # its cores (of 32 usable CPUs)
+    assert cpu.spec.mem_bandwidth_gb_per_s == pytest.approx(4 * 5200 * 8 / 1000)  # quad-channel DDR5-5200
