@@ -84,6 +84,9 @@ def main() -> int:
         if args.action == "save":
             saved.write_text(json.dumps(plan, indent=2))
             continue
+        if not saved.is_file():
+            print(f"{example.stem}: new (not in {args.directory})")
+            continue
         diffs = differences(decisions(json.loads(saved.read_text())), decisions(plan))
         different += bool(diffs)
         print(f"{example.stem}: {'same' if not diffs else 'DIFFERENT'}")

@@ -16,7 +16,7 @@ from gpumix.cli.params import objective as parse_objective
 from gpumix.errors import GpumixError
 from gpumix.hardware.discovery import LOCAL_MACHINE
 from gpumix.kinds import Objective
-from gpumix.plan.result import Plan
+from gpumix.plan.result import Plan, Suggestion
 from gpumix.units import GB
 
 OBJECTIVE_HELP = _OBJECTIVE_HELP + "; overrides the file"
@@ -56,6 +56,9 @@ def print_plan(plan: Plan) -> None:
             ", ".join(names) or "-", f"{dev.bandwidth_utilisation:.2f}", _fmt(dev.gbp_per_month, 0),
         )  # fmt: skip
     show(dev_table)
+    for dev in plan.devices:
+        if dev.assumed:
+            say(Text(f"  {dev.id} assumed: {dev.assumed}"))
     svc_table = Table(title="services")
     for col in ("service", "model", "engine", "mode", "devices", "layers / split", "decode t/s", "aggregate t/s",
                 "prefill t/s", "TTFT s", "SLO"):  # fmt: skip
@@ -83,6 +86,23 @@ def print_plan(plan: Plan) -> None:
     cost = plan.cost
     say(f"cost: £{_fmt(cost.gbp_per_month, 0)}/month, £{_fmt(cost.gbp_per_million_tokens, 3)} per million "
                   "output tokens at the planned throughput")  # fmt: skip
+    print_suggestions(plan.suggestions)
+
+
+def print_suggestions(suggestions: list[Suggestion]) -> None:
+    """What would fix it, each change re-planned: feasible ones (cheapest, then fastest, first), then those that
+    are not enough."""
+    if not suggestions:
+        return
+    say("[bold]suggestions[/] (each change re-planned; cheapest first, then fastest):")
+    for s in suggestions:
+        if s.feasible:
+            price = "" if s.gbp_per_month is None else f", plan £{s.gbp_per_month:.0f}/month"
+            speed = "" if s.decode_tokens_per_s is None else f" → {s.decode_tokens_per_s:.1f} tok/s"
+            say(Text.assemble(("  ✓ ", "green"), f"[{s.kind}] {s.change}{speed}{price}"))
+    weak = [s for s in suggestions if not s.feasible]
+    if weak:
+        say(Text("  not enough on its own: " + "; ".join(f"{s.change.split(': ', 1)[-1]}" for s in weak), style="dim"))
 
 
 def plan_cmd(
@@ -91,13 +111,15 @@ def plan_cmd(
     objective: str | None = typer.Option(None, "--objective", help=OBJECTIVE_HELP),
     calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
     output: Path | None = typer.Option(None, "-o", "--output", help="Write the plan JSON here (for launch/run)."),
+    advice: bool = typer.Option(True, "--advice/--no-advice",
+                                help="When a service does not fit or misses its SLO, re-plan changes that fix it."),
 ) -> None:
     """Decide what runs where, split how, how fast and at what cost."""
     from gpumix.plan.planner import plan_file
 
     chosen = cli_calibration(calibration)
     plan = plan_file(file, objective=_objective(objective), calibration=chosen.calibration, calibration_name=chosen.name,
-                     discover=LOCAL_MACHINE)  # fmt: skip
+                     discover=LOCAL_MACHINE, advise=advice)  # fmt: skip
     text = plan.model_dump_json(indent=2)
     if output is not None:
         try:

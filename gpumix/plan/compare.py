@@ -55,7 +55,8 @@ def compare(spec: PlanSpec, options: Sequence[str] = DEFAULT_OPTIONS, objective:
     rows = []
     for text in options:
         plan = planner.plan_services(spec, objective=objective, calibration=calibration,
-                                     calibration_name=calibration_name, devices=devices_for_option(text))  # fmt: skip
+                                     calibration_name=calibration_name, devices=devices_for_option(text),
+                                     advise=False)  # fmt: skip
         checks = [c for s in plan.services for c in s.slo]
         rows.append(ComparisonRow(option=text, plan=plan, slos_met=sum(c.met for c in checks), slos_total=len(checks)))
     _verdicts(rows)
@@ -111,7 +112,7 @@ def explain(path: Path, service: str, objective: str | None = None, calibration:
         raise GpumixError(f"{path}: no service named {service!r}{did_you_mean(service, names)}",
                           hint=f"services: {', '.join(names)}")  # fmt: skip
     result = planner.planning(spec, objective=objective, calibration=calibration, calibration_name=calibration_name,
-                              source=str(path), lines=lines, discover=discover)  # fmt: skip
+                              source=str(path), lines=lines, discover=discover, advise=False)  # fmt: skip
     return result.plan, alternatives(result, service)
 
 

@@ -18,6 +18,12 @@
 | GPX014 | service-unplaced          | a service could not be placed (see the plan's reasons)                          |
 | GPX015 | device-oversubscribed     | the services on one card would need more than its bandwidth/compute if all busy at once (declare `load:`) |
 | GPX016 | price-unknown             | a card the plan uses has no £/month (catalog or `prices:`), so the plan gives no cost |
+| GPX018 | psu-undersized            | a host's GPUs (board power) + CPU + rest exceed its declared `psu_w`, steady or with GPU transients (x1.33) |
+| GPX019 | driver-too-old            | a card's `driver:` is older than the first CUDA toolkit for its architecture needs (Blackwell >= 570.26) |
+| GPX020 | cuda-rocm-split           | one split over CUDA and ROCm (or Metal) cards: one llama.cpp build / vLLM process runs one backend |
+| GPX021 | duplicate-model-crowds-out | two services serve the same model on different cards of a host while another service found no room |
+
+GPX018-GPX021 live in gpumix.plan.lint_platform.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from gpumix.estimate.memory import usable_bytes
 from gpumix.estimate.speed import pcie_gb_per_s
 from gpumix.estimate.types import Links
 from gpumix.hardware.spec import Device
+from gpumix.plan import lint_platform
 from gpumix.plan.candidates import Option, llm_option
 from gpumix.plan.fleet import device_pcie
 from gpumix.plan.planning import Planning
@@ -58,7 +65,9 @@ def lint(ctx: Planning) -> list[Warning_]:
                           "(see reasons)", name, "error"))  # fmt: skip
             continue
         out.extend(_service_checks(svc, opt, ctx))
+        out.extend(lint_platform.service_checks(svc, opt))
     out.extend(_device_checks(ctx))
+    out.extend(lint_platform.plan_checks(ctx))
     unpriced = sorted({d.name for d in plan.devices if d.kind == "gpu" and d.memory_planned_bytes > 0
                        and d.gbp_per_month is None})  # fmt: skip
     if unpriced:

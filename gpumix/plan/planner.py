@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from gpumix.errors import GpumixError
 from gpumix.estimate.calibration import Calibration, default_calibration
@@ -22,10 +23,11 @@ from gpumix.estimate.memory import usable_bytes
 from gpumix.hardware.spec import Device
 from gpumix.kinds import OBJECTIVES, Objective
 from gpumix.plan import lint
+from gpumix.plan.advice import suggest
 from gpumix.plan.assemble import plan_cost, planned_devices, planned_service, service_costs
 from gpumix.plan.assign import SOLVER_NAME, Assignment, Choice, solve_assignment
 from gpumix.plan.candidates import CandidateContext, Option, llm_options, service_options
-from gpumix.plan.fleet import Discover, build_devices, check_service_hosts, device_price
+from gpumix.plan.fleet import Discover, build_devices, check_host_entries, check_service_hosts, device_price
 from gpumix.plan.planning import Planning
 from gpumix.plan.prune import (
     MAX_CHOICES,
@@ -52,16 +54,17 @@ LARGE_TIME_LIMIT_S = 0.5
 
 
 def plan_file(path: Path, objective: str | None = None, calibration: Calibration | None = None,
-              calibration_name: str | None = None, discover: Discover | None = None) -> Plan:  # fmt: skip
+              calibration_name: str | None = None, discover: Discover | None = None, advise: bool = True) -> Plan:  # fmt: skip
     """Plan the services of a plan file (what `gpumix plan FILE` and `gpumix up FILE` call)."""
-    return planning_of_file(path, objective, calibration, calibration_name, discover).plan
+    return planning_of_file(path, objective, calibration, calibration_name, discover, advise).plan
 
 
 def planning_of_file(path: Path, objective: str | None = None, calibration: Calibration | None = None,
-                     calibration_name: str | None = None, discover: Discover | None = None) -> Planning:  # fmt: skip
+                     calibration_name: str | None = None, discover: Discover | None = None,
+                     advise: bool = True) -> Planning:  # fmt: skip
     spec, lines = load_plan_with_lines(Path(path))
     return planning(spec, objective=objective, calibration=calibration, calibration_name=calibration_name,
-                    source=str(path), lines=lines, discover=discover)  # fmt: skip
+                    source=str(path), lines=lines, discover=discover, advise=advise)  # fmt: skip
 
 
 def plan_services(
@@ -74,10 +77,11 @@ def plan_services(
     lines: SourceLines | None = None,
     devices: Sequence[Device] | None = None,
     discover: Discover | None = None,
+    advise: bool = True,
 ) -> Plan:
     """The Plan for `spec` (see `planning` for the arguments)."""
     return planning(spec, objective=objective, calibration=calibration, calibration_name=calibration_name,
-                    source=source, lines=lines, devices=devices, discover=discover).plan  # fmt: skip
+                    source=source, lines=lines, devices=devices, discover=discover, advise=advise).plan  # fmt: skip
 
 
 def planning(
@@ -90,13 +94,18 @@ def planning(
     lines: SourceLines | None = None,
     devices: Sequence[Device] | None = None,
     discover: Discover | None = None,
+    advise: bool = True,
+    cache: dict[Any, Any] | None = None,
 ) -> Planning:
     """Plan `spec`: the Plan and what it was made from.
 
     `calibration` defaults to the packaged fit (`default_calibration()`); `calibration_name` is recorded in the
     plan. `devices` replaces the file's devices (`gpumix compare`); `discover` reads this machine's devices when the
     file has none, and sizes a `cpu:` entry without RAM/threads (the CLI passes
-    `gpumix.hardware.discovery.LOCAL_MACHINE`; the planner never reads NVML or /proc)."""
+    `gpumix.hardware.discovery.LOCAL_MACHINE`; the planner never reads NVML or /proc).
+    `advise`: when a service does not fit or misses its SLO, re-plan changes that would fix it (gpumix.plan.advice)
+    into the Plan's `suggestions`. `cache`: estimates, splits and links shared between plannings of similar specs
+    (advice re-plans with its own; every key names all its inputs)."""
     if objective is not None and objective not in OBJECTIVES:
         raise GpumixError(f"unknown objective {objective!r}", hint=f"use {' or '.join(OBJECTIVES)}")
     wanted: Objective | None = objective
@@ -108,15 +117,31 @@ def planning(
         raise GpumixError(f"{src}: no devices to plan on", hint="add a `devices:` list")
     if devices is None:  # `gpumix compare` swaps the hardware: a host pin then just leaves the service unplaced
         check_service_hosts(spec, devs, src, lines)
+        check_host_entries(spec, devs, src, lines)
     services = [resolve_service(e, i, spec, src, lines, wanted) for i, e in enumerate(spec.services)]
     classes = host_classes(devs)
-    ctx = CandidateContext(spec, sockets, cal, per_class=SINGLES_PER_CLASS if too_many_hosts(classes) else None)
+    ctx = CandidateContext(spec, sockets, cal, per_class=SINGLES_PER_CLASS if too_many_hosts(classes) else None,
+                           cache={} if cache is None else cache)  # fmt: skip
     options = _all_options(services, devs, ctx, classes)
     chosen, assignment, pruned = _assign(services, devs, options)
     plan = _plan(spec, devs, services, options, chosen, ctx, assignment, pruned, source, calibration_name)
     result = Planning(spec=spec, plan=plan, devices=tuple(devs), sockets=sockets, services=tuple(services),
                       options=tuple(tuple(o) for o in options), chosen=tuple(chosen), calibration=cal)  # fmt: skip
-    return dataclasses.replace(result, plan=plan.model_copy(update={"warnings": lint.lint(result)}))
+    result = dataclasses.replace(result, plan=plan.model_copy(update={"warnings": lint.lint(result)}))
+    if not advise or not _needs_advice(result.plan):
+        return result
+
+    def replan(changed: PlanSpec, changed_devices: Sequence[Device] | None) -> Plan:
+        return planning(changed, objective=objective, calibration=cal, calibration_name=calibration_name,
+                        source=source, devices=changed_devices, advise=False, cache=ctx.cache).plan  # fmt: skip
+
+    fixed = None if devices is None and spec.devices is not None else devs
+    advice = suggest(result, replan, fixed)
+    return dataclasses.replace(result, plan=result.plan.model_copy(update={"suggestions": advice}))
+
+
+def _needs_advice(plan: Plan) -> bool:
+    return not plan.feasible or any(not c.met for s in plan.services for c in s.slo)
 
 
 def _all_options(services: list[Resolved], devs: list[Device], ctx: CandidateContext,
@@ -175,7 +200,7 @@ def _plan(spec: PlanSpec, devs: list[Device], services: list[Resolved], options:
     reasons = [unplaced_reason(svc, options[svc.index], devs, fitting[svc.index], chosen, ctx)
                for svc, opt in zip(services, chosen, strict=True) if opt is None]  # fmt: skip
     prices = {d.id: p for d in devs if (p := device_price(d, spec)) is not None}
-    devices_out = planned_devices(devs, services, chosen, prices)
+    devices_out = planned_devices(devs, services, chosen, prices, ctx.calibration)
     services_out = service_costs([planned_service(s, o) for s, o in zip(services, chosen, strict=True)], devices_out)
     proven = assignment.optimal and not pruned
     solver = SOLVER_NAME if proven else f"{SOLVER_NAME} (gap {assignment.gap:.2%}{', candidates pruned' if pruned else ''})"

@@ -85,6 +85,9 @@ class PlannedDevice(_Frozen):
     bandwidth_utilisation: float = 0.0  # expected fraction of achieved bandwidth in use
     compute_utilisation: float = 0.0
     gbp_per_month: float | None = None
+    # What the plan assumed where the file did not say it: a host's CPU and RAM bandwidth (theoretical and achieved,
+    # which CPU offload decode uses), the board slot a GPU sits in (gpumix.hardware.platforms).
+    assumed: str | None = None
 
 
 class PlannedService(_Frozen):
@@ -127,6 +130,21 @@ class Warning_(_Frozen):
     severity: Literal["info", "warning", "error"] = "warning"
 
 
+SuggestionKind = Literal["quant", "context", "kv_cache", "cpu_offload", "add_card", "replace_card", "drop_service"]
+
+
+class Suggestion(_Frozen):
+    """A change that would fix a service that does not fit or misses its SLO, re-planned with the planner
+    (gpumix.plan.advice): `feasible` = the changed plan is feasible with the service placed and its SLOs met."""
+
+    service: str
+    kind: SuggestionKind
+    change: str  # one line a person reads
+    feasible: bool
+    decode_tokens_per_s: float | None = None  # the service's one-stream decode in the changed plan
+    gbp_per_month: float | None = None  # the changed plan's cost (None when a card it uses has no price)
+
+
 class Cost(_Frozen):
     gbp_per_month: float | None = None
     gbp_per_million_tokens: float | None = None
@@ -144,6 +162,8 @@ class Plan(_Frozen):
     warnings: list[Warning_] = Field(default_factory=list)
     cost: Cost = Cost()
     calibration: str | None = None  # calibration file used
+    # What would fix services that do not fit or miss their SLO, each re-planned; cheapest first (gpumix.plan.advice).
+    suggestions: list[Suggestion] = Field(default_factory=list)
 
     def service(self, name: str) -> PlannedService:
         for svc in self.services:

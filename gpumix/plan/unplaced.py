@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from gpumix.estimate import estimate
+from gpumix.estimate.calibration import Calibration
 from gpumix.estimate.memory import total_weight_bytes, usable_bytes
 from gpumix.estimate.types import Links, Placement
 from gpumix.hardware.spec import Device
@@ -77,11 +78,8 @@ def _llm_shortfall(name: str, svc: Resolved, devs: Sequence[Device], ctx: Candid
     hosts = by_host(service_pool(svc.entry, devs))
     if any(d.kind == "cpu" for d in devs) and all(sum(d.kind == "gpu" for d in h) <= 1 for h in hosts.values()):
         return None
-    gpus = max(([d for d in h if d.kind == "gpu"] or list(h) for h in hosts.values()),
-               key=lambda group: sum(usable_bytes(d) for d in group))  # fmt: skip
-    whole = estimate(svc.model, svc.quant, Placement(mode="layer_split", devices=tuple(gpus)), svc.workload, Links(),
-                     ctx.calibration)  # fmt: skip
-    need = sum(d.memory_bytes for d in whole.devices)
+    gpus = roomiest_gpus(svc, devs)
+    need = layer_split_need_bytes(svc, gpus, ctx.calibration)
     have = sum(usable_bytes(d) for d in gpus)
     if need <= have:
         return None
@@ -94,6 +92,20 @@ def _llm_shortfall(name: str, svc: Resolved, devs: Sequence[Device], ctx: Candid
         f"the safety margin): short by {(need - have) / GB:.1f} GB; add a card or system RAM "
         "(CPU offload), or use a smaller quant / shorter context"
     )
+
+
+def roomiest_gpus(svc: Resolved, devs: Sequence[Device]) -> list[Device]:
+    """The GPUs (else all devices) of the host that offers the service the most memory."""
+    hosts = by_host(service_pool(svc.entry, devs))
+    return max(([d for d in h if d.kind == "gpu"] or list(h) for h in hosts.values()),
+               key=lambda group: sum(usable_bytes(d) for d in group))  # fmt: skip
+
+
+def layer_split_need_bytes(svc: Resolved, gpus: Sequence[Device], calibration: Calibration) -> int:
+    """Memory an LLM needs as one layer split over `gpus` (weights + KV + buffers), fitting or not."""
+    whole = estimate(svc.model, svc.quant, Placement(mode="layer_split", devices=tuple(gpus)), svc.workload, Links(),
+                     calibration)  # fmt: skip
+    return sum(d.memory_bytes for d in whole.devices)
 
 
 def _closest_option(name: str, options: list[Option]) -> str:
