@@ -48,7 +48,7 @@ def prune_choices(choices: list[Choice], option_of: list[Option]) -> tuple[list[
     hosts — rotated by service so that services sharing a card type are offered different hosts."""
     groups: dict[tuple, list[int]] = {}
     for j, (c, opt) in enumerate(zip(choices, option_of, strict=True)):
-        signature = (c.service, opt.mode, tuple(device_class(d) for d in opt.devices), opt.layers)
+        signature = (c.service, opt.mode, tuple(device_class(d) for d in opt.devices), opt.layers, opt.kv_tokens)
         groups.setdefault(signature, []).append(j)
     keep: list[int] = []
     for (service, *_), js in groups.items():

@@ -1,0 +1,126 @@
+"""KV budgets of LLM engine processes, as arithmetic (no planner types): how many tokens of KV a process may hold,
+how a card's leftover memory is shared among the processes on it, and how replicas share a service's streams.
+
+vLLM's paged KV cache and llama.cpp's unified KV (`--kv-unified`) are one pool per engine process, shared by all its
+sequences. A process needs room for one full-`context` sequence to start and can use up to concurrency × context;
+anything between serves the concurrency as long as the sequences' combined length fits. Memory grows linearly with
+the budget (KV bytes per token on each device, plus llama.cpp's attention mask per cell), so the planner works with
+bytes per token measured between two estimates and checks the final estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from gpumix.estimate.memory import LLAMA_KV_CELL_ROUNDING
+from gpumix.estimate.types import Workload
+
+# vLLM allocates KV in blocks of 16 tokens (engines.md §2: page = 2·block_size(16)·kv_heads·head_size·dtype); llama.cpp
+# rounds its cells up to 256. Budgets below the maximum are whole blocks / whole 256-cell steps.
+VLLM_BLOCK_TOKENS = 16
+
+
+def kv_step(workload: Workload) -> int:
+    return VLLM_BLOCK_TOKENS if workload.engine == "vllm" else LLAMA_KV_CELL_ROUNDING
+
+
+def min_kv_tokens(workload: Workload) -> int:
+    """One full-`context` sequence, in whole steps: what the engine needs to start (vLLM refuses a max_model_len its
+    KV cannot hold)."""
+    step = kv_step(workload)
+    return math.ceil(workload.context / step) * step
+
+
+def max_kv_tokens(workload: Workload, streams: int) -> int:
+    """Every stream at full `context`."""
+    return max(workload.context * streams, min_kv_tokens(workload))
+
+
+def round_budget(tokens: float, low: int, high: int, step: int) -> int:
+    """A budget between low and high; below high it is a whole number of steps (never below low)."""
+    if tokens >= high:
+        return high
+    return max(low, int(tokens // step) * step)
+
+
+def tokens_that_fit(low: int, high: int, step: int, room_bytes: Mapping[str, float],
+                    bytes_per_token: Mapping[str, float]) -> int:  # fmt: skip
+    """The largest budget in [low, high] whose extra memory over `low` fits every device's room."""
+    extra = float(high - low)
+    for device, room in room_bytes.items():
+        per_token = bytes_per_token.get(device, 0.0)
+        if per_token > 0:
+            extra = min(extra, max(room, 0.0) / per_token)
+    return round_budget(low + extra, low, high, step)
+
+
+@dataclass(frozen=True)
+class Grower:
+    """One engine process whose KV may grow: from `tokens` up to `max_tokens`, costing `bytes_per_token` on each of
+    its devices."""
+
+    tokens: int
+    max_tokens: int
+    bytes_per_token: Mapping[str, float]
+
+
+def share_leftover(growers: Sequence[Grower], leftover_bytes: Mapping[str, float]) -> list[float]:
+    """Extra tokens for each grower: progressive filling. All growers rise together by the same fraction of what
+    they still lack; when a device is full, the growers on it stop, and the others keep rising (max-min fair in the
+    fraction of the wanted KV each one gets)."""
+    want = [float(g.max_tokens - g.tokens) for g in growers]
+    level = [0.0] * len(growers)
+    active = {i for i, w in enumerate(want) if w > 0}
+    while active:
+        room = dict(leftover_bytes)
+        for i, g in enumerate(growers):
+            for device, per_token in g.bytes_per_token.items():
+                if i not in active:
+                    room[device] = room.get(device, 0.0) - per_token * level[i] * want[i]
+        rise = 1.0
+        full: set[str] = set()
+        for device, left in room.items():
+            rate = sum(growers[i].bytes_per_token.get(device, 0.0) * want[i] for i in active)
+            if rate <= 0:
+                continue
+            reach = max(left, 0.0) / rate
+            if reach < rise - 1e-12:
+                rise, full = reach, {device}
+            elif abs(reach - rise) <= 1e-12:
+                full.add(device)
+        for i in active:
+            level[i] = rise
+        if rise >= 1.0:
+            break
+        stopped = {i for i in active if any(growers[i].bytes_per_token.get(d, 0.0) > 0 for d in full)}
+        active -= stopped or set(active)
+    return [lv * w for lv, w in zip(level, want, strict=True)]
+
+
+def replica_streams(concurrency: int, one_stream_s: Sequence[float], all_streams_s: Sequence[float],
+                    capacity: Sequence[int]) -> list[int]:  # fmt: skip
+    """How many of `concurrency` streams each replica serves, for the most aggregate tokens/s.
+
+    A replica's decode step at n streams is modelled between two estimates — one stream (`one_stream_s`) and all of
+    them (`all_streams_s`, at n = concurrency) — as linear in n (the weights are read once per step, each stream adds
+    its KV reads), so its aggregate n / step(n) is concave. Every replica gets one stream; then each further stream
+    goes where it adds the most tokens/s, within what each replica's KV holds at full context (`capacity`); once every
+    replica is full, the rest go to the fastest (they wait for a free sequence there)."""
+    n = len(one_stream_s)
+    streams = [1] * n
+
+    def aggregate(i: int, k: int) -> float:
+        span = max(concurrency - 1, 1)
+        step = one_stream_s[i] + (all_streams_s[i] - one_stream_s[i]) * (k - 1) / span
+        return k / step if step > 0 else 0.0
+
+    for _ in range(max(concurrency - n, 0)):
+        open_ = [i for i in range(n) if streams[i] < capacity[i]]
+        if open_:
+            best = max(open_, key=lambda i: (aggregate(i, streams[i] + 1) - aggregate(i, streams[i]), -i))
+        else:
+            best = min(range(n), key=lambda i: (one_stream_s[i], i))
+        streams[best] += 1
+    return streams
