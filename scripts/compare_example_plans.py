@@ -92,6 +92,9 @@ def main() -> int:
         if args.action == "save":
             saved.write_text(json.dumps(plan, indent=2))
             continue
+        if not saved.is_file():
+            print(f"{example.stem}: new (no saved plan)")
+            continue
         diffs = differences(decisions(json.loads(saved.read_text())), decisions(plan))
         different += bool(diffs)
         print(f"{example.stem}: {'same' if not diffs else 'DIFFERENT'}")

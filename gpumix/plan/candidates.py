@@ -70,9 +70,11 @@ class Option:
     workloads: tuple[Workload, ...] = ()
     kv_tokens: tuple[int, ...] = ()
     kv_max_tokens: tuple[int, ...] = ()
-    # A KV pool held below its maximum (a KV level, down to one full context): the planner grows it after the
-    # assignment. `memory_full` is the memory with every pool at its maximum (the slope of memory per token of KV).
-    kv_short: bool = False
+    # Shared KV pools (vLLM, llama.cpp unified): the memory with every pool at its least (one full context,
+    # `kv_least_tokens`) and at its most; the planner re-divides the pools' room after the assignment
+    # (gpumix.plan.kv). Empty without a pool that can grow.
+    kv_least_tokens: tuple[int, ...] = ()
+    memory_least: tuple[MemoryBreakdown, ...] = ()
     memory_full: tuple[MemoryBreakdown, ...] = ()
 
     @functools.cached_property
@@ -216,12 +218,10 @@ def llm_variants(svc: Resolved, mode: PlacementMode, group: Sequence[Device], la
     least = tuple(kvmath.min_kv_tokens(w) for w in full.workloads)
     if least == full.kv_max_tokens:
         return [full]
-    out = [full] if full.fits() else []
-    for tokens in _kv_levels(full, least):
-        opt = llm_option(svc, mode, group, layers, links, calibration, cache, kv_tokens=tokens, streams=full.streams)
-        if opt.fits() or tokens == least:
-            out.append(dataclasses.replace(opt, kv_short=True, memory_full=full.memory))
-    return out
+    levels = [llm_option(svc, mode, group, layers, links, calibration, cache, kv_tokens=tokens, streams=full.streams)
+              for tokens in _kv_levels(full, least)]  # fmt: skip
+    pool = {"kv_least_tokens": least, "memory_least": levels[-1].memory, "memory_full": full.memory}
+    return [dataclasses.replace(opt, **pool) for opt in [full, *levels] if opt.fits() or opt is levels[-1]]
 
 
 def _kv_levels(full: Option, least: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -251,13 +251,13 @@ def room_bytes(opt: Option, process: int) -> dict[str, float]:
 
 
 def kv_bytes_per_token(opt: Option, process: int) -> dict[str, float]:
-    """Bytes one more token of KV budget costs on each device of one process of a least-KV option: the slope
-    between its memory and `memory_full` (device id → bytes per token)."""
-    span = opt.kv_max_tokens[process] - opt.kv_tokens[process]
-    if span <= 0 or not opt.memory_full:
+    """Bytes one more token of KV budget costs on each device of one process with a shared pool: the slope between
+    `memory_least` and `memory_full` (device id → bytes per token)."""
+    if not opt.memory_least:
         return {}
-    full = [m.total_bytes for m in opt.memory_full]
-    return {opt.devices[i].id: max(full[i] - opt.memory_bytes[i], 0) / span for i in opt.process_positions()[process]}
+    span = opt.kv_max_tokens[process] - opt.kv_least_tokens[process]
+    full, least = [m.total_bytes for m in opt.memory_full], [m.total_bytes for m in opt.memory_least]
+    return {opt.devices[i].id: max(full[i] - least[i], 0) / span for i in opt.process_positions()[process]}
 
 
 def _replica_streams(svc: Resolved, group: Sequence[Device], links: Links, calibration: Calibration,
@@ -384,7 +384,7 @@ def _layer_splits(options: _Options, groups: list[list[Device]]) -> None:
     if want not in ("auto", "layer_split"):
         return
     fits_alone = {device_class(o.devices[0]) for o in options.items if o.mode == "single" and o.fits()
-                  and not o.kv_short}  # fmt: skip
+                  and o.kv_tokens == o.kv_max_tokens}  # fmt: skip
     for group in groups:
         if len(group) < 2 or (want == "auto" and device_class(group[0]) in fits_alone):
             continue  # a split is slower than the group's fastest card when the model fits it

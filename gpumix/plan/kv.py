@@ -1,14 +1,16 @@
 """After the assignment: each LLM's KV pool gets what its cards leave.
 
 The solver places every service with each LLM's KV pool at a level between every stream at full context and one full
-context (`candidates.llm_variants`). Here each pool below its maximum (`Option.kv_short`) grows into the usable memory
-(free − margin) its cards have left once every chosen service is in place (`kvmath.share_leftover`: the pools on a card rise together), up to
-its maximum. Each grown placement is estimated again, so its memory breakdown holds the KV it was given and its
+context (`candidates.llm_variants`): the levels steer what goes beside an LLM. Here the room those pools have — the
+usable memory (free − margin) of their cards once every other chosen service is in place — is divided again, from
+one full context each up to each pool's maximum (`kvmath.share_leftover`: the pools on a card rise together, in
+the share of their maximum they hold). Each grown placement is estimated again, so its memory breakdown holds the KV it was given and its
 predictions use the sequences that KV holds at full context (`gpumix.estimate.memory.sequences_held`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from gpumix.estimate.memory import usable_bytes
@@ -27,15 +29,14 @@ def allocate(services: Sequence[Resolved], chosen: Sequence[Option | None],
     growers: list[kvmath.Grower] = []
     owners: list[tuple[int, int]] = []  # (service index, process index) of each grower
     for svc, opt in zip(services, chosen, strict=True):
-        if opt is None or not opt.kv_short:
+        if opt is None or not opt.memory_least:
             continue
-        for p, (tokens, most) in enumerate(zip(opt.kv_tokens, opt.kv_max_tokens, strict=True)):
-            if tokens < most:
-                growers.append(kvmath.Grower(tokens, most, kv_bytes_per_token(opt, p)))
-                owners.append((svc.index, p))
+        for p, (least, most) in enumerate(zip(opt.kv_least_tokens, opt.kv_max_tokens, strict=True)):
+            growers.append(kvmath.Grower(least, most, kv_bytes_per_token(opt, p)))
+            owners.append((svc.index, p))
     if not growers:
         return list(chosen)
-    used = _used(chosen)
+    used = _used([o if o is None or not o.memory_least else _least(o) for o in chosen])
     leftover = {i: float(usable_bytes(d) - used.get(i, 0)) for i, d in devices.items()}
     extra = kvmath.share_leftover(growers, leftover)
     budgets: dict[int, list[int]] = {}
@@ -43,7 +44,7 @@ def allocate(services: Sequence[Resolved], chosen: Sequence[Option | None],
         opt = chosen[index]
         assert opt is not None
         step = kvmath.kv_step(opt.workloads[p])
-        budgets.setdefault(index, list(opt.kv_tokens))[p] = kvmath.round_budget(grower.tokens + more, grower.tokens,
+        budgets.setdefault(index, list(opt.kv_least_tokens))[p] = kvmath.round_budget(grower.tokens + more, grower.tokens,
                                                                                  grower.max_tokens, step)  # fmt: skip
     out = list(chosen)
     for _ in range(MAX_SHRINK_ROUNDS):
@@ -52,7 +53,13 @@ def allocate(services: Sequence[Resolved], chosen: Sequence[Option | None],
         if not over:
             return out
         _shrink(budgets, chosen, over)
-    return list(chosen)  # the least KV always fits (the solver placed it so)
+    return [_grown(svc, opt, None if opt is None else list(opt.kv_least_tokens) or None, ctx)
+            for svc, opt in zip(services, chosen, strict=True)]  # the least always fits (the solver placed more)
+
+
+def _least(opt: Option) -> Option:
+    """The option with its pools at their least (for the room they share)."""
+    return dataclasses.replace(opt, memory=opt.memory_least, kv_tokens=opt.kv_least_tokens)
 
 
 def _used(options: Sequence[Option | None]) -> dict[str, int]:
@@ -84,7 +91,7 @@ def _shrink(budgets: dict[int, list[int]], chosen: Sequence[Option | None], over
     """Take the excess back from the grown pools on each over-full device, in whole steps, never below the least."""
     for device_id, excess in over.items():
         on_device = [(index, p) for index, budget in budgets.items() for p in range(len(budget))
-                     if (opt := chosen[index]) is not None and budget[p] > opt.kv_tokens[p]
+                     if (opt := chosen[index]) is not None and budget[p] > opt.kv_least_tokens[p]
                      and device_id in kv_bytes_per_token(opt, p)]  # fmt: skip
         for index, p in on_device:
             opt = chosen[index]
@@ -92,5 +99,5 @@ def _shrink(budgets: dict[int, list[int]], chosen: Sequence[Option | None], over
             per_token = kv_bytes_per_token(opt, p)[device_id] or 1.0
             step = kvmath.kv_step(opt.workloads[p])
             cut = excess / len(on_device) / per_token + step
-            budgets[index][p] = kvmath.round_budget(budgets[index][p] - cut, opt.kv_tokens[p], opt.kv_max_tokens[p],
+            budgets[index][p] = kvmath.round_budget(budgets[index][p] - cut, opt.kv_least_tokens[p], opt.kv_max_tokens[p],
                                                     step)  # fmt: skip

@@ -67,36 +67,38 @@ class Grower:
 
 
 def share_leftover(growers: Sequence[Grower], leftover_bytes: Mapping[str, float]) -> list[float]:
-    """Extra tokens for each grower: progressive filling. All growers rise together by the same fraction of what
-    they still lack; when a device is full, the growers on it stop, and the others keep rising (max-min fair in the
-    fraction of the wanted KV each one gets)."""
-    want = [float(g.max_tokens - g.tokens) for g in growers]
-    level = [0.0] * len(growers)
-    active = {i for i, w in enumerate(want) if w > 0}
-    while active:
-        room = dict(leftover_bytes)
+    """Extra tokens for each grower: max-min fair in the share of its maximum each pool holds. A water level rises
+    from 0 to 1; a pool below it grows to that share of its maximum, a pool above it (the solver gave it more) keeps
+    what it has; when a device fills, the pools on it stop where they are and the others keep rising."""
+    frozen: dict[int, float] = {}
+    active = {i for i, g in enumerate(growers) if g.max_tokens > g.tokens}
+    devices = {d for g in growers for d in g.bytes_per_token}
+
+    def extra(i: int, level: float) -> float:
+        g = growers[i]
+        return max(0.0, min(level, 1.0) * g.max_tokens - g.tokens)
+
+    def over(level: float) -> set[str]:
+        used = dict.fromkeys(devices, 0.0)
         for i, g in enumerate(growers):
+            more = frozen.get(i, 0.0) if i not in active else extra(i, level)
             for device, per_token in g.bytes_per_token.items():
-                if i not in active:
-                    room[device] = room.get(device, 0.0) - per_token * level[i] * want[i]
-        rise = 1.0
-        full: set[str] = set()
-        for device, left in room.items():
-            rate = sum(growers[i].bytes_per_token.get(device, 0.0) * want[i] for i in active)
-            if rate <= 0:
-                continue
-            reach = max(left, 0.0) / rate
-            if reach < rise - 1e-12:
-                rise, full = reach, {device}
-            elif abs(reach - rise) <= 1e-12:
-                full.add(device)
-        for i in active:
-            level[i] = rise
-        if rise >= 1.0:
+                used[device] += per_token * more
+        return {d for d, u in used.items() if u > leftover_bytes.get(d, 0.0)}
+
+    while active:
+        if not over(1.0):
+            frozen.update({i: extra(i, 1.0) for i in active})
             break
-        stopped = {i for i in active if any(growers[i].bytes_per_token.get(d, 0.0) > 0 for d in full)}
-        active -= stopped or set(active)
-    return [lv * w for lv, w in zip(level, want, strict=True)]
+        low, high = 0.0, 1.0
+        for _ in range(60):  # bisection: usage rises monotonically with the level
+            mid = (low + high) / 2
+            low, high = (low, mid) if over(mid) else (mid, high)
+        full = over(high)
+        stopped = {i for i in active if any(growers[i].bytes_per_token.get(d, 0.0) > 0 for d in full)} or set(active)
+        frozen.update({i: extra(i, low) for i in stopped})
+        active -= stopped
+    return [frozen.get(i, 0.0) for i in range(len(growers))]
 
 
 def replica_streams(concurrency: int, one_stream_s: Sequence[float], all_streams_s: Sequence[float],

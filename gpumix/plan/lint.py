@@ -112,7 +112,8 @@ def _kv_below_concurrency(svc: Resolved, opt: Option) -> list[Warning_]:
     held_total = sum(min(t // context, n) for t, n in zip(opt.kv_tokens, opt.streams, strict=True))
     cards = ", ".join(dict.fromkeys(d.id for d in opt.devices))
     return [_w("GPX017", "kv-below-concurrency",
-               f"{name}: {what}. Predictions use {held_total} streams. Shorter requests share the pool; when they grow "
+               f"{name}: {what}. Predictions use {held_total} stream{'s' if held_total != 1 else ''}. Shorter requests "
+               "share the pool; when they grow "
                f"{then}. More KV: free memory on {cards} (move a service off it), a shorter context, or a smaller "
                "kv_cache_dtype", name)]  # fmt: skip
 

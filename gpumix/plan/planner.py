@@ -116,7 +116,8 @@ def planning(
     chosen = kv.allocate(services, assigned, ctx)
     plan = _plan(spec, devs, services, options, (assigned, chosen), ctx, assignment, pruned, source, calibration_name)
     result = Planning(spec=spec, plan=plan, devices=tuple(devs), sockets=sockets, services=tuple(services),
-                      options=tuple(tuple(o) for o in options), chosen=tuple(chosen), calibration=cal)  # fmt: skip
+                      options=tuple(tuple(o) for o in options), chosen=tuple(chosen), calibration=cal,
+                      assigned=tuple(assigned))  # fmt: skip
     return dataclasses.replace(result, plan=plan.model_copy(update={"warnings": lint.lint(result)}))
 
 
