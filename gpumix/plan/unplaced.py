@@ -6,9 +6,10 @@ import dataclasses
 from collections.abc import Sequence
 
 from gpumix.estimate import estimate
-from gpumix.estimate.memory import total_weight_bytes, usable_bytes
+from gpumix.estimate.memory import shares_kv_pool, total_weight_bytes, usable_bytes
 from gpumix.estimate.types import Links, Placement
 from gpumix.hardware.spec import Device
+from gpumix.plan import kvmath
 from gpumix.plan.candidates import CandidateContext, Option, by_host, llm_options, service_pool
 from gpumix.plan.resolve import Resolved
 from gpumix.units import GB
@@ -79,7 +80,11 @@ def _llm_shortfall(name: str, svc: Resolved, devs: Sequence[Device], ctx: Candid
         return None
     gpus = max(([d for d in h if d.kind == "gpu"] or list(h) for h in hosts.values()),
                key=lambda group: sum(usable_bytes(d) for d in group))  # fmt: skip
-    whole = estimate(svc.model, svc.quant, Placement(mode="layer_split", devices=tuple(gpus)), svc.workload, Links(),
+    workload, kv = svc.workload, f"{svc.workload.context} x {svc.workload.parallel} tokens"
+    if shares_kv_pool(workload) and workload.parallel > 1:  # a shared pool needs one full context to start
+        workload = workload.model_copy(update={"kv_tokens": kvmath.min_kv_tokens(workload)})
+        kv = f"one {workload.context}-token sequence"
+    whole = estimate(svc.model, svc.quant, Placement(mode="layer_split", devices=tuple(gpus)), workload, Links(),
                      ctx.calibration)  # fmt: skip
     need = sum(d.memory_bytes for d in whole.devices)
     have = sum(usable_bytes(d) for d in gpus)
@@ -89,7 +94,7 @@ def _llm_shortfall(name: str, svc: Resolved, devs: Sequence[Device], ctx: Candid
     total = sum(d.memory_total_bytes for d in gpus)
     return (
         f"{name} does not fit: it needs {need / GB:.1f} GB (weights {weights / GB:.1f} GB + KV "
-        f"cache for {svc.workload.context} x {svc.workload.parallel} tokens + buffers) but "
+        f"cache for {kv} + buffers) but "
         f"{' + '.join(d.name for d in gpus)} have {total / GB:.1f} GB ({have / GB:.1f} GB usable after "
         f"the safety margin): short by {(need - have) / GB:.1f} GB; add a card or system RAM "
         "(CPU offload), or use a smaller quant / shorter context"
