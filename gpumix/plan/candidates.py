@@ -220,8 +220,8 @@ def llm_variants(svc: Resolved, mode: PlacementMode, group: Sequence[Device], la
         return [full]
     levels = [llm_option(svc, mode, group, layers, links, calibration, cache, kv_tokens=tokens, streams=full.streams)
               for tokens in _kv_levels(full, least)]  # fmt: skip
-    pool = {"kv_least_tokens": least, "memory_least": levels[-1].memory, "memory_full": full.memory}
-    return [dataclasses.replace(opt, **pool) for opt in [full, *levels] if opt.fits() or opt is levels[-1]]
+    return [dataclasses.replace(opt, kv_least_tokens=least, memory_least=levels[-1].memory, memory_full=full.memory)
+            for opt in [full, *levels] if opt.fits() or opt is levels[-1]]  # fmt: skip
 
 
 def _kv_levels(full: Option, least: tuple[int, ...]) -> list[tuple[int, ...]]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from gpumix.errors import GpumixError
 from gpumix.estimate.calibration import Calibration, default_calibration
@@ -122,7 +122,7 @@ def planning(
 
 
 def _all_options(services: list[Resolved], devs: list[Device], ctx: CandidateContext,
-                 classes: dict[tuple, list[str | None]]) -> list[list[Option]]:  # fmt: skip
+                 classes: dict[tuple[Any, ...], list[str | None]]) -> list[list[Option]]:  # fmt: skip
     """Every service's candidate placements, scored against its objective."""
     max_bandwidth = max((d.spec.mem_bandwidth_gb_per_s for d in devs), default=1.0)
     out = []
