@@ -3,9 +3,10 @@ from `split.solve_layer_split`), CPU offload, vLLM tensor / pipeline parallel, r
 each. Each option is estimated (`gpumix.estimate.estimate`).
 
 KV budgets (`kvmath`): an LLM on vLLM or llama.cpp with a unified KV holds one KV pool per engine process. Each
-placement is offered with the most KV (every stream at full context) where its cards alone hold that, and with the
-least (one full context) for fitting next to other services; after the assignment the planner gives each process
-what its cards leave (`gpumix.plan.kv`). Replicas share the service's streams (`kvmath.replica_streams`).
+placement is offered at KV levels, from every stream at full context down to one full context (`llm_variants`), so
+that the assignment weighs an LLM's streams against what goes beside it; after the assignment the planner divides
+the pools' room on their cards again (`gpumix.plan.kv`). Replicas share the service's streams
+(`kvmath.replica_streams`).
 
 Hosts: a service may go to any host. Single cards, TP, and splits sit within one host; replicas may spread over
 hosts (each replica is its own process). A split may cross hosts only where the plan file says how: llama.cpp
@@ -242,12 +243,6 @@ def _kv_levels(full: Option, least: tuple[int, ...]) -> list[tuple[int, ...]]:
 def streams_held(opt: Option) -> int:
     """Streams the option's KV holds at full context (its processes' streams without a budget)."""
     return sum(min(n, t // w.context) for n, t, w in zip(opt.streams, opt.kv_tokens, opt.workloads, strict=True))
-
-
-def room_bytes(opt: Option, process: int) -> dict[str, float]:
-    """Free − margin − the option's memory, on each device of one engine process (device id → bytes)."""
-    return {opt.devices[i].id: float(usable_bytes(opt.devices[i]) - opt.memory_bytes[i])
-            for i in opt.process_positions()[process]}  # fmt: skip
 
 
 def kv_bytes_per_token(opt: Option, process: int) -> dict[str, float]:

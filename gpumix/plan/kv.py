@@ -4,8 +4,9 @@ The solver places every service with each LLM's KV pool at a level between every
 context (`candidates.llm_variants`): the levels steer what goes beside an LLM. Here the room those pools have — the
 usable memory (free − margin) of their cards once every other chosen service is in place — is divided again, from
 one full context each up to each pool's maximum (`kvmath.share_leftover`: the pools on a card rise together, in
-the share of their maximum they hold). Each grown placement is estimated again, so its memory breakdown holds the KV it was given and its
-predictions use the sequences that KV holds at full context (`gpumix.estimate.memory.sequences_held`).
+the share of their maximum they hold). Each grown placement is estimated again, so its memory breakdown holds the
+KV it was given and its predictions use the sequences that KV holds at full context
+(`gpumix.estimate.memory.sequences_held`).
 """
 
 from __future__ import annotations
@@ -44,9 +45,8 @@ def allocate(services: Sequence[Resolved], chosen: Sequence[Option | None],
         opt = chosen[index]
         assert opt is not None
         step = kvmath.kv_step(opt.workloads[p])
-        budgets.setdefault(index, list(opt.kv_least_tokens))[p] = kvmath.round_budget(grower.tokens + more, grower.tokens,
-                                                                                 grower.max_tokens, step)  # fmt: skip
-    out = list(chosen)
+        tokens = kvmath.round_budget(grower.tokens + more, grower.tokens, grower.max_tokens, step)
+        budgets.setdefault(index, list(opt.kv_least_tokens))[p] = tokens
     for _ in range(MAX_SHRINK_ROUNDS):
         out = [_grown(svc, opt, budgets.get(svc.index), ctx) for svc, opt in zip(services, chosen, strict=True)]
         over = _over_full(out, devices)

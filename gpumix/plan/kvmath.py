@@ -45,17 +45,6 @@ def round_budget(tokens: float, low: int, high: int, step: int) -> int:
     return max(low, int(tokens // step) * step)
 
 
-def tokens_that_fit(low: int, high: int, step: int, room_bytes: Mapping[str, float],
-                    bytes_per_token: Mapping[str, float]) -> int:  # fmt: skip
-    """The largest budget in [low, high] whose extra memory over `low` fits every device's room."""
-    extra = float(high - low)
-    for device, room in room_bytes.items():
-        per_token = bytes_per_token.get(device, 0.0)
-        if per_token > 0:
-            extra = min(extra, max(room, 0.0) / per_token)
-    return round_budget(low + extra, low, high, step)
-
-
 @dataclass(frozen=True)
 class Grower:
     """One engine process whose KV may grow: from `tokens` up to `max_tokens`, costing `bytes_per_token` on each of

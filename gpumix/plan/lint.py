@@ -251,9 +251,10 @@ def _co_location(svc: Resolved, opt: Option, ctx: Planning) -> list[Warning_]:
 
 
 def _fits_beside(option: Option, ctx: Planning) -> bool:
-    """Would `option` fit next to what the plan already put on its devices?"""
+    """Would `option` fit next to what the plan already put on its devices? (LLM KV pools as the assignment placed
+    them, before they grew into the cards' leftover.)"""
     used: dict[str, int] = {}
-    for o in ctx.chosen:
+    for o in ctx.assigned or ctx.chosen:
         if o is None:
             continue
         for d, m in zip(o.devices, o.memory_bytes, strict=True):
