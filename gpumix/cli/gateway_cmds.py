@@ -52,6 +52,10 @@ def gateway(
     health_interval_s: Annotated[float, typer.Option(help="seconds between active health checks")] = 2.0,
     health_path: Annotated[str, typer.Option(help="backend health path (200 = ready)")] = "/health",
     cooldown_s: Annotated[float, typer.Option(help="how long a tripped circuit keeps a backend out")] = 5.0,
+    balance: Annotated[
+        str, typer.Option(help="replicas: `shares` (in-flight requests in proportion to the plan's replica shares) "
+                          "or `least-outstanding`")  # fmt: skip
+    ] = "shares",
 ) -> None:
     """Serve the plan's services behind one OpenAI-compatible port."""
     from gpumix.gateway.config import HealthSettings, Limits, build_config, load_api_keys, load_plan
@@ -65,7 +69,7 @@ def gateway(
     health = HealthSettings(path=health_path, interval_s=health_interval_s, cooldown_s=cooldown_s)
     config = build_config(
         load_plan(plan) if plan else None, backend or [], route or [], limits=limits, health=health,
-        api_keys=load_api_keys(api_keys_file, api_keys_env), access_log=access_log, redis_url=redis,
+        api_keys=load_api_keys(api_keys_file, api_keys_env), access_log=access_log, redis_url=redis, balance=balance,
     )  # fmt: skip
     serve(Gateway(config), host, port)
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gpumix.estimate.calibration import Calibration
+from gpumix.estimate.memory import sequences_held
 from gpumix.estimate.speed import CPU_GB_PER_S_PER_THREAD, achieved_bandwidth_gb_per_s
 from gpumix.hardware.spec import Device
 from gpumix.kinds import SPLIT_MODES
@@ -42,7 +43,25 @@ def planned_service(svc: Resolved, opt: Option | None) -> PlannedService:
         predicted=_predicted(opt),
         slo=slo_checks(svc, opt),
         **_layer_fields(svc, opt),
+        **_kv_fields(svc, opt),
     )
+
+
+def _kv_fields(svc: Resolved, opt: Option) -> dict[str, Any]:
+    """kv_cache_tokens, max_full_context_sequences, kv_unified, and the replicas' shares, streams and KV."""
+    if svc.model.kind != "llm" or not opt.kv_tokens:
+        return {}
+    context = svc.workload.context
+    out: dict[str, Any] = {
+        "kv_cache_tokens": sum(opt.kv_tokens),
+        "max_full_context_sequences": sum(t // context for t in opt.kv_tokens),
+        "kv_unified": opt.workloads[0].kv_unified if opt.workloads[0].engine == "llama.cpp" else None,
+    }
+    if opt.mode == "replica":
+        total = sum(opt.streams) or 1
+        out |= {"replica_shares": [round(n / total, 4) for n in opt.streams], "replica_concurrency": list(opt.streams),
+                "replica_kv_cache_tokens": list(opt.kv_tokens)}  # fmt: skip
+    return out
 
 
 def _layer_fields(svc: Resolved, opt: Option) -> dict[str, Any]:
@@ -67,6 +86,7 @@ def _predicted(opt: Option) -> Predicted:
         decode_tokens_per_s=_r(opt.decode), aggregate_tokens_per_s=_r(opt.aggregate),
         prefill_tokens_per_s=_r(opt.prefill), ttft_s=_r(opt.ttft_s, 4),
         throughput=_r(opt.throughput), throughput_unit=opt.throughput_unit,
+        concurrency=sum(sequences_held(w) for w in opt.workloads) if opt.workloads else None,
     )  # fmt: skip
 
 

@@ -97,6 +97,7 @@ class Alternative:
     aggregate_tokens_per_s: float | None = None
     ttft_s: float | None = None
     memory_gb: list[float] = field(default_factory=list)
+    kv_tokens: list[int] = field(default_factory=list)  # LLMs: tokens of KV per engine process (one per replica)
     chosen: bool = False
     note: str = ""
 
@@ -120,7 +121,10 @@ def alternatives(result: Planning, service: str) -> list[Alternative]:
     """Every option the planner considered for `service`, plus llama.cpp's own default splits; chosen first."""
     index = result.index_of(service)
     svc, chosen = result.services[index], result.chosen[index]
-    out = [_from_option(o, o is chosen) for o in result.options[index]]
+    assigned = result.assigned[index] if result.assigned else chosen
+    # The chosen placement as the plan runs it (its KV grown after the assignment), then the others considered.
+    out = [] if chosen is None else [_from_option(chosen, True)]
+    out += [_from_option(o, False) for o in result.options[index] if o is not assigned and o is not chosen]
     if svc.model.kind == "llm":
         out += _default_splits(svc, result)
     out.sort(key=lambda a: (not a.chosen, not a.fits, -(a.decode_tokens_per_s or 0.0)))
@@ -134,7 +138,7 @@ def _from_option(opt: Option, is_chosen: bool) -> Alternative:
     return Alternative(
         label=label, mode=opt.mode, devices=[d.name for d in opt.devices], device_ids=[d.id for d in opt.devices], layers=list(opt.layers),
         fits=opt.fits(), decode_tokens_per_s=opt.decode, aggregate_tokens_per_s=opt.aggregate, ttft_s=opt.ttft_s,
-        memory_gb=[round(m / 1e9, 2) for m in opt.memory_bytes], chosen=is_chosen,
+        memory_gb=[round(m / 1e9, 2) for m in opt.memory_bytes], kv_tokens=list(opt.kv_tokens), chosen=is_chosen,
         note="chosen" if is_chosen else ("" if opt.fits() else "does not fit (free − margin)"),
     )  # fmt: skip
 

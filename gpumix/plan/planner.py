@@ -6,7 +6,8 @@
    objective (`score`); large fleets are pruned (`prune`).
 3. HiGHS picks one option per service (`assign.solve_assignment`): memory within free − margin on every device,
    declared loads ≤ 1, the LLM on the card that serves it best, small services on the cheaper card.
-4. Predictions, SLO checks, cost (`assemble`), reasons for what could not be placed (`unplaced`) and lint
+4. Each LLM's KV pool grows into what its cards have left (`kv.allocate`), and is estimated again.
+5. Predictions, SLO checks, cost (`assemble`), reasons for what could not be placed (`unplaced`) and lint
    warnings (`lint`) complete the Plan. `planning()` returns all of it (`Planning`); `plan_services()` the Plan.
 """
 
@@ -22,10 +23,10 @@ from gpumix.estimate.calibration import Calibration, default_calibration
 from gpumix.estimate.memory import usable_bytes
 from gpumix.hardware.spec import Device
 from gpumix.kinds import OBJECTIVES, Objective
-from gpumix.plan import lint
+from gpumix.plan import kv, lint
 from gpumix.plan.advice import suggest
 from gpumix.plan.assemble import plan_cost, planned_devices, planned_service, service_costs
-from gpumix.plan.assign import SOLVER_NAME, Assignment, Choice, solve_assignment
+from gpumix.plan.assign import SOLVER_NAME, UNPLACED_PENALTY, Assignment, Choice, solve_assignment
 from gpumix.plan.candidates import CandidateContext, Option, llm_options, service_options
 from gpumix.plan.fleet import Discover, build_devices, check_host_entries, check_service_hosts, device_price
 from gpumix.plan.planning import Planning
@@ -123,10 +124,12 @@ def planning(
     ctx = CandidateContext(spec, sockets, cal, per_class=SINGLES_PER_CLASS if too_many_hosts(classes) else None,
                            cache={} if cache is None else cache)  # fmt: skip
     options = _all_options(services, devs, ctx, classes)
-    chosen, assignment, pruned = _assign(services, devs, options)
-    plan = _plan(spec, devs, services, options, chosen, ctx, assignment, pruned, source, calibration_name)
+    assigned, assignment, pruned = _assign(services, devs, options)
+    chosen = kv.allocate(services, assigned, ctx)
+    plan = _plan(spec, devs, services, options, (assigned, chosen), ctx, assignment, pruned, source, calibration_name)
     result = Planning(spec=spec, plan=plan, devices=tuple(devs), sockets=sockets, services=tuple(services),
-                      options=tuple(tuple(o) for o in options), chosen=tuple(chosen), calibration=cal)  # fmt: skip
+                      options=tuple(tuple(o) for o in options), chosen=tuple(chosen), calibration=cal,
+                      assigned=tuple(assigned))  # fmt: skip
     result = dataclasses.replace(result, plan=plan.model_copy(update={"warnings": lint.lint(result)}))
     if not advise or not _needs_advice(result.plan):
         return result
@@ -175,12 +178,22 @@ def _assign(services: list[Resolved], devs: list[Device],
         choices, option_of = prune_choices(choices, option_of)
     small = len(choices) <= EXACT_CHOICES
     result = solve_assignment(len(services), choices, capacity, rel_gap=0.0 if small else LARGE_GAP,
-                              time_limit_s=EXACT_TIME_LIMIT_S if small else LARGE_TIME_LIMIT_S)  # fmt: skip
+                              time_limit_s=EXACT_TIME_LIMIT_S if small else LARGE_TIME_LIMIT_S,
+                              unplaced_penalty=_unplaced_penalties(options, capacity))  # fmt: skip
     per_service: dict[int, list[Option]] = {}
     for choice, opt in zip(choices, option_of, strict=True):
         per_service.setdefault(choice.service, []).append(opt)
     chosen = [None if (k := result.chosen[svc.index]) is None else per_service[svc.index][k] for svc in services]
     return chosen, result, pruned
+
+
+def _unplaced_penalties(options: list[list[Option]], capacity: dict[int, int]) -> list[float]:
+    """Leaving a service out costs UNPLACED_PENALTY × (1 + its least memory ÷ all usable memory): as few services
+    left out as possible (two cost more than one, whatever their size), and among equally many, the smallest — the
+    LLM a box is built for stays in, a side service that does not fit is named."""
+    total = sum(max(c, 0) for c in capacity.values()) or 1
+    need = [min((sum(o.memory_bytes) for o in opts), default=0) for opts in options]
+    return [UNPLACED_PENALTY * (1 + min(n / total, 0.99)) for n in need]
 
 
 def _choice(svc: Resolved, opt: Option, column: dict[str, int]) -> Choice:
@@ -193,11 +206,12 @@ def _choice(svc: Resolved, opt: Option, column: dict[str, int]) -> Choice:
 
 
 def _plan(spec: PlanSpec, devs: list[Device], services: list[Resolved], options: list[list[Option]],
-          chosen: list[Option | None], ctx: CandidateContext, assignment: Assignment, pruned: bool,
-          source: str | None, calibration_name: str | None) -> Plan:  # fmt: skip
-    """The Plan (without warnings) from the chosen options."""
+          picked: tuple[list[Option | None], list[Option | None]], ctx: CandidateContext, assignment: Assignment,
+          pruned: bool, source: str | None, calibration_name: str | None) -> Plan:  # fmt: skip
+    """The Plan (without warnings) from the options the solver assigned and the same with their KV grown."""
+    assigned, chosen = picked
     fitting = [[o for o in opts if o.fits()] for opts in options]
-    reasons = [unplaced_reason(svc, options[svc.index], devs, fitting[svc.index], chosen, ctx)
+    reasons = [unplaced_reason(svc, options[svc.index], devs, fitting[svc.index], assigned, ctx)
                for svc, opt in zip(services, chosen, strict=True) if opt is None]  # fmt: skip
     prices = {d.id: p for d in devs if (p := device_price(d, spec)) is not None}
     devices_out = planned_devices(devs, services, chosen, prices, ctx.calibration)

@@ -66,6 +66,10 @@ class ServiceEntry(_Strict):
     devices: list[int | str] | None = None  # pin to these devices: indices (on any host) or ids (gpu0, box-a/gpu1)
     fallback: str | None = None
     kv_cache_dtype: str | None = None
+    # llama.cpp: false = one KV cache per slot (`--no-kv-unified`, every slot keeps `context` cells, concurrency ×
+    # context reserved). Default: one unified KV pool the slots share, sized by the planner (vLLM's KV is always one
+    # paged pool).
+    kv_unified: bool | None = None
     allow_rpc: bool = False  # allow a llama.cpp layer split across hosts (over the network, llama.cpp RPC)
     allow_multinode: bool = False  # allow vLLM pipeline parallel across hosts (one Ray cluster over them)
     task: Literal["chat", "embeddings", "rerank"] | None = None  # what an LLM-file model serves (default chat)

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 from gpumix.estimate import estimate
 from gpumix.estimate.calibration import Calibration
-from gpumix.estimate.memory import total_weight_bytes, usable_bytes
+from gpumix.estimate.memory import shares_kv_pool, total_weight_bytes, usable_bytes
 from gpumix.estimate.types import Links, Placement
 from gpumix.hardware.spec import Device
+from gpumix.plan import kvmath
 from gpumix.plan.candidates import CandidateContext, Option, by_host, llm_options, service_pool
 from gpumix.plan.resolve import Resolved
 from gpumix.units import GB
@@ -80,6 +81,9 @@ def _llm_shortfall(name: str, svc: Resolved, devs: Sequence[Device], ctx: Candid
         return None
     gpus = roomiest_gpus(svc, devs)
     need = layer_split_need_bytes(svc, gpus, ctx.calibration)
+    pooled = shares_kv_pool(svc.workload) and svc.workload.parallel > 1  # a shared pool needs one full context
+    ctx_tokens, streams = svc.workload.context, svc.workload.parallel
+    kv = f"one {ctx_tokens}-token sequence" if pooled else f"{ctx_tokens} x {streams} tokens"
     have = sum(usable_bytes(d) for d in gpus)
     if need <= have:
         return None
@@ -87,7 +91,7 @@ def _llm_shortfall(name: str, svc: Resolved, devs: Sequence[Device], ctx: Candid
     total = sum(d.memory_total_bytes for d in gpus)
     return (
         f"{name} does not fit: it needs {need / GB:.1f} GB (weights {weights / GB:.1f} GB + KV "
-        f"cache for {svc.workload.context} x {svc.workload.parallel} tokens + buffers) but "
+        f"cache for {kv} + buffers) but "
         f"{' + '.join(d.name for d in gpus)} have {total / GB:.1f} GB ({have / GB:.1f} GB usable after "
         f"the safety margin): short by {(need - have) / GB:.1f} GB; add a card or system RAM "
         "(CPU offload), or use a smaller quant / shorter context"
@@ -102,8 +106,12 @@ def roomiest_gpus(svc: Resolved, devs: Sequence[Device]) -> list[Device]:
 
 
 def layer_split_need_bytes(svc: Resolved, gpus: Sequence[Device], calibration: Calibration) -> int:
-    """Memory an LLM needs as one layer split over `gpus` (weights + KV + buffers), fitting or not."""
-    whole = estimate(svc.model, svc.quant, Placement(mode="layer_split", devices=tuple(gpus)), svc.workload, Links(),
+    """Memory an LLM needs as one layer split over `gpus` (weights + KV + buffers), fitting or not. With a shared
+    KV pool (vLLM, llama.cpp --kv-unified) that is KV for one full-context sequence: enough to start."""
+    workload = svc.workload
+    if shares_kv_pool(workload) and workload.parallel > 1:
+        workload = workload.model_copy(update={"kv_tokens": kvmath.min_kv_tokens(workload)})
+    whole = estimate(svc.model, svc.quant, Placement(mode="layer_split", devices=tuple(gpus)), workload, Links(),
                      calibration)  # fmt: skip
     return sum(d.memory_bytes for d in whole.devices)
 
