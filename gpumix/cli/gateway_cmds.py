@@ -59,6 +59,10 @@ def gateway(
     run_dir: Annotated[
         Path | None, typer.Option(help="`gpumix up` run directory: the dashboard shows its processes and cards")
     ] = None,
+    balance: Annotated[
+        str, typer.Option(help="replicas: `shares` (in-flight requests in proportion to the plan's replica shares) "
+                          "or `least-outstanding`")  # fmt: skip
+    ] = "shares",
 ) -> None:
     """Serve the plan's services behind one OpenAI-compatible port."""
     from gpumix.gateway.config import DashboardSettings, HealthSettings, Limits, build_config, load_api_keys, load_plan
@@ -72,7 +76,7 @@ def gateway(
     health = HealthSettings(path=health_path, interval_s=health_interval_s, cooldown_s=cooldown_s)
     config = build_config(
         load_plan(plan) if plan else None, backend or [], route or [], limits=limits, health=health,
-        api_keys=load_api_keys(api_keys_file, api_keys_env), access_log=access_log, redis_url=redis,
+        api_keys=load_api_keys(api_keys_file, api_keys_env), access_log=access_log, redis_url=redis, balance=balance,
         dashboard=DashboardSettings(interval_s=ui_interval_s, run_dir=run_dir) if ui else None,
     )  # fmt: skip
     serve(Gateway(config), host, port)

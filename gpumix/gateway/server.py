@@ -62,7 +62,8 @@ class Gateway:
         self.config = config
         self.metrics = GatewayMetrics()
         self.pool = BackendPool(
-            {s.name: [Backend(s.name, url, config.limits, _health_for(s, config)) for url in s.urls]
+            {s.name: [Backend(s.name, url, config.limits, _health_for(s, config), weight=w)
+                      for url, w in zip(s.urls, s.weights or (1.0,) * len(s.urls), strict=True)]
              for s in config.services}  # fmt: skip
         )
         self._by_model: dict[str, ServiceConfig] = {}

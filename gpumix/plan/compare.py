@@ -54,7 +54,8 @@ def compare(spec: PlanSpec, options: Sequence[str] = DEFAULT_OPTIONS, objective:
     rows = []
     for text in options:
         plan = planner.plan_services(spec, objective=objective, calibration=calibration,
-                                     calibration_name=calibration_name, devices=devices_for_option(text))  # fmt: skip
+                                     calibration_name=calibration_name, devices=devices_for_option(text),
+                                     advise=False)  # fmt: skip
         checks = [c for s in plan.services for c in s.slo]
         rows.append(ComparisonRow(option=text, plan=plan, slos_met=sum(c.met for c in checks), slos_total=len(checks)))
     _verdicts(rows)
@@ -95,6 +96,7 @@ class Alternative:
     aggregate_tokens_per_s: float | None = None
     ttft_s: float | None = None
     memory_gb: list[float] = field(default_factory=list)
+    kv_tokens: list[int] = field(default_factory=list)  # LLMs: tokens of KV per engine process (one per replica)
     chosen: bool = False
     note: str = ""
 
@@ -110,7 +112,7 @@ def explain(path: Path, service: str, objective: str | None = None, calibration:
         raise GpumixError(f"{path}: no service named {service!r}{did_you_mean(service, names)}",
                           hint=f"services: {', '.join(names)}")  # fmt: skip
     result = planner.planning(spec, objective=objective, calibration=calibration, calibration_name=calibration_name,
-                              source=str(path), lines=lines, discover=discover)  # fmt: skip
+                              source=str(path), lines=lines, discover=discover, advise=False)  # fmt: skip
     return result.plan, alternatives(result, service)
 
 
@@ -118,7 +120,10 @@ def alternatives(result: Planning, service: str) -> list[Alternative]:
     """Every option the planner considered for `service`, plus llama.cpp's own default splits; chosen first."""
     index = result.index_of(service)
     svc, chosen = result.services[index], result.chosen[index]
-    out = [_from_option(o, o is chosen) for o in result.options[index]]
+    assigned = result.assigned[index] if result.assigned else chosen
+    # The chosen placement as the plan runs it (its KV grown after the assignment), then the others considered.
+    out = [] if chosen is None else [_from_option(chosen, True)]
+    out += [_from_option(o, False) for o in result.options[index] if o is not assigned and o is not chosen]
     if svc.model.kind == "llm":
         out += _default_splits(svc, result)
     out.sort(key=lambda a: (not a.chosen, not a.fits, -(a.decode_tokens_per_s or 0.0)))
@@ -132,18 +137,19 @@ def _from_option(opt: Option, is_chosen: bool, label: str | None = None) -> Alte
     return Alternative(
         label=label, mode=opt.mode, devices=[d.name for d in opt.devices], device_ids=[d.id for d in opt.devices], layers=list(opt.layers),
         fits=opt.fits(), decode_tokens_per_s=opt.decode, aggregate_tokens_per_s=opt.aggregate, ttft_s=opt.ttft_s,
-        memory_gb=[round(m / 1e9, 2) for m in opt.memory_bytes], chosen=is_chosen,
+        memory_gb=[round(m / 1e9, 2) for m in opt.memory_bytes], kv_tokens=list(opt.kv_tokens), chosen=is_chosen,
         note="chosen" if is_chosen else ("" if opt.fits() else "does not fit (free − margin)"),
     )  # fmt: skip
 
 
 def _split_alternative(result: Planning, svc: Resolved, mode: PlacementMode, group: Sequence[Device],
-                       layers: Sequence[int], label: str, chosen: bool = False) -> Alternative | None:  # fmt: skip
-    """One given split of `svc` over `group`, estimated as the planner estimates its own options (`llm_option`);
-    None when the estimator cannot place it that way."""
+                       layers: Sequence[int], label: str, chosen: bool = False,
+                       kv_tokens: Sequence[int] | None = None) -> Alternative | None:  # fmt: skip
+    """One given split of `svc` over `group`, estimated as the planner estimates its own options (`llm_option`,
+    with `kv_tokens` of KV; default every stream at full context); None when the estimator cannot place it so."""
     try:
         opt = llm_option(svc, mode, group, tuple(layers), links_for(result.spec, group, result.sockets),
-                         result.calibration)  # fmt: skip
+                         result.calibration, kv_tokens=kv_tokens)  # fmt: skip
     except GpumixError:
         return None
     return _from_option(opt, chosen, label)
@@ -180,7 +186,7 @@ class SplitCurve:
     """Predicted speed of one split service over the splits of its layers between its devices (engine order):
     the planned split, llama.cpp's memory-proportional default and the even split (None where the estimator
     cannot place them), and — on two devices — every split (k, n − k) as the sweep. Every point is estimated as
-    the planner estimates its own options."""
+    the planner estimates its own options, with the KV the planned placement holds (`kv_tokens`)."""
 
     service: str
     mode: PlacementMode
@@ -192,6 +198,7 @@ class SplitCurve:
     memory_proportional: Alternative | None
     even: Alternative | None
     sweep: tuple[Alternative, ...] = ()
+    kv_tokens: tuple[int, ...] | None = None
 
 
 def split_curve(result: Planning, service: str, planned: PlannedService | None = None) -> SplitCurve | None:
@@ -201,25 +208,28 @@ def split_curve(result: Planning, service: str, planned: PlannedService | None =
     index = result.index_of(service)
     svc, chosen = result.services[index], result.chosen[index]
     by_id = {d.id: d for d in result.devices}
+    kv: tuple[int, ...] | None
     if planned is not None:
         mode, ids, layers = planned.mode, list(planned.devices), tuple(planned.layers)
+        kv = None if planned.kv_cache_tokens is None else (planned.kv_cache_tokens,)
     elif chosen is not None:
         mode, ids, layers = chosen.mode, [d.id for d in chosen.devices], chosen.layers
+        kv = chosen.kv_tokens or None
     else:
         return None
     if mode not in CURVE_MODES or len(layers) < 2 or len(ids) != len(layers) or not all(i in by_id for i in ids):
         return None
     group = [by_id[i] for i in ids]
     n = sum(layers)
-    mark = _split_alternative(result, svc, mode, group, layers, "speed-aware split (planned)", chosen=True)
+    mark = _split_alternative(result, svc, mode, group, layers, "speed-aware split (planned)", True, kv)
     if mark is None:
         return None
-    defaults = [_split_alternative(result, svc, mode, group, split, label)
+    defaults = [_split_alternative(result, svc, mode, group, split, label, kv_tokens=kv)
                 for label, split in _llama_default_splits(group, n)]  # fmt: skip
     pairs = range(1, n) if len(group) == 2 else range(0)
-    sweep = [_split_alternative(result, svc, mode, group, (k, n - k), f"{k}/{n - k}") for k in pairs]
+    sweep = [_split_alternative(result, svc, mode, group, (k, n - k), f"{k}/{n - k}", kv_tokens=kv) for k in pairs]
     return SplitCurve(
         service=service, mode=mode, objective=svc.objective, concurrency=svc.workload.parallel, devices=tuple(group),
         n_layers=n, planned=mark, memory_proportional=defaults[0], even=defaults[1],
-        sweep=tuple(a for a in sweep if a is not None),
+        sweep=tuple(a for a in sweep if a is not None), kv_tokens=kv,
     )  # fmt: skip

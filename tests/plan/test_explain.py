@@ -46,7 +46,7 @@ def test_explain_discovers_a_device_less_plan_file_once(monkeypatch, tmp_path):
     def cpu():
         raise AssertionError("no cpu: entry, so this machine's RAM is never read")
 
-    plan, alternatives = explain(path, "chat", discover=LocalMachine(gpus=gpus, cpu=cpu))
+    plan, alternatives = explain(path, "chat", discover=LocalMachine(devices=gpus, cpu=cpu))
     assert calls == [1] and plan.service("chat").devices == ["gpu0"]
     assert any(a.chosen for a in alternatives) and len(alternatives) >= 2
     with pytest.raises(GpumixError, match="the plan file has no `devices:`"):
