@@ -33,7 +33,7 @@ VIEWS = (
 SLO_LABELS = {"decode_tokens_per_s": "decode t/s", "aggregate_tokens_per_s": "aggregate t/s", "ttft_ms": "TTFT ms",
               "prefill_tokens_per_s": "prefill t/s"}  # fmt: skip
 
-# What to do about each lint code (gpumix/plan/lint.py's table says when each fires).
+# What to do about each lint code (gpumix/plan/lint.py's table says when each fires; a test checks every code has one).
 WARNING_ACTIONS = {
     "GPX001": "use a layer split (llama.cpp -sm layer) or pipeline parallel instead of tensor parallel over unlike cards",
     "GPX002": "keep the speed-aware VLLM_PP_LAYER_PARTITION gpumix sets; do not use even stages",
@@ -51,6 +51,11 @@ WARNING_ACTIONS = {
     "GPX014": "see the reasons: a smaller quant or context, another card, or CPU offload (`devices: - cpu:`)",
     "GPX015": "declare `load:` (busy share) per service, or spread the services over more cards",
     "GPX016": "add `prices: {CARD: {gbp_per_month: N}}` to the plan file",
+    "GPX017": "free memory on the card (move a service off it), a shorter context, or a smaller kv_cache_dtype",
+    "GPX018": "a bigger power supply (`psu_w`), fewer or lower-power cards on the host, or a power limit",
+    "GPX019": "update the host's NVIDIA driver to one that supports the card's architecture",
+    "GPX020": "split only over cards of one backend (CUDA or ROCm), or run a separate service per backend",
+    "GPX021": "serve the model once (one service, replicas if needed) so the other service gets a card",
 }
 
 
@@ -209,14 +214,17 @@ def performance_view(doc: pf.Doc) -> str:
         if kind == "llm":
             speed = [_with_range(svc, "decode_tokens_per_s"), _with_range(svc, "aggregate_tokens_per_s"),
                      _with_range(svc, "prefill_tokens_per_s", 0), _with_range(svc, "ttft_s", 0, 1000.0)]  # fmt: skip
+            speed_cells = "".join(f"<td class=num>{s}</td>" for s in speed)
         else:
             thr = pred.get("throughput")
-            speed = [f"{_num(thr, 2)} {esc(pred.get('throughput_unit') or '')}" if thr is not None else "–", "", "", ""]
+            text = f"{_num(thr, 2)} {esc(pred.get('throughput_unit') or '')}" if thr is not None else "–"
+            speed_cells = f'<td class="throughput" colspan="4">{text}</td>'  # its own unit, across the LLM columns
         kv = "–"
         if work["kv_cache_tokens"] is not None:
             kv = f"{work['kv_cache_tokens']:,} tokens"
             if work["max_full_context_sequences"] is not None:
                 kv += f"<br>{work['max_full_context_sequences']} × {work['context']:,}"
+            kv = f'<span class="kv">{kv}</span>'
         shares, streams = pf.replica_shares(svc), pf.replica_concurrency(svc)
         share_text = " / ".join(f"{s * 100:.0f}%" for s in shares) if len(shares) > 1 else "–"
         if len(shares) > 1 and len(streams) == len(shares):
@@ -231,14 +239,14 @@ def performance_view(doc: pf.Doc) -> str:
         ) or "–"
         rows.append(
             f'<tr data-service="{esc(svc["name"])}"><th>{esc(svc["name"])}</th><td>{esc(work["context"])} × '
-            f'{esc(work["concurrency"])}</td>' + "".join(f"<td class=num>{s}</td>" for s in speed)
+            f'{esc(work["concurrency"])}</td>' + speed_cells
             + f"<td>{kv}</td><td>{share_text}</td><td>{_gbp(pf.service_cost(svc), 3)}</td><td>{slos}</td></tr>"
         )
     table = ('<div class="scroll"><table class="performance"><thead><tr><th>service</th><th>context<br>× streams</th>'
              "<th>decode t/s<br>1 stream</th><th>aggregate t/s</th><th>prefill t/s</th><th>TTFT ms</th>"
-             "<th>KV held</th><th>replica shares</th><th>£/M tokens</th><th>SLOs</th></tr></thead>"
+             "<th>KV held</th><th>replica<br>shares</th><th>£/M<br>tokens</th><th>SLOs</th></tr></thead>"
              f"<tbody>{''.join(rows)}</tbody></table></div>")  # fmt: skip
-    note = _note("Non-LLM services show their own throughput unit in the decode column. Ranges in brackets where "
+    note = _note("Non-LLM services show their own throughput in their own unit. Ranges in brackets where "
                  "the estimator gives them.")  # fmt: skip
     return _section("performance", "Predicted performance", table + note)
 

@@ -96,6 +96,7 @@ def test_report_renders_every_view(name: str, reports, guarded_page) -> None:
     assert page.locator("svg.compare-scatter .option").count() == sum(1 for r in rows if r["gbp_per_month"])
     # 8. warnings with codes, each with what to do
     assert page.locator("table.warnings tbody tr").count() == len(pf.warnings(doc))
+    assert page.locator("ol.suggestions li.suggestion").count() == len(pf.suggestions(doc))
     # tooltips: every memory segment and every layer group carries a <title>
     assert page.locator("svg.memory-bars rect.seg:not(:has(title))").count() == 0
     assert page.locator("svg.layer-strip g.layers:not(:has(title))").count() == 0

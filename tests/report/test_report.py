@@ -212,8 +212,14 @@ def test_plan_html_option(tmp_path: Path) -> None:
 
 def test_plan_fields_read_the_planners_later_fields(hybrid: dict) -> None:
     """Fields the planner issues add (KV budget, replica shares and streams, suggestions, prediction ranges):
-    the views show them when present, and a plan without them still renders (the fixture has none)."""
-    assert "65,536 tokens" not in render_html(hybrid) and "Suggestions" not in render_html(hybrid)
+    the views show them when present, and a plan without them still renders."""
+    bare = copy.deepcopy(hybrid["plan"])
+    for svc in bare["services"]:
+        for key in ("kv_cache_tokens", "max_full_context_sequences", "replica_shares", "replica_concurrency"):
+            svc.pop(key, None)
+    bare.pop("suggestions", None)
+    html = render_html({**hybrid, "plan": bare})
+    assert 'class="kv"' not in html and "Suggestions" not in html and html.count('<tr data-service="chat"') == 2
     doc = copy.deepcopy(hybrid["plan"])
     for dev in doc["devices"]:
         dev["id"] = f"box/{dev['id']}"
@@ -233,9 +239,18 @@ def test_plan_fields_read_the_planners_later_fields(hybrid: dict) -> None:
     assert pf.predicted_range(chat, "decode_tokens_per_s") == (80.0, 105.0)
     assert pf.predicted_range(chat, "prefill_tokens_per_s") is None
     html = render_html({**hybrid, "plan": doc})
-    assert 'data-device="box/gpu0"' in html and "65,536 tokens" in html and "16 × 4,096" in html
+    assert 'data-device="box/gpu0"' in html and "65,536 tokens" in html and "16 × 8,192" in html
     assert "70% / 30%<br>11 / 5 streams" in html and "(80.0–105.0)" in html and "(50–200)" in html
     assert "(70.5–111.0)" in html
     assert "chat: <b>quant</b> use q4_k_m" in html and "120.5 t/s" in html and "£735/month" in html
     with pytest.raises(GpumixError):
         build_report(Path("/nonexistent/plan.yaml"))
+
+
+def test_every_lint_code_says_what_to_do() -> None:
+    """View 8 pairs each warning with what to do: every code in the lint table has an action."""
+    from gpumix.plan import lint
+    from gpumix.report.html import WARNING_ACTIONS
+
+    codes = re.findall(r"^\| (GPX\d{3}) \|", lint.__doc__ or "", re.M)
+    assert len(codes) >= 21 and [c for c in codes if c not in WARNING_ACTIONS] == []
