@@ -146,8 +146,8 @@ def plan_cmd(
         if output is not None:
             say(Text(f"wrote {output}"))
     if html is not None:
-        from gpumix.report import write_report
         from gpumix.report.build import ReportOptions, report_of_planning
+        from gpumix.report.html import write_report
 
         options = ReportOptions(objective=_objective(objective), calibration=chosen.calibration,
                                 calibration_file=chosen.path, discover=LOCAL_MACHINE)  # fmt: skip

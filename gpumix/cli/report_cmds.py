@@ -30,8 +30,8 @@ def report_cmd(
     from gpumix.cli.plan_cmds import _objective
     from gpumix.hardware.discovery import LOCAL_MACHINE
     from gpumix.plan.result import read_plan_json
-    from gpumix.report import write_report
     from gpumix.report.build import ReportOptions, check_input, is_plan_file, report_of_plan_file, report_of_plan_json
+    from gpumix.report.html import write_report
 
     check_input(plan)
     planned = None if is_plan_file(plan) else read_plan_json(plan)

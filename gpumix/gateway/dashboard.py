@@ -26,15 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from gpumix.gateway.config import DashboardSettings
+from gpumix.gateway.backends import BackendPool
+from gpumix.gateway.config import DashboardSettings, GatewayConfig
+from gpumix.gateway.metrics import GatewayMetrics
 from gpumix.report import plan_fields as pf
-
-if TYPE_CHECKING:
-    from gpumix.gateway.server import Gateway
 
 SECONDS_PER_MONTH = 365.25 / 12 * 86400  # the average Gregorian month
 RATE_WINDOW_S = 10.0  # requests/s and tokens/s are averaged over this window
@@ -50,6 +49,14 @@ _CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'
         "img-src 'self' data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")  # fmt: skip
 _PAGE_HEADERS = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
                  "Cache-Control": "no-store", "X-Frame-Options": "DENY"}  # fmt: skip
+
+
+class Gateway(Protocol):
+    """What the dashboard reads of the gateway (gpumix.gateway.server.Gateway, which imports this module)."""
+
+    config: GatewayConfig
+    metrics: GatewayMetrics
+    pool: BackendPool
 
 
 # ---- counters ---------------------------------------------------------------------------------------------------

@@ -12,8 +12,10 @@ import hashlib
 import json
 import re
 from importlib import metadata, resources
+from pathlib import Path
 from typing import Any
 
+from gpumix.errors import GpumixError
 from gpumix.report import plan_fields as pf
 from gpumix.report import svg
 from gpumix.report.build import MEMORY_PROPORTIONAL_MARK, PLANNED_MARK, ReportData
@@ -351,3 +353,14 @@ def render_html(data: ReportData) -> str:
     }  # fmt: skip
     # One pass, so text from the plan that happens to look like a placeholder stays text.
     return re.sub(r"\{\{(\w+)\}\}", lambda m: fills[m.group(1)], template)
+
+
+def write_report(data: ReportData, output: Path) -> Path:
+    """The report as one HTML file at `output`."""
+    html = render_html(data)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(html, encoding="utf-8")
+    except OSError as exc:
+        raise GpumixError(f"cannot write {output}: {exc.strerror}", hint="pass a writable -o FILE") from None
+    return output

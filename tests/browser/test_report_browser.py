@@ -13,9 +13,8 @@ from browserhelpers import save_screenshot
 
 from gpumix.hardware.discovery import LOCAL_MACHINE
 from gpumix.report import plan_fields as pf
-from gpumix.report import write_report
 from gpumix.report.build import ReportOptions, build_report
-from gpumix.report.html import VIEWS
+from gpumix.report.html import VIEWS, write_report
 
 pytestmark = pytest.mark.browser
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
