@@ -7,16 +7,15 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
+from gpumix.cli.output import add_row, esc, say, show, stdout_console
 from gpumix.errors import GpumixError
 from gpumix.models.catalog import all_quants, load_model, search_models
 from gpumix.models.spec import ModelSpec
 from gpumix.units import fmt_gib
-
-console = Console()
 
 
 def _billions(count: float | None) -> str:
@@ -45,8 +44,8 @@ def _list_models(query: str | None, as_json: bool) -> None:
     for s in specs:
         kv = f"{s.n_kv_heads}x{s.head_dim}" if s.n_layers else "-"
         active = _billions(s.params_active) if s.params_active else "-"
-        table.add_row(s.id, s.kind, _billions(s.params_total), active, str(s.n_layers or "-"), kv, str(s.context_length or "-"), _attention(s))
-    console.print(table)
+        add_row(table, s.id, s.kind, _billions(s.params_total), active, str(s.n_layers or "-"), kv, str(s.context_length or "-"), _attention(s))
+    show(table)
 
 
 def _show_model(ref: str, as_json: bool) -> None:
@@ -57,22 +56,22 @@ def _show_model(ref: str, as_json: bool) -> None:
             data["total_weight_bytes"] = sum(spec.layer_weight_bytes) + (spec.non_layer_weight_bytes or 0)
         print(json.dumps(data, indent=2))
         return
-    table = Table(title=spec.name, show_header=False)
+    table = Table(title=Text(spec.name), show_header=False)
     table.add_column("field")
     table.add_column("value")
     skip = {"layer_weight_bytes", "swa_layers", "aliases", "kv_heads_per_layer"}
     for key, value in spec.model_dump().items():
         if key not in skip and value not in (None, (), "", 0):
-            table.add_row(key, str(value))
-    table.add_row("attention", _attention(spec))
+            add_row(table, key, str(value))
+    add_row(table, "attention", _attention(spec))
     if spec.aliases:
-        table.add_row("aliases", ", ".join(spec.aliases))
+        add_row(table, "aliases", ", ".join(spec.aliases))
     if spec.layer_weight_bytes is not None:
         layers = spec.layer_weight_bytes
-        table.add_row("layer weights", f"{fmt_gib(sum(layers))} over {len(layers)} layers (min {min(layers, default=0):,} / max {max(layers, default=0):,} bytes)")
-        table.add_row("other weights", fmt_gib(spec.non_layer_weight_bytes or 0) + " (embeddings, output, norms)")
-        table.add_row("total weights", fmt_gib(sum(layers) + (spec.non_layer_weight_bytes or 0)))
-    console.print(table)
+        add_row(table, "layer weights", f"{fmt_gib(sum(layers))} over {len(layers)} layers (min {min(layers, default=0):,} / max {max(layers, default=0):,} bytes)")
+        add_row(table, "other weights", fmt_gib(spec.non_layer_weight_bytes or 0) + " (embeddings, output, norms)")
+        add_row(table, "total weights", fmt_gib(sum(layers) + (spec.non_layer_weight_bytes or 0)))
+    show(table)
 
 
 def models(
@@ -103,8 +102,8 @@ def quants(as_json: bool = typer.Option(False, "--json", help="Machine-readable.
     for q in specs:
         block = f"{q.block_bytes:g} B / {q.block_weights}" if q.block_weights > 1 else f"{q.block_bytes:g} B"
         file_bpw = f"{q.file_bits_per_weight:.4g}" if q.file_bits_per_weight else "-"
-        table.add_row(q.id, f"{q.bits_per_weight:.4g}", file_bpw, block, q.compute_dtype, ",".join(q.engines), ", ".join(q.aliases))
-    console.print(table)
+        add_row(table, q.id, f"{q.bits_per_weight:.4g}", file_bpw, block, q.compute_dtype, ",".join(q.engines), ", ".join(q.aliases))
+    show(table)
 
 
 def synth(
@@ -125,12 +124,12 @@ def synth(
 
     progress = None if as_json else Progress(
         TextColumn("[bold]synth[/]"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-        TextColumn("{task.description}"), console=console, transient=True,
+        TextColumn("{task.description}"), console=stdout_console(), transient=True,
     )  # fmt: skip
 
     def report(message: str, fraction: float | None) -> None:
         if progress is not None:
-            progress.update(task, description=message, **({} if fraction is None else {"completed": fraction}))
+            progress.update(task, description=esc(message), completed=fraction)
 
     if progress is not None:
         with progress:
@@ -143,7 +142,7 @@ def synth(
                           "quant": result.quant, "size_bytes": result.size_bytes, "cached": result.cached}))  # fmt: skip
         return
     how = "from the cache" if result.cached else "written"
-    console.print(f"{result.model_id} {result.quant}: {result.path} ({fmt_gib(result.size_bytes)}, {how})", highlight=False)
+    say(f"{esc(result.model_id)} {esc(result.quant)}: {esc(result.path)} ({fmt_gib(result.size_bytes)}, {how})")
 
 
 def register(app: typer.Typer) -> None:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpumix.errors import GpumixError
+from gpumix.netutil import free_port
 from gpumix.run.memlog import LlamaMemoryReport, parse_llama_memory_breakdown
-from gpumix.run.preflight import free_port
 
 # llama-server's option for loading without mmap (`-lm none`, `--load-mode none`; llama.cpp 0c1e570 replaced
 # --no-mmap with it). See LlamaMemoryProbe.cpu_mib for why the CPU checks use it.

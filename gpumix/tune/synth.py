@@ -20,7 +20,7 @@ from pathlib import Path
 
 from gpumix.errors import GpumixError
 from gpumix.estimate.memory import total_weight_bytes
-from gpumix.hardware.devices import read_meminfo
+from gpumix.hardware.discovery import read_meminfo
 from gpumix.launch.llamacpp import cache_dir, require_llama_cpp
 from gpumix.models.catalog import load_model, resolve_quant
 from gpumix.models.spec import ModelSpec, QuantSpec

@@ -42,7 +42,11 @@ MODELS = {
 CASES = [(1024, 1), (4096, 1), (1024, 4), (4096, 4)]
 # llama-server's own default (no -np: 4 slots sharing one unified KV) and a larger ubatch, on the real models.
 EXTRA_CASES = [(["-c", "4096"], Workload(context=1024, parallel=4)),
-               (["-c", "8192", "-np", "2", "-ub", "1024"], Workload(context=4096, parallel=2, kv_unified=False, ubatch=1024))]  # fmt: skip
+               (["-c", "8192", "-np", "2", "-ub", "1024"], Workload(context=4096, parallel=2, kv_unified=False, ubatch=1024)),
+               # gpumix's launch of a planned KV budget below concurrency × context: one unified pool of 6144 cells
+               # for 4 slots of up to 2048 tokens each (gpumix.launch.commands._llama_kv_args).
+               (["-c", "6144", "-np", "4", "--kv-unified", "--kv-unified-per-slot", "2048"],
+                Workload(context=2048, parallel=4, kv_tokens=6144))]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +90,12 @@ def _check(server, tmp_path, ref: str, args: list[str], workload: Workload) -> N
     assert predicted_mib >= measured_mib - TOLERANCE_MIB, "under-estimate: " + detail
     # The KV part alone is exact (llama.cpp's `llama_kv_cache: size` lines, SWA cache included).
     assert mem.kv_cache_bytes / MiB == pytest.approx(probe.report.kv_cache_mib, abs=0.5), detail
+    if "--kv-unified-per-slot" in args:
+        # One pool of -c cells, each slot capped at the request context.
+        log = probe.log_path.read_text(errors="replace")
+        cap = args[args.index("--kv-unified-per-slot") + 1]
+        assert f"capping per-slot context ({args[args.index('-c') + 1]}) to --kv-unified-per-slot ({cap})" in log
+        assert max(kv.cells for kv in probe.report.kv_caches) == workload.kv_tokens
 
 
 @pytest.mark.parametrize("ref", MODELS.values(), ids=MODELS.keys())

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from gpumix.cli.main import app
 from gpumix.launch.commands import render_plan
+from gpumix.netutil import free_port
 from gpumix.run.memlog import parse_llama_memory_breakdown
-from gpumix.run.preflight import free_port
 from gpumix.run.state import read_state
 from gpumix.run.up import UpOptions, start_detached, stop
 from gpumix.tune.memory_probe import NO_MMAP_ARGS
@@ -138,10 +138,11 @@ def test_llama_server_memory_breakdown_matches_the_planned_memory(llama_ready, c
     gguf_mib = os.path.getsize(spec.files[0]) / 2**20
     assert 0.85 * gguf_mib < sum(r.model_mib for r in report.rows) <= gguf_mib
     service = cpu_demo_plan.service(service_name)
-    # -c = context × slots; every slot holds `context` cells for the full-attention layers.
+    # One unified KV pool of the plan's kv_cache_tokens cells (-c) for all -np slots; with one slot, its context.
     full = max(report.kv_caches, key=lambda kv: kv.cells)
-    assert (full.cells, full.seqs) == (service.context, service.concurrency)
-    assert report.kv_cache_mib == host.context_mib
+    assert full.cells == service.kv_cache_tokens
+    assert full.seqs == 1  # unified: one stream shared by the slots (llama.cpp reports n_seq_max per stream)
+    assert report.kv_cache_mib == pytest.approx(host.context_mib, abs=1)  # the breakdown table rounds to MiB
     # The plan's memory for this service vs what llama.cpp allocated (Host + CPU_REPACK rows + output buffer):
     # within max(3%, 16 MiB) and never under by more than 16 MiB, as in tests/estimate/test_llama_memory.py.
     planned = service.memory_bytes[0] / 2**20
