@@ -21,7 +21,7 @@ from pathlib import Path
 
 from gpumix.estimate import Placement, Workload, estimate
 from gpumix.estimate.speed import CPU_GB_PER_S_PER_THREAD
-from gpumix.hardware.devices import this_machine_cpu
+from gpumix.hardware.discovery import this_machine_cpu
 from gpumix.launch.llamacpp import require_llama_cpp
 from gpumix.models.catalog import load_model, resolve_quant
 from gpumix.models.files import resolve_file_ref

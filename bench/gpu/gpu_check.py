@@ -27,7 +27,8 @@ from pathlib import Path
 
 from gpumix.errors import GpumixError
 from gpumix.estimate import Placement, Workload, estimate
-from gpumix.hardware.devices import DEFAULT_CPU_BANDWIDTH_ROW, this_machine_cpu
+from gpumix.hardware.devices import DEFAULT_CPU_BANDWIDTH_ROW
+from gpumix.hardware.discovery import this_machine_cpu
 from gpumix.hardware.spec import Device
 from gpumix.launch.llamacpp import require_llama_cpp
 from gpumix.models.catalog import load_model, resolve_model, resolve_quant
