@@ -51,6 +51,9 @@ LLAMA_QUANTIZE_TYPES = {
 QUANTIZE_BYTES_PER_ELEMENT = 10
 DISK_MARGIN = 1.05  # headers, vocabulary and filesystem slack
 _QUANTIZE_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]")
+# What _make leaves behind when its process is killed (SIGKILL, a timeout): the F16 intermediate
+# (<key>.f16-<pid>.gguf, and its own .partial) and llama-quantize's output (<key>.gguf.<pid>.partial).
+_LEFTOVER = re.compile(r"^.+\.(?:f16-(\d+)\.gguf(?:\.partial)?|gguf\.(\d+)\.partial)$")
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,7 @@ def synthesize(
         raise GpumixError(f"-o {out_path}: folder {out_path.parent} does not exist")
     was_cached = cached_path.is_file() and not force
     if not was_cached:
+        remove_leftovers(cached_path.parent)
         check_resources(spec, quant, cached_path.parent, out_path)
         _make(spec, quant, cached_path, seed, threads, say)
     final = cached_path
@@ -171,6 +175,29 @@ def synthesize(
         _place_copy(cached_path, out_path)
         final = out_path
     return SynthResult(final, cached_path, spec.id, quant.id, final.stat().st_size, was_cached)
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Delete the intermediates of syntheses whose process is gone (an F16 file is 2 bytes per weight: 16 GB for
+    an 8B model), so an interrupted run does not keep the disk full. Files of a live process are left alone."""
+    removed = []
+    for path in folder.glob("*") if folder.is_dir() else ():
+        match = _LEFTOVER.match(path.name)
+        if match is None or _pid_alive(int(match[1] or match[2])):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _make(spec: ModelSpec, quant: QuantSpec, target: Path, seed: int, threads: int | None, say: Progress) -> None:

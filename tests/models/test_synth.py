@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import gguf
@@ -178,3 +179,27 @@ def test_cli_writes_float_file_and_reuses_the_cache(tmp_path: Path, monkeypatch)
     assert again.exit_code == 0 and '"cached": true' in again.stdout
     bad = runner.invoke(app, ["synth", "--model", "smollm2-135m", "-o", str(tmp_path / "x.bin")])
     assert bad.exit_code != 0
+
+
+def test_leftovers_of_a_killed_synthesis_are_removed(tmp_path: Path) -> None:
+    """A run killed mid-way (a timeout, SIGKILL) leaves its F16 intermediate and llama-quantize's partial output; the
+    next synthesis deletes them, but not the files of a process that is still running, nor finished files."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, live = int(gone.stdout), os.getpid()
+    names = {
+        f"llama-3.1-8b-q4_k_m-s0-g1-abc.f16-{dead}.gguf": False,
+        f"llama-3.1-8b-q4_k_m-s0-g1-abc.f16-{dead}.gguf.partial": False,
+        f"llama-3.1-8b-q4_k_m-s0-g1-abc.gguf.{dead}.partial": False,
+        f"qwen2.5-0.5b-q4_k_m-s0-g1-def.f16-{live}.gguf": True,
+        f"qwen2.5-0.5b-q4_k_m-s0-g1-def.gguf.{live}.partial": True,
+        "llama-3.2-1b-q4_k_m-s0-g1-406858c556.gguf": True,
+        "smollm2-135m-f16-s0-g1-2f83d760e6.gguf": True,
+    }
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    removed = synth_mod.remove_leftovers(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(n for n, keep in names.items() if not keep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, keep in names.items() if keep)
