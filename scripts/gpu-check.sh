@@ -34,7 +34,13 @@ if [[ "$BACKEND" == cuda ]] && ! command -v nvcc >/dev/null; then
   echo "  hint: install the CUDA toolkit (e.g. apt-get install nvidia-cuda-toolkit) or pass --cpu" >&2
   exit 2
 fi
-.venv/bin/gpumix engines install llama.cpp --backend "$BACKEND"
+if .venv/bin/python -c 'import sys; from gpumix.launch.llamacpp import BuildOptions, find_llama_cpp
+found = find_llama_cpp(BuildOptions(backend=sys.argv[1])); print(f"llama.cpp already built: {found.bin_dir}" if found else "")
+sys.exit(0 if found else 1)' "$BACKEND"; then
+  :  # built before (or $GPUMIX_LLAMA_CPP_BIN): nothing to do
+else
+  .venv/bin/gpumix engines install llama.cpp --backend "$BACKEND"
+fi
 
 echo "== 3. synthesise, measure, validate =="
 exec .venv/bin/python bench/gpu/gpu_check.py --backend "$BACKEND" ${ARGS[@]+"${ARGS[@]}"}
