@@ -115,7 +115,8 @@ def supported_architectures() -> tuple[str, ...]:
 def recipe_for(spec: ModelSpec) -> ArchRecipe:
     if spec.kind != "llm" or not spec.n_layers or not spec.hidden_size or not spec.vocab_size:
         raise GpumixError(
-            f"{spec.id} is a {spec.kind} service without transformer shapes to synthesise",
+            f"{spec.id} has no transformer shapes to synthesise"
+            + (f" (it is not an LLM but {spec.kind})" if spec.kind != "llm" else " (layers, widths or vocabulary missing)"),
             hint="pick an LLM from `gpumix models`",
         )
     recipe = RECIPES.get(spec.architecture)
