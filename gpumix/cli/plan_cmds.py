@@ -122,15 +122,17 @@ def plan_cmd(
     objective: str | None = typer.Option(None, "--objective", help=OBJECTIVE_HELP),
     calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
     output: Path | None = typer.Option(None, "-o", "--output", help="Write the plan JSON here (for launch/run)."),
+    html: Path | None = typer.Option(None, "--html", help="Also write the visual report (one offline HTML file)."),
     advice: bool = typer.Option(True, "--advice/--no-advice",
                                 help="When a service does not fit or misses its SLO, re-plan changes that fix it."),
 ) -> None:
     """Decide what runs where, split how, how fast and at what cost."""
-    from gpumix.plan.planner import plan_file
+    from gpumix.plan.planner import planning_of_file
 
     chosen = cli_calibration(calibration)
-    plan = plan_file(file, objective=_objective(objective), calibration=chosen.calibration, calibration_name=chosen.name,
-                     discover=LOCAL_MACHINE, advise=advice)  # fmt: skip
+    planning = planning_of_file(file, objective=_objective(objective), calibration=chosen.calibration,
+                                calibration_name=chosen.name, discover=LOCAL_MACHINE, advise=advice)  # fmt: skip
+    plan = planning.plan
     text = plan.model_dump_json(indent=2)
     if output is not None:
         try:
@@ -143,6 +145,15 @@ def plan_cmd(
         print_plan(plan)
         if output is not None:
             say(Text(f"wrote {output}"))
+    if html is not None:
+        from gpumix.report.build import ReportOptions, report_of_planning
+        from gpumix.report.html import write_report
+
+        options = ReportOptions(objective=_objective(objective), calibration=chosen.calibration,
+                                calibration_file=chosen.path, discover=LOCAL_MACHINE)  # fmt: skip
+        write_report(report_of_planning(planning, str(file), options), html)
+        if not as_json:
+            say(Text(f"wrote {html} (the visual report; works offline)"))
 
 
 def compare_cmd(

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from gpumix.estimate.types import MemoryBreakdown, Workload
 from gpumix.hardware.spec import Device
+from gpumix.kinds import DeviceKind
 from gpumix.models.spec import BufferKind, EngineBuffer, ModelSpec, QuantSpec
 from gpumix.units import MiB
 
@@ -59,8 +60,13 @@ CPU_MARGIN_BYTES = 4096 * MiB
 
 def margin_bytes(device: Device) -> int:
     """Memory kept free on `device` (see GPU_MARGIN_BYTES)."""
-    if device.kind == "cpu":
-        return min(CPU_MARGIN_BYTES, device.memory_total_bytes // 4)
+    return kind_margin_bytes(device.kind, device.memory_total_bytes)
+
+
+def kind_margin_bytes(kind: DeviceKind, memory_total_bytes: int) -> int:
+    """The margin of a device of this kind and size (views of a plan.json have no `Device` to ask)."""
+    if kind == "cpu":
+        return min(CPU_MARGIN_BYTES, memory_total_bytes // 4)
     return GPU_MARGIN_BYTES
 
 

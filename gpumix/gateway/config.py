@@ -66,6 +66,15 @@ class HealthSettings:
 
 
 @dataclass(frozen=True)
+class DashboardSettings:
+    """The live dashboard at /ui (gpumix.gateway.dashboard)."""
+
+    interval_s: float = 2.0  # the sampler's period
+    history_s: float = 600.0  # how much history the page's charts get
+    run_dir: Path | None = None  # the `gpumix up` run directory: the supervisor's state.json
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     name: str
     urls: tuple[str, ...]
@@ -91,6 +100,8 @@ class GatewayConfig:
     access_log: Path | None = None
     redis_url: str | None = None
     async_endpoints: tuple[str, ...] = PROXIED_ENDPOINTS  # endpoints that honour `Prefer: respond-async`
+    plan: Plan | None = None  # the plan the services came from (the dashboard shows its predictions and cards)
+    dashboard: DashboardSettings | None = DashboardSettings()  # None: no /ui, /api/status, /api/events
 
     def service(self, name: str) -> ServiceConfig:
         for svc in self.services:
@@ -219,6 +230,7 @@ def build_config(
     access_log: Path | None = None,
     redis_url: str | None = None,
     balance: str = "shares",
+    dashboard: DashboardSettings | None = DashboardSettings(),
 ) -> GatewayConfig:
     """Services from the plan and/or `NAME=URL` backend pairs; the keywords are GatewayConfig's other fields
     (None: its default). `balance`: `shares` weights a service's replicas by the plan's replica_shares,
@@ -240,4 +252,5 @@ def build_config(
     return GatewayConfig(
         services=tuple(services), routes=_routes(list(routes), services), limits=limits or Limits(),
         health=health or HealthSettings(), api_keys=api_keys, access_log=access_log, redis_url=redis_url,
+        plan=plan, dashboard=dashboard,
     )  # fmt: skip
