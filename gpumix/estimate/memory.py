@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal, NamedTuple
 
+from gpumix.errors import GpumixError
 from gpumix.estimate.types import MemoryBreakdown, Workload
 from gpumix.hardware.spec import Device
 from gpumix.kinds import DeviceKind
-from gpumix.models.spec import BufferKind, EngineBuffer, ModelSpec, QuantSpec
+from gpumix.models.spec import BufferKind, ModelSpec, QuantSpec
 from gpumix.units import MiB
 
 # Bytes per KV element by cache type. Source: ggml block sizes (gguf.GGML_QUANT_SIZES): q8_0 = 34 B / 32,
@@ -293,37 +295,52 @@ def memory_for_layers(
     )
 
 
+class ServicePart(NamedTuple):
+    """One part of a non-LLM service's memory, with where its size comes from."""
+
+    kind: BufferKind | Literal["overhead"]
+    name: str
+    size_bytes: int
+    source: str
+
+
 def service_memory(model: ModelSpec, is_gpu: bool) -> MemoryBreakdown:
     """Non-LLM services (diffusion on sd-server, whisper-server, embeddings/rerankers on TEI): what the process holds.
 
     weights = params_total × bytes of the type the engine holds them in (+ separate weight files, e.g. a VAE);
     kv = the engine's caches (whisper's self/cross attention KV); compute = its graph buffers from the catalog plus
     what follows from the model's shapes at the engine's defaults (TEI's activations for --max-batch-tokens);
-    overhead = the CUDA context on a GPU. Each catalog figure carries its source (models.yaml `service_memory`).
+    overhead = the CUDA context on a GPU. Each part is one of `service_memory_parts`, with its source.
     """
+    parts = service_memory_parts(model, is_gpu)
+
+    def total(kind: str) -> int:
+        return sum(p.size_bytes for p in parts if p.kind == kind)
+
+    return MemoryBreakdown(weights_bytes=total("weights"), kv_cache_bytes=total("kv"), compute_bytes=total("compute"),
+                           overhead_bytes=total("overhead"))  # fmt: skip
+
+
+def service_memory_parts(model: ModelSpec, is_gpu: bool) -> list[ServicePart]:
+    """The parts `service_memory` adds up, each with its source (models.yaml `service_memory`, or the formula here)."""
     spec = model.service_memory
     if spec is None:
-        from gpumix.errors import GpumixError
-
         raise GpumixError(
             f"model '{model.id}' ({model.kind}) has no service_memory in the catalog",
             hint="add its weights dtype and engine buffers, with sources, to gpumix/models/data/models.yaml",
         )
     dtype = spec.weights_dtype if is_gpu or spec.cpu_weights_dtype is None else spec.cpu_weights_dtype
-    weights = model.params_total * dtype_bytes(dtype) + _buffer_bytes(spec.buffers, "weights")
-    compute = _buffer_bytes(spec.buffers, "compute")
+    weights = ServicePart("weights", f"weights: {int(model.params_total):,} params × {dtype_bytes(dtype):g} B ({dtype})",
+                          int(model.params_total * dtype_bytes(dtype)), spec.source)  # fmt: skip
+    parts = [weights] + [ServicePart(b.kind, b.name, b.size_bytes, b.source) for b in spec.buffers]
     if spec.engine == "tei":
-        compute += tei_activation_bytes(model, dtype)
-    return MemoryBreakdown(
-        weights_bytes=int(weights),
-        kv_cache_bytes=_buffer_bytes(spec.buffers, "kv"),
-        compute_bytes=int(compute),
-        overhead_bytes=CUDA_CONTEXT_BYTES if is_gpu else 0,
-    )
-
-
-def _buffer_bytes(buffers: Sequence[EngineBuffer], kind: BufferKind) -> int:
-    return sum(b.size_bytes for b in buffers if b.kind == kind)
+        parts.append(ServicePart("compute", f"TEI activations at --max-batch-tokens {TEI_DEFAULT_MAX_BATCH_TOKENS}",
+                                 tei_activation_bytes(model, dtype),
+                                 "gpumix.estimate.memory.tei_activation_bytes (ESTIMATE from the shapes)"))  # fmt: skip
+    if is_gpu:
+        parts.append(ServicePart("overhead", "CUDA context", CUDA_CONTEXT_BYTES,
+                                 "gpumix.estimate.memory.CUDA_CONTEXT_BYTES (llama.cpp's 'unaccounted' memory)"))  # fmt: skip
+    return parts
 
 
 def tei_activation_bytes(model: ModelSpec, dtype: str, max_batch_tokens: int = TEI_DEFAULT_MAX_BATCH_TOKENS) -> int:
