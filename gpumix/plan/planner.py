@@ -415,11 +415,13 @@ def llm_options(svc: Resolved, devices: Sequence[Device], spec: PlanSpec, socket
     for host_devices in groups_by_host:
         gpus = sorted((d for d in host_devices if d.kind == "gpu"), key=_speed_rank, reverse=True)
         cpus = [d for d in host_devices if d.kind == "cpu"]
-        distinct = _distinct_groups(gpus)
+        # vLLM's CPU build runs one rank per CPU device (a NUMA node, or a core range the plan file names), so on a
+        # host without GPUs its TP/PP groups are made of CPU devices.
+        distinct = _distinct_groups(gpus or (cpus if svc.engine == "vllm" else []))
         if want in ("auto", "single") and entry.replicas == 1:
             for d in _limit_per_class(gpus, per_class):
                 add("single", [d])
-            if svc.engine == "llama.cpp":
+            if svc.engine in ("llama.cpp", "vllm"):
                 for d in cpus:
                     add("single", [d])  # all layers in RAM: the only choice without GPUs, a slow one beside them
         fits_alone = {device_class(o.devices[0]) for o in options if o.mode == "single" and o.fits()}
@@ -840,6 +842,8 @@ def _planned_service(svc: Resolved, opt: Option | None) -> PlannedService:
         n_gpu_layers = 0 if opt.devices[0].kind == "cpu" else svc.model.n_layers + 1
         if opt.devices[0].kind == "cpu":
             threads = svc.entry.threads or opt.devices[0].threads
+    if engine == "vllm" and threads is None and all(d.kind == "cpu" for d in opt.devices):
+        threads = svc.entry.threads or min(d.threads for d in opt.devices)  # OpenMP threads per vLLM CPU rank
     predicted = Predicted(
         decode_tokens_per_s=_r(opt.decode), aggregate_tokens_per_s=_r(opt.aggregate),
         prefill_tokens_per_s=_r(opt.prefill), ttft_s=_r(opt.ttft_s, 4),

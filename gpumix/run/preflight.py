@@ -19,7 +19,8 @@ from gpumix.units import fmt_gib
 
 _INSTALL_HINTS = {
     "llama.cpp": "run `gpumix engines install llama.cpp`",
-    "vllm": "pip install vllm on the GPU machine, or run it in a container: `gpumix export compose`",
+    "vllm": "run `gpumix engines install vllm` (a cached venv: the CPU build, or the CUDA wheel where a driver is present),"
+    " or run it in a container: `gpumix export compose`",
     "tei": "install text-embeddings-inference, or run it in a container: `gpumix export compose`",
     "whisper": "build whisper.cpp's whisper-server, or run it in a container: `gpumix export compose`",
     "image": "build stable-diffusion.cpp's sd-server, or run it in a container: `gpumix export compose`",
@@ -88,7 +89,7 @@ def spec_problems(plan: Plan, spec: LaunchSpec, port_free: Callable[[int], bool]
         hint = _INSTALL_HINTS.get(spec.engine, f"install the {spec.engine} server")
         problems.append(f"{spec.name}: {binary} ({hint})")
     for file in spec.files:
-        if not Path(file).is_file():
+        if not Path(file).exists():  # a weights file, or a model directory (vLLM)
             service = plan.service(spec.service)
             named = service.model_path and not service.model_path.startswith("pypi:")
             hint = "check the service's file: in the plan file" if named else download_hint(service.model, Path(file))

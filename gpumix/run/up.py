@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 from gpumix.errors import GpumixError
 from gpumix.launch.commands import render_plan
 from gpumix.launch.spec import LaunchSpec
+from gpumix.launch.vllm_models import prepare_vllm_models
 from gpumix.plan.result import Plan
 from gpumix.run.preflight import free_port, preflight
 from gpumix.run.state import PLAN_FILE, SUPERVISOR_LOG, RunState, read_state
@@ -24,6 +26,10 @@ from gpumix.run.supervisor import Supervisor, SupervisorSettings, gateway_argv, 
 
 PLAN_SUFFIXES_JSON = (".json",)
 PLAN_SUFFIXES_YAML = (".yaml", ".yml")
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def load_plan(path: Path) -> Plan:
@@ -65,8 +71,10 @@ def refuse_if_running(run_dir: Path) -> None:
         )
 
 
-def prepare(plan: Plan, front_port: int | None) -> list[LaunchSpec]:
-    """Backends get free loopback ports of their own; then every pre-flight check, before anything starts."""
+def prepare(plan: Plan, front_port: int | None, say: Callable[[str], None] = _stderr) -> list[LaunchSpec]:
+    """Models made first (a GGUF for vLLM becomes a safetensors directory, once); backends get free loopback ports of
+    their own; then every pre-flight check, before anything starts."""
+    prepare_vllm_models(plan, say)
     taken = {front_port}
 
     def allocate() -> int:
@@ -102,7 +110,7 @@ def run_foreground(plan: Plan, options: UpOptions, say=print) -> int:  # noqa: A
     run_dir = options.run_dir
     refuse_if_running(run_dir)
     use_gateway = options.gateway and gateway_available()
-    specs = prepare(plan, options.front_port if use_gateway else None)
+    specs = prepare(plan, options.front_port if use_gateway else None, say)
     run_dir.mkdir(parents=True, exist_ok=True)
     plan_path = run_dir / PLAN_FILE
     plan_path.write_text(plan.model_dump_json(indent=2))
