@@ -216,14 +216,23 @@ def _vllm(plan: Plan, service: PlannedService, devices: list[int], port: int) ->
     return argv, [str(local)] if local else [], 2
 
 
+# vLLM's KV block (tokens per page) when not set: 16 on CUDA (CacheConfig default), 128 on the CPU platform
+# (vllm/platforms/cpu.py, 0.32). One block of the pool is the permanent null block, never given to a request.
+VLLM_BLOCK_TOKENS = {"gpu": 16, "cpu": 128}
+
+
 def _vllm_memory_args(plan: Plan, service: PlannedService, devices: list[int]) -> list[str]:
     """The plan's KV budget as vLLM's own setting. --kv-cache-memory-bytes is per worker (GPU, or CPU rank) and
     vLLM sizes its block pool by the worker with the fewest blocks, so every worker gets the largest per-device KV
-    the plan books: each pipeline stage then holds the planned tokens for its layers. On a CPU this is the only
-    sane setting: --gpu-memory-utilization would be a share of *system* RAM (its 0.92 default asks for nearly all)."""
+    the plan books: each pipeline stage then holds the planned tokens for its layers. The bytes cover the planned
+    tokens rounded up to whole blocks plus vLLM's null block, so vLLM can hold exactly what the plan says. On a CPU
+    this is the only sane setting: --gpu-memory-utilization would be a share of *system* RAM (0.92 by default)."""
     kv = [b.kv_cache_bytes for b in service.memory_breakdown if b.kv_cache_bytes > 0]
     if kv and len(kv) == len(service.memory_breakdown):
-        return ["--kv-cache-memory-bytes", str(max(kv))]
+        tokens = vllm_planned_kv_tokens(service)
+        block = VLLM_BLOCK_TOKENS["gpu" if _gpu_positions(plan, devices) else "cpu"]
+        asked_tokens = (math.ceil(tokens / block) + 1) * block
+        return ["--kv-cache-memory-bytes", str(math.ceil(max(kv) * asked_tokens / tokens))]
     shares = [
         service.memory_bytes[pos] / _device(plan, index).memory_total_bytes
         for pos, index in enumerate(service.devices)
@@ -232,6 +241,13 @@ def _vllm_memory_args(plan: Plan, service: PlannedService, devices: list[int]) -
     if not shares:
         return []
     return ["--gpu-memory-utilization", f"{min(0.98, max(0.05, math.ceil(max(shares) * 100) / 100)):.2f}"]
+
+
+def vllm_planned_kv_tokens(service: PlannedService) -> int:
+    """Tokens of KV the plan books for the service: its `kv_cache_tokens` budget once the planner gives one,
+    else context × concurrency (what memory_breakdown's kv_cache_bytes hold today)."""
+    budget = getattr(service, "kv_cache_tokens", None)
+    return int(budget) if budget else service.context * max(1, service.concurrency)
 
 
 def _vllm_quant_args(service: PlannedService, model: str) -> list[str]:

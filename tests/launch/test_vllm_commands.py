@@ -188,8 +188,13 @@ def test_vllm_resolves_the_configuration_the_plan_asked_for(checked):
         assert (cfg["tensor_parallel_size"], cfg["pipeline_parallel_size"]) == (tp, pp), name
         assert cfg["max_model_len"] == service.context and cfg["max_num_seqs"] == service.concurrency, name
         assert cfg["served_model_name"] == spec.service, name
-        kv = max(b.kv_cache_bytes for b in service.memory_breakdown) if service.memory_breakdown else None
-        assert cfg["kv_cache_memory_bytes"] == kv, name
+        if service.memory_breakdown:  # the plan's KV bytes for its tokens, rounded up to blocks + vLLM's null block
+            tokens = service.context * service.concurrency
+            block = 16 if spec.uses_gpu else 128
+            kv = max(b.kv_cache_bytes for b in service.memory_breakdown)
+            assert cfg["kv_cache_memory_bytes"] == -(-kv * ((-(-tokens // block) + 1) * block) // tokens), name
+        else:
+            assert cfg["kv_cache_memory_bytes"] is None, name
         quant = service.quant.lower()
         want_quant = {"awq-int4": "awq", "gptq-int4": "gptq"}.get(quant, "fp8" if quant == "fp8" else None)
         assert cfg["quantization"] == want_quant, (name, cfg["quantization"])
