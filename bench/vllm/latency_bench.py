@@ -55,9 +55,10 @@ def one(client: httpx.Client, url: str, model: str, stream: bool) -> float:
         return time.perf_counter() - start
     with client.stream("POST", f"{url}/v1/chat/completions", json=body) as reply:
         reply.raise_for_status()
-        next(reply.iter_raw())
+        chunks = reply.iter_raw()
+        next(chunks)
         elapsed = time.perf_counter() - start
-        for _ in reply.iter_raw():
+        for _ in chunks:
             pass
     return elapsed
 
