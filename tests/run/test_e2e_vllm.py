@@ -177,6 +177,12 @@ def test_sigkill_of_vllm_restarts_it_and_its_helpers_die(cpu_vllm):
     assert restarted.last_error == "killed by signal 9" and restarted.pid != chat.pid
     assert [pid for pid in old if _alive(pid)] == []  # the engine core and worker of the killed one are gone
     cpu_vllm["pids"] |= {p.pid for p in _tree(restarted.pid)}
+    assert "Paris" in _chat(restarted.url)
+    # The gateway takes the backend back at its next health probe (every 2 s; an open circuit stays 5 s).
+    deadline = time.monotonic() + 30
+    while httpx.post(f"{cpu_vllm['front']}/v1/chat/completions", json={"model": "chat", **QUESTION}, timeout=120).status_code != 200:
+        assert time.monotonic() < deadline, "the gateway did not route to the restarted vLLM within 30 s"
+        time.sleep(1)
     assert "Paris" in _chat(cpu_vllm["front"])
     assert read_state(run_dir).process("embed").restarts == 0
 
