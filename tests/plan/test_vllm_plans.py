@@ -1,0 +1,52 @@
+"""Plans for vLLM services: on a CPU device (vLLM's CPU build), TP/PP over CPU devices, and the new GPU examples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gpumix.estimate.memory import kv_cache_bytes_per_token
+from gpumix.models.catalog import load_model
+from gpumix.plan.planner import plan_file
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_cpu_vllm_example_puts_chat_on_vllm_on_the_cpu():
+    plan = plan_file(EXAMPLES / "cpu-vllm.yaml")
+    assert plan.feasible, plan.reasons
+    chat, embed = plan.service("chat"), plan.service("embed")
+    assert (chat.engine, chat.mode, chat.devices, chat.threads) == ("vllm", "single", [-1], 1)
+    assert embed.engine == "llama.cpp"
+    # KV for context x concurrency at SmolLM2's 23,040 bytes per token (30 layers x 3 KV heads x 64 x K,V x 2 B).
+    assert kv_cache_bytes_per_token(load_model("smollm2-135m")) == 23040
+    assert chat.memory_breakdown[0].kv_cache_bytes == 2048 * 2 * 23040
+
+
+def test_tp_and_pp_over_cpu_devices():
+    plan = plan_file(EXAMPLES / "cpu-vllm-parallel.yaml")
+    assert plan.feasible, plan.reasons
+    tp, pp = plan.service("chat-tp"), plan.service("chat-pp")
+    assert (tp.mode, tp.devices, tp.threads) == ("tensor_parallel", [-1, -2], 1)
+    assert (pp.mode, pp.devices, pp.threads) == ("pipeline_parallel", [-1, -2], 1)
+    assert sum(pp.layers) == 30 and all(pp.layers)
+    # Gemma 3 270M has one KV head: with TP=2 vLLM replicates it, so each rank holds the whole KV, not half.
+    single = plan_file_text(EXAMPLES / "cpu-vllm-parallel.yaml", "mode: tensor_parallel", "mode: single")
+    one_rank = single.service("chat-tp").memory_breakdown[0].kv_cache_bytes
+    assert [b.kv_cache_bytes for b in tp.memory_breakdown] == [one_rank, one_rank]
+
+
+def plan_file_text(path: Path, old: str, new: str):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        copy = Path(tmp_dir) / path.name
+        copy.write_text(path.read_text().replace(old, new, 1))
+        return plan_file(copy)
+
+
+def test_the_gpu_vllm_examples():
+    awq = plan_file(EXAMPLES / "2x4090-70b-awq.yaml")
+    assert awq.feasible and awq.service("chat").mode == "tensor_parallel" and awq.service("chat").quant == "awq-int4"
+    replicas = plan_file(EXAMPLES / "2x4090-8b-vllm-replicas.yaml")
+    chat = replicas.service("chat")
+    assert replicas.feasible and (chat.engine, chat.mode, chat.devices) == ("vllm", "replica", [0, 1])
