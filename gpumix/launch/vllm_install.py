@@ -72,7 +72,10 @@ def find_vllm(backend: str | None = None) -> VllmInstall | None:
         if not (venv / "bin" / "vllm").is_file():
             raise GpumixError(f"${ENV_VLLM_VENV}={user} has no bin/vllm", hint="point it at a venv with vLLM installed")
         return VllmInstall(venv, backend or default_backend(), "unknown", f"user (${ENV_VLLM_VENV})")
-    backend = backend or default_backend()
+    return _gpumix_venv(backend or default_backend())
+
+
+def _gpumix_venv(backend: str) -> VllmInstall | None:
     manifest = venv_dir(backend) / "gpumix-manifest.json"
     if not manifest.is_file():
         return None
@@ -113,7 +116,7 @@ def install_vllm(backend: str | None = None, progress: Progress | None = None, f
     venv.parent.mkdir(parents=True, exist_ok=True)
     with _install_lock(venv.parent / f".{venv.name}.lock", say):
         if not force:
-            existing = find_vllm(backend) if not os.environ.get(ENV_VLLM_VENV) else None
+            existing = _gpumix_venv(backend)  # gpumix's own venv, whatever $GPUMIX_VLLM_VENV says
             if existing is not None:
                 say(f"vLLM {existing.version} already installed in {existing.venv}", 1.0)
                 return existing
