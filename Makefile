@@ -4,11 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gpumix-installed
 
-.PHONY: demo test lint setup system-deps llama litellm vllm clean
+.PHONY: demo test check lint setup system-deps llama litellm vllm clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,ray]'
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -33,11 +33,21 @@ vllm: $(STAMP)
 demo: setup system-deps llama
 	bash scripts/demo.sh
 
+# ruff, then mypy with the settings in pyproject.toml ([tool.mypy]: strict on the core).
 lint: $(STAMP)
 	$(BIN)/ruff check gpumix tests
+	$(BIN)/mypy
 
 test: setup system-deps llama litellm vllm lint
 	$(BIN)/python -m pytest -q
 
+# For developers, in a few minutes: lint + every test that needs no llama.cpp build (markers `llama`, `slow`
+# deselected). It runs with an empty gpumix cache dir, so a test that needs the build but lacks the marker
+# fails here rather than only on a fresh clone.
+check: setup system-deps lint
+	@cache="$$(mktemp -d)"; \
+	env -u GPUMIX_LLAMA_CPP_BIN GPUMIX_CACHE_DIR="$$cache" $(BIN)/python -m pytest -q -m "not llama and not slow"; \
+	status=$$?; rm -rf "$$cache"; exit $$status
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

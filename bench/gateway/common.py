@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,12 +13,9 @@ import httpx
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # the scripts run from a checkout, installed or not
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from gpumix.netutil import free_port  # noqa: E402, F401  (re-exported to the benchmark scripts)
 
 
 def wait_http(url: str, timeout_s: float = 60.0, ok: tuple[int, ...] = (200,)) -> None:

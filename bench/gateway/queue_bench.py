@@ -17,16 +17,14 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from common import PY, REPO, Processes, free_port, percentile, wait_http
+from common import PY, Processes, free_port, percentile, wait_http
 
-sys.path.insert(0, str(REPO))
-from gpumix.gateway.queue import JobQueue, QueueSettings  # noqa: E402
+from gpumix.gateway.queue import JobQueue, QueueSettings
 
 VISIBILITY_S = 2.0
 

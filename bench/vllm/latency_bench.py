@@ -31,7 +31,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from gpumix.run.preflight import free_port  # noqa: E402
+from gpumix.netutil import free_port  # noqa: E402
 from gpumix.run.up import UpOptions, start_detached, stop  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]

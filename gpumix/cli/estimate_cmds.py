@@ -1,27 +1,37 @@
-"""`gpumix estimate` and `gpumix validate`: thin wrappers over gpumix.estimate."""
+"""`gpumix estimate` and `gpumix validate`: thin wrappers over gpumix.estimate and gpumix.calibrate.validate."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from gpumix.calibrate.validate import ValidationReport, validate_file
+from gpumix.cli.calibration_option import CALIBRATION_HELP, cli_calibration
+from gpumix.cli.output import add_row, esc, say, show, styled
+from gpumix.cli.params import choice
 from gpumix.errors import GpumixError
-from gpumix.estimate import Estimate, Placement, Workload, estimate, load_calibration
-from gpumix.estimate.validate import ValidationReport, validate_file
+from gpumix.estimate import Calibration, Estimate, Placement, Workload, estimate
 from gpumix.hardware.catalog import parse_device_list
-from gpumix.hardware.devices import device_from_spec, this_machine_cpu
+from gpumix.hardware.devices import device_from_spec
+from gpumix.hardware.discovery import read_this_machine, this_machine_cpu
+from gpumix.hardware.entries import load_devices_file
 from gpumix.hardware.spec import Device
+from gpumix.kinds import LLM_ENGINES, PlacementMode
 from gpumix.models.catalog import load_model, resolve_quant
+from gpumix.models.spec import ModelSpec, QuantSpec
 from gpumix.units import GiB
 
-console = Console()
 
-
-def _devices(gpus: list[str], cpu: bool) -> list[Device]:
+def _devices(gpus: list[str], cpu: bool, devices_file: Path | None = None) -> list[Device]:
+    if devices_file is not None:
+        if gpus or cpu:
+            raise GpumixError("give --devices-file or --gpu/--cpu, not both")
+        return _file_devices(devices_file)
     specs = [spec for name in gpus for spec in parse_device_list(name)]
     devices = [device_from_spec(spec, index=i) for i, spec in enumerate(specs)]
     if cpu:
@@ -29,6 +39,15 @@ def _devices(gpus: list[str], cpu: bool) -> list[Device]:
     if not devices:
         raise GpumixError("no device given", hint='add --gpu "RTX 3090" (repeatable) and/or --cpu')
     return devices
+
+
+def _file_devices(path: Path) -> list[Device]:
+    """The devices of a devices file (one host); a CPU, if any, goes first (llama.cpp offloads the first layers)."""
+    devices = load_devices_file(path, read_this_machine)
+    if len({d.host for d in devices}) > 1:
+        raise GpumixError(f"{path}: devices on several hosts; `gpumix estimate` places one model on one machine",
+                          hint="keep one host's devices in the file, or use `gpumix plan` for a fleet")  # fmt: skip
+    return sorted(devices, key=lambda d: d.kind != "cpu")
 
 
 def _parse_tensor_split(text: str | None, n: int) -> list[float] | None:
@@ -43,7 +62,10 @@ def _parse_tensor_split(text: str | None, n: int) -> list[float] | None:
     return values
 
 
-def _placement(model, quant, devices, workload, split, tensor_split, calibration) -> tuple[Placement, str]:
+def _placement(
+    model: ModelSpec, quant: QuantSpec, devices: list[Device], workload: Workload, split: str,
+    tensor_split: list[float] | None, calibration: Calibration,
+) -> tuple[Placement, str]:  # fmt: skip
     from gpumix.plan.split import best_layer_split, layers_from_tensor_split
 
     if len(devices) == 1 or split == "none":
@@ -51,7 +73,7 @@ def _placement(model, quant, devices, workload, split, tensor_split, calibration
     if split in ("row", "tensor"):
         return Placement(mode="tensor_parallel", devices=tuple(devices)), f"{split} split (tensor parallel)"
     has_cpu = any(d.kind == "cpu" for d in devices)
-    mode = "cpu_offload" if has_cpu else "layer_split"
+    mode: PlacementMode = "cpu_offload" if has_cpu else "layer_split"
     if tensor_split is not None:
         layers = layers_from_tensor_split(tensor_split, model.n_layers)
         return Placement(mode=mode, devices=tuple(devices), layers=layers), "your --tensor-split"
@@ -59,7 +81,7 @@ def _placement(model, quant, devices, workload, split, tensor_split, calibration
     return Placement(mode=mode, devices=tuple(devices), layers=layers), "gpumix's best split for one stream"
 
 
-def _estimate_json(model, quant, result: Estimate, how: str, workload: Workload) -> dict:
+def _estimate_json(model: ModelSpec, quant: QuantSpec, result: Estimate, how: str, workload: Workload) -> dict[str, Any]:
     return {
         "model": model.id,
         "quant": quant.id,
@@ -75,6 +97,7 @@ def _estimate_json(model, quant, result: Estimate, how: str, workload: Workload)
                 "layers": d.layers,
                 "memory_bytes": d.memory_bytes,
                 "memory_free_bytes": d.memory_free_bytes,
+                "memory_usable_bytes": d.memory_usable_bytes,
                 "fits": d.fits,
                 "shortfall_bytes": d.shortfall_bytes,
                 "breakdown": d.memory.model_dump(),
@@ -92,39 +115,40 @@ def _estimate_json(model, quant, result: Estimate, how: str, workload: Workload)
     }
 
 
-def _print_estimate(model, quant, result: Estimate, how: str, workload: Workload) -> None:
-    console.print(
-        f"[bold]{model.name}[/] {quant.id} · ctx {workload.context} × {workload.parallel} seq · "
-        f"{result.mode} ({how})"
+def _print_estimate(model: ModelSpec, quant: QuantSpec, result: Estimate, how: str, workload: Workload) -> None:
+    say(
+        f"[bold]{esc(model.name)}[/] {esc(quant.id)} · ctx {workload.context} × {workload.parallel} seq · "
+        f"{result.mode} ({esc(how)})"
     )
     table = Table(show_lines=False)
-    for col in ("device", "layers", "weights", "KV cache", "compute", "overhead", "total", "free", "fits"):
+    for col in ("device", "layers", "weights", "KV cache", "compute", "overhead", "total", "free", "usable", "fits"):
         table.add_column(col, justify="right" if col not in ("device", "fits") else "left")
     for d in result.devices:
         m = d.memory
-        fit = "[green]yes[/]" if d.fits else f"[red]no, short {d.shortfall_bytes / GiB:.2f} GiB[/]"
-        table.add_row(
-            f"{d.device_index}: {d.name}", str(d.layers),
+        fit = styled("yes", "green") if d.fits else styled(f"no, short {d.shortfall_bytes / GiB:.2f} GiB", "red")
+        add_row(
+            table, f"{d.device_index}: {d.name}", str(d.layers),
             *(f"{v / GiB:.2f}" for v in (m.weights_bytes, m.kv_cache_bytes, m.compute_bytes, m.overhead_bytes)),
-            f"{d.memory_bytes / GiB:.2f}", f"{d.memory_free_bytes / GiB:.2f}", fit,
+            f"{d.memory_bytes / GiB:.2f}", f"{d.memory_free_bytes / GiB:.2f}", f"{d.memory_usable_bytes / GiB:.2f}", fit,
         )  # fmt: skip
-    console.print(table)
-    console.print("memory in GiB (2^30 bytes)")
+    show(table)
+    say("memory in GiB (2^30 bytes); usable = free − margin (1 GiB on a GPU), the test `gpumix plan` applies")
     verdict = "[green]fits[/]" if result.fits else "[red]does not fit[/]"
-    console.print(
+    say(
         f"{verdict} · decode {result.decode_tokens_per_s:.1f} tok/s (one stream; bandwidth bound "
         f"{result.bandwidth_bound_tokens_per_s:.1f}) · aggregate {result.aggregate_tokens_per_s:.1f} tok/s · "
         f"prefill {result.prefill_tokens_per_s:.0f} tok/s · TTFT {result.ttft_s * 1000:.0f} ms "
         f"({workload.prompt_tokens}-token prompt)"
     )
     for note in result.notes:
-        console.print(f"  note: {note}")
+        say(Text(f"  note: {note}"))
 
 
 def estimate_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Catalog id/alias, a .gguf path or a config.json."),
     gpu: list[str] = typer.Option([], "--gpu", "-g", help='A GPU ("RTX 3090", "2x RTX 4090"); repeatable.'),
     cpu: bool = typer.Option(False, "--cpu", help="Add this machine's CPU and RAM as a device."),
+    devices_file: Path | None = typer.Option(None, "--devices-file", help="Devices from a YAML file (the plan file's `devices:` schema) instead of --gpu/--cpu."),
     quant: str | None = typer.Option(None, "--quant", "-q", help="Weight format (read from the file for a GGUF)."),
     ctx: int = typer.Option(4096, "--ctx", "-c", min=1, help="Context tokens per sequence."),
     parallel: int = typer.Option(1, "--parallel", "-np", min=1, help="Sequences held in KV at once."),
@@ -133,25 +157,23 @@ def estimate_cmd(
     engine: str = typer.Option("llama.cpp", "--engine", help="llama.cpp | vllm"),
     kv_type: str = typer.Option("f16", "--cache-type", help="KV cache type (f16, q8_0, fp8...)."),
     prompt: int = typer.Option(512, "--prompt", min=1, help="Prompt tokens for prefill and TTFT."),
-    calibration: Path | None = typer.Option(None, "--calibration", help="Machine calibration from `gpumix tune`."),
+    calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Memory per device, fit, and predicted decode/prefill speed and TTFT for a model on GPUs."""
-    if split not in ("layer", "row", "tensor", "none"):
-        raise GpumixError(f"--split '{split}' is not one of layer, row, tensor, none")
-    if engine not in ("llama.cpp", "vllm"):
-        raise GpumixError(f"--engine '{engine}' is not llama.cpp or vllm")
+    split = choice(split, ("layer", "row", "tensor", "none"), "--split")
+    engine_name = choice(engine, LLM_ENGINES, "--engine")
     spec = load_model(model)
     if quant is None:
         if spec.file_quant is None:
             raise GpumixError("--quant is required for a catalog model", hint="e.g. --quant q4_k_m (see `gpumix quants`)")
         quant = spec.file_quant
     qspec = resolve_quant(quant)
-    devices = _devices(gpu, cpu)
+    devices = _devices(gpu, cpu, devices_file)
     workload = Workload(
-        context=ctx, parallel=parallel, engine=engine, kv_cache_dtype=kv_type, prompt_tokens=prompt,
+        context=ctx, parallel=parallel, engine=engine_name, kv_cache_dtype=kv_type, prompt_tokens=prompt,
     )  # fmt: skip
-    cal = load_calibration(calibration)
+    cal = cli_calibration(calibration).calibration
     ts = _parse_tensor_split(tensor_split, len(devices))
     placement, how = _placement(spec, qspec, devices, workload, split, ts, cal)
     result = estimate(spec, qspec, placement, workload, calibration=cal)
@@ -165,13 +187,13 @@ def estimate_cmd(
 
 def validate_cmd(
     csv_file: Path = typer.Argument(..., help="measurements.csv or multigpu.csv format."),
-    calibration: Path | None = typer.Option(None, "--calibration", help="Machine calibration to use."),
+    calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
     headline: bool = typer.Option(False, "--headline", help="Only dense tg128-tg1024 and pp512 rows."),
     show_rows: bool = typer.Option(False, "--rows", help="Print every row's prediction."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Predict every row of a measurement CSV and report the mean absolute percentage error."""
-    report = validate_file(csv_file, load_calibration(calibration), headline_only=headline)
+    report = validate_file(csv_file, cli_calibration(calibration).calibration, headline_only=headline)
     if as_json:
         print(report.model_dump_json(indent=2))
         return
@@ -180,22 +202,22 @@ def validate_cmd(
 
 def _print_report(report: ValidationReport, show_rows: bool) -> None:
     if show_rows:
-        table = Table(title=report.file)
+        table = Table(title=Text(report.file))
         for col in ("line", "gpu", "model", "quant", "test", "measured", "predicted", "error"):
             table.add_column(col)
         for r in report.results:
-            table.add_row(str(r.line), r.gpu, r.model, r.quant, r.test, f"{r.measured:.1f}", f"{r.predicted:.1f}",
+            add_row(table, str(r.line), r.gpu, r.model, r.quant, r.test, f"{r.measured:.1f}", f"{r.predicted:.1f}",
                           f"{r.error:+.1%}")  # fmt: skip
-        console.print(table)
-    console.print(f"{report.file} ({report.format}-GPU format): {report.rows} rows, {report.used} used, "
-                  f"{report.skipped} skipped")  # fmt: skip
+        show(table)
+    say(Text(f"{report.file} ({report.format}-GPU format): {report.rows} rows, {report.used} used, "
+             f"{report.skipped} skipped"))  # fmt: skip
     for reason, count in sorted(report.skipped_reasons.items(), key=lambda kv: -kv[1]):
-        console.print(f"  skipped {count}: {reason}")
+        say(Text(f"  skipped {count}: {reason}"))
     for name, metric in (("decode", report.decode), ("prefill", report.prefill)):
         value = "n/a" if metric.mape is None else f"{metric.mape:.1%}"
         head = report.headline[name]
         head_value = "n/a" if head.mape is None else f"{head.mape:.1%}"
-        console.print(f"{name}: n={metric.n} MAPE {value}  (dense tg128-tg1024 / pp512: n={head.n} MAPE {head_value})")
+        say(f"{name}: n={metric.n} MAPE {value}  (dense tg128-tg1024 / pp512: n={head.n} MAPE {head_value})")
 
 
 def register(app: typer.Typer) -> None:

@@ -6,12 +6,18 @@ import asyncio
 import contextlib
 import json
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from gpumix.errors import GpumixError
+
+if TYPE_CHECKING:
+    from gpumix.gateway.queue import Job, JobQueue
+
+T = TypeVar("T")
 
 queue_app = typer.Typer(help="Job queue on Redis Streams: submit, status, result, worker.", no_args_is_help=True)
 
@@ -64,7 +70,7 @@ def gateway(
     serve(Gateway(config), host, port)
 
 
-def _queue(redis: str | None):
+def _queue(redis: str | None) -> JobQueue:
     from gpumix.gateway.queue import JobQueue, redis_url_from_env
 
     url = redis_url_from_env(redis)
@@ -74,7 +80,7 @@ def _queue(redis: str | None):
         raise GpumixError(f"bad Redis URL {url!r}: {exc}", hint="e.g. redis://127.0.0.1:6379/0") from exc
 
 
-def _run(coro):
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     try:
@@ -100,7 +106,7 @@ def queue_submit(
     redis: RedisOpt = None,
 ) -> None:
     """Queue one job; prints its id."""
-    text = body if body is not None else (file.read_text() if file else sys.stdin.read())
+    text = body if body is not None else (_read_body_file(file) if file else sys.stdin.read())
     try:
         payload = json.loads(text)
     except ValueError as exc:
@@ -110,7 +116,7 @@ def queue_submit(
     if not isinstance(payload, dict):
         raise GpumixError("job body must be a JSON object", hint="e.g. --body '{\"messages\": [...]}'")
 
-    async def go():
+    async def go() -> tuple[str, bool]:
         q = _queue(redis)
         try:
             return await q.submit(job_class, endpoint, payload, idempotency_key)
@@ -121,8 +127,15 @@ def queue_submit(
     typer.echo(job_id if created else f"{job_id} (existing job for this idempotency key)")
 
 
-def _show(job_id: str, redis: str | None, wait_s: float) -> dict:
-    async def go():
+def _read_body_file(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise GpumixError(f"cannot read job body file {path}: {exc.strerror}", hint="pass a JSON file with --file") from exc
+
+
+def _show(job_id: str, redis: str | None, wait_s: float) -> dict[str, Any]:
+    async def go() -> Job | None:
         q = _queue(redis)
         try:
             return await (q.wait(job_id, wait_s) if wait_s > 0 else q.status(job_id))

@@ -7,21 +7,23 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from gpumix.cli.output import add_row, esc, say, show, styled
 from gpumix.errors import GpumixError
 from gpumix.hardware.catalog import all_gpus, gpu_candidates, load_catalog
-from gpumix.hardware.devices import load_devices_file
-from gpumix.hardware.discovery import INDEX_NOTE, DiscoveredMachine, discover_machine
+from gpumix.hardware.discovery import INDEX_NOTE, DiscoveredMachine, discover_machine, read_this_machine
+from gpumix.hardware.entries import load_devices_file
 from gpumix.hardware.spec import Device, GpuSpec
 from gpumix.units import GiB
 
 DEVICES_FILE_HELP = (
     "YAML list describing the devices instead of asking the driver, e.g. "
     "'- gpu: RTX 4090' / '- gpu: RTX 5060 Ti 16GB, free_gb: 14' / '- cpu: {ram_gb: 64, bandwidth_gbs: 51.2}'. "
-    "Keys: gpu, index, host, free_gb|free_gib, total_gb|total_gib, uuid, count (a card not in the catalog: also "
-    "bandwidth_gbs, fp16_tflops, compute_capability); cpu: ram_gb, bandwidth_gbs, memory, threads."
+    "The plan file's `devices:` schema (docs/plan-file.md): gpu, index, host, count, free_gb|free_gib, "
+    "total_gb|total_gib, uuid, driver, pcie_gen, pcie_lanes, socket (a card not in the catalog: also bandwidth_gbs, "
+    "fp16_tflops, compute_capability); cpu: ram_gb|ram_gib, free_gb|free_gib, bandwidth_gbs, memory, threads."
 )
 
 
@@ -84,17 +86,18 @@ def _file_json(path: Path, devices: list[Device]) -> dict[str, Any]:
 
 
 def _devices_table(rows: list[dict[str, Any]], title: str) -> Table:
-    table = Table(title=title)
+    table = Table(title=Text(title))
     for col in ("#", "name", "catalog", "total GiB", "free GiB", "PCIe", "BW GB/s", "CC", "host"):
         table.add_column(col, justify="right" if col in ("#", "total GiB", "free GiB", "BW GB/s") else "left")
     for row in rows:
         pcie = f"gen{row['pcie_gen']} x{row['pcie_width']}" if row["pcie_gen"] else "-"
         if row.get("pcie_gen_current"):
             pcie += f" (now gen{row['pcie_gen_current']} x{row['pcie_width_current']})"
-        table.add_row(
+        add_row(
+            table,
             str(row["index"]),
             row.get("nvml_name") or row["name"],
-            row["catalog_id"] or ("[yellow]not in catalog[/]" if row["kind"] == "gpu" else "-"),
+            row["catalog_id"] or (styled("not in catalog", "yellow") if row["kind"] == "gpu" else "-"),
             f"{row['memory_total_bytes'] / GiB:.2f}",
             f"{row['memory_free_bytes'] / GiB:.2f}",
             pcie,
@@ -116,7 +119,7 @@ def _topology_table(report: dict[str, Any]) -> Table:
         table.add_column(f"GPU{i}")
     for i in indices:
         cells = ["X" if i == j else labels.get((min(i, j), max(i, j)), "?") for j in indices]
-        table.add_row(f"GPU{i}", *cells)
+        add_row(table, f"GPU{i}", *cells)
     return table
 
 
@@ -130,20 +133,19 @@ def devices_cmd(
     Without an NVIDIA driver, describe the devices in a file and pass --devices-file.
     """
     if devices_file is not None:
-        report = _file_json(devices_file, load_devices_file(devices_file))
+        report = _file_json(devices_file, load_devices_file(devices_file, read_this_machine))
     else:
         report = _machine_json(discover_machine())
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    console = Console()  # created per call so the terminal width (COLUMNS) is read now
     driver = f", driver {report['driver_version']}" if report["driver_version"] else ""
-    console.print(_devices_table(report["devices"], f"devices ({report['source']}{driver})"))
+    show(_devices_table(report["devices"], f"devices ({report['source']}{driver})"))
     if len(report["links"]) > 0:
-        console.print(_topology_table(report))
-    console.print(f"[dim]{report['index_note']}[/]")
+        show(_topology_table(report))
+    say(styled(report["index_note"], "dim"))
     for warning in report["warnings"]:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        say(f"[yellow]warning:[/] {esc(warning)}")
 
 
 def _spec_json(spec: GpuSpec) -> dict[str, Any]:
@@ -176,12 +178,12 @@ def gpus_cmd(
     if as_json:
         print(json.dumps([_spec_json(s) for s in specs], indent=2))
         return
-    console = Console()
     table = Table(title=f"GPU catalog ({len(specs)} cards; VRAM as the vendor prints it, stored as GiB)")
     for col in ("name", "id", "arch", "VRAM GB", "BW GB/s", "FP16 TF", "FP8", "CC", "PCIe", "£/month"):
         table.add_column(col)
     for s in specs:
-        table.add_row(
+        add_row(
+            table,
             s.name,
             s.id,
             s.arch,
@@ -193,7 +195,7 @@ def gpus_cmd(
             f"gen{s.pcie_gen} x{s.pcie_lanes}" if s.pcie_gen else "-",
             _fmt(s.price_gbp_per_month),
         )
-    console.print(table)
+    show(table)
 
 
 def register(app: typer.Typer) -> None:

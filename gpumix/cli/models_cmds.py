@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from gpumix.cli.output import add_row, show
 from gpumix.errors import GpumixError
 from gpumix.models.catalog import all_quants, load_model, search_models
 from gpumix.models.spec import ModelSpec
 from gpumix.units import fmt_gib
-
-console = Console()
 
 
 def _billions(count: float | None) -> str:
@@ -42,8 +41,8 @@ def _list_models(query: str | None, as_json: bool) -> None:
     for s in specs:
         kv = f"{s.n_kv_heads}x{s.head_dim}" if s.n_layers else "-"
         active = _billions(s.params_active) if s.params_active else "-"
-        table.add_row(s.id, s.kind, _billions(s.params_total), active, str(s.n_layers or "-"), kv, str(s.context_length or "-"), _attention(s))
-    console.print(table)
+        add_row(table, s.id, s.kind, _billions(s.params_total), active, str(s.n_layers or "-"), kv, str(s.context_length or "-"), _attention(s))
+    show(table)
 
 
 def _show_model(ref: str, as_json: bool) -> None:
@@ -54,22 +53,22 @@ def _show_model(ref: str, as_json: bool) -> None:
             data["total_weight_bytes"] = sum(spec.layer_weight_bytes) + (spec.non_layer_weight_bytes or 0)
         print(json.dumps(data, indent=2))
         return
-    table = Table(title=spec.name, show_header=False)
+    table = Table(title=Text(spec.name), show_header=False)
     table.add_column("field")
     table.add_column("value")
     skip = {"layer_weight_bytes", "swa_layers", "aliases", "kv_heads_per_layer"}
     for key, value in spec.model_dump().items():
         if key not in skip and value not in (None, (), "", 0):
-            table.add_row(key, str(value))
-    table.add_row("attention", _attention(spec))
+            add_row(table, key, str(value))
+    add_row(table, "attention", _attention(spec))
     if spec.aliases:
-        table.add_row("aliases", ", ".join(spec.aliases))
+        add_row(table, "aliases", ", ".join(spec.aliases))
     if spec.layer_weight_bytes is not None:
         layers = spec.layer_weight_bytes
-        table.add_row("layer weights", f"{fmt_gib(sum(layers))} over {len(layers)} layers (min {min(layers, default=0):,} / max {max(layers, default=0):,} bytes)")
-        table.add_row("other weights", fmt_gib(spec.non_layer_weight_bytes or 0) + " (embeddings, output, norms)")
-        table.add_row("total weights", fmt_gib(sum(layers) + (spec.non_layer_weight_bytes or 0)))
-    console.print(table)
+        add_row(table, "layer weights", f"{fmt_gib(sum(layers))} over {len(layers)} layers (min {min(layers, default=0):,} / max {max(layers, default=0):,} bytes)")
+        add_row(table, "other weights", fmt_gib(spec.non_layer_weight_bytes or 0) + " (embeddings, output, norms)")
+        add_row(table, "total weights", fmt_gib(sum(layers) + (spec.non_layer_weight_bytes or 0)))
+    show(table)
 
 
 def models(
@@ -100,8 +99,8 @@ def quants(as_json: bool = typer.Option(False, "--json", help="Machine-readable.
     for q in specs:
         block = f"{q.block_bytes:g} B / {q.block_weights}" if q.block_weights > 1 else f"{q.block_bytes:g} B"
         file_bpw = f"{q.file_bits_per_weight:.4g}" if q.file_bits_per_weight else "-"
-        table.add_row(q.id, f"{q.bits_per_weight:.4g}", file_bpw, block, q.compute_dtype, ",".join(q.engines), ", ".join(q.aliases))
-    console.print(table)
+        add_row(table, q.id, f"{q.bits_per_weight:.4g}", file_bpw, block, q.compute_dtype, ",".join(q.engines), ", ".join(q.aliases))
+    show(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from gpumix.errors import GpumixError
+from gpumix.cli.output import add_row, esc, say, show, stdout_console
+from gpumix.cli.params import objective as parse_objective
 
-console = Console()
 testbed_app = typer.Typer(help="A heterogeneous test bed: ggml-rpc-server devices of different CPU speed.")
 
 
@@ -47,23 +48,26 @@ def tune_cmd(
 ) -> None:
     """Measure splits on the real devices (each alone, then the ones the fitted model points to) and write
     this machine's calibration."""
-    from gpumix.tune.calibration_file import save_machine_calibration
+    from gpumix.calibrate.files import save_machine_calibration
+    from gpumix.cli.calibration_option import cli_calibration_out
     from gpumix.tune.session import BenchSettings, tune_machine
+    from gpumix.tune.tuner import TunePoint
 
-    if objective not in ("latency", "throughput"):
-        raise GpumixError(f"unknown --objective '{objective}'", hint="use latency or throughput")
+    goal = parse_objective(objective)
     rpc_list = _split_list(rpc)
     settings = BenchSettings(n_gen=n_gen, n_prompt_alone=prefill_tokens, repetitions=repetitions)
+    console = stdout_console()  # one console: progress lines print above its spinner
 
-    def on_point(point, n: int) -> None:
+    def on_point(point: TunePoint, n: int) -> None:
         if as_json:
             return
         from gpumix.tune.splits import describe
 
         pred = f" (predicted {point.predicted_tokens_per_s:.1f})" if point.predicted_tokens_per_s else ""
         console.print(
-            f"[bold]run {n}/{budget}[/] {point.phase:6} {describe(point.split, names)}  layers "
-            f"{'/'.join(map(str, point.assignment.layers))}  →  [green]{point.tokens_per_s:.2f} t/s[/]{pred}"
+            f"[bold]run {n}/{budget}[/] {point.phase:6} {esc(describe(point.split, names))}  layers "
+            f"{'/'.join(map(str, point.assignment.layers))}  →  [green]{point.tokens_per_s:.2f} t/s[/]{pred}",
+            soft_wrap=True,
         )
 
     from gpumix.tune.session import resolve_devices, resolve_model_file
@@ -72,15 +76,15 @@ def tune_cmd(
     resolved = resolve_devices(_split_list(devices), rpc_list)
     names = [d.name for d in resolved]
     if not as_json:
-        console.print(f"tuning on {', '.join(names)} (budget {budget} llama-bench runs)")
+        say(Text(f"tuning on {', '.join(names)} (budget {budget} llama-bench runs)"))
     with console.status("llama-bench running...", spinner="dots") if not as_json else nullcontext():
         result, cal = tune_machine(
-            model, devices=_split_list(devices), rpc=rpc_list, resolved=resolved, budget=budget, objective=objective,  # type: ignore[arg-type]
+            model, devices=_split_list(devices), rpc=rpc_list, resolved=resolved, budget=budget, objective=goal,
             parallel=parallel, context=ctx, settings=settings, on_point=on_point, host_offload=host_offload,
         )  # fmt: skip
     written = None
     if not no_calibration and cal.devices:
-        written = save_machine_calibration(cal, calibration_out)
+        written = save_machine_calibration(cal, cli_calibration_out(calibration_out))
     if plot:
         from gpumix.tune.plot import plot_tune
 
@@ -91,33 +95,33 @@ def tune_cmd(
         return
     _print_result(data)
     if result.stopped:
-        console.print(f"[yellow]stopped early:[/] {result.stopped} (measurements so far kept)")
+        say(f"[yellow]stopped early:[/] {esc(result.stopped)} (measurements so far kept)")
     if written:
-        console.print(f"calibration written to {written}")
+        say(Text(f"calibration written to {written}"))
     if plot:
-        console.print(f"plot written to {plot}")
+        say(Text(f"plot written to {plot}"))
 
 
-def _print_result(data: dict) -> None:
+def _print_result(data: dict[str, Any]) -> None:
     table = Table(title=f"splits ({data['objective']}, {data['runs']} llama-bench runs)")
     for col in ("-dev", "-ts", "layers", "output on", "t/s", "measured", "predicted"):
         table.add_column(col)
     rows = sorted(data["points"], key=lambda p: -p["tokens_per_s"])
     shown = [p for p in rows if p["measured"]] + [p for p in rows if not p["measured"]][:5]
     for p in shown:
-        table.add_row(p["dev"], p["ts"], "/".join(map(str, p["layers"])), str(p["output_device"]),
+        add_row(table, p["dev"], p["ts"], "/".join(map(str, p["layers"])), str(p["output_device"]),
                       f"{p['tokens_per_s']:.2f}", "yes" if p["measured"] else "no",
                       "-" if p["predicted_tokens_per_s"] is None else f"{p['predicted_tokens_per_s']:.2f}")  # fmt: skip
-    console.print(table)
+    show(table)
     best = data["best"]
-    console.print(
-        f"[bold]best:[/] -dev {best['dev']} -ts {best['ts']} (layers {'/'.join(map(str, best['layers']))}, "
+    say(
+        f"[bold]best:[/] -dev {esc(best['dev'])} -ts {best['ts']} (layers {'/'.join(map(str, best['layers']))}, "
         f"output on {best['output_device']}) = [green]{best['tokens_per_s']:.2f} t/s[/]"
     )
     for name, gain in data["gain_vs"].items():
         base = data["baselines"][name]
         kind = "measured" if base["measured"] else "predicted"
-        console.print(f"  {gain:.2f}x vs {name.replace('_', '-')} split (-ts {base['ts']}: {base['tokens_per_s']:.2f} t/s, {kind})")
+        say(Text(f"  {gain:.2f}x vs {name.replace('_', '-')} split (-ts {base['ts']}: {base['tokens_per_s']:.2f} t/s, {kind})"))
 
 
 @testbed_app.command("up")
@@ -135,8 +139,8 @@ def testbed_up_cmd(
         print(json.dumps(bed.to_json(), indent=2))
         return
     for i, s in enumerate(bed.servers):
-        console.print(f"RPC{i}: {s.address}  {s.label}  pid {s.pid}" + (f"  cgroup {s.cgroup}" if s.cgroup else ""))
-    console.print(f"--rpc {bed.rpc}")
+        say(Text(f"RPC{i}: {s.address}  {s.label}  pid {s.pid}" + (f"  cgroup {s.cgroup}" if s.cgroup else "")))
+    say(Text(f"--rpc {bed.rpc}"))
 
 
 @testbed_app.command("down")
@@ -146,7 +150,7 @@ def testbed_down_cmd() -> None:
 
     done = testbed_down()
     for line in done or ["no test bed was up"]:
-        console.print(line)
+        say(Text(line))
 
 
 @testbed_app.command("status")
@@ -159,12 +163,12 @@ def testbed_status_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
         print(json.dumps(bed.to_json() if bed else None, indent=2))
         return
     if bed is None:
-        console.print("no test bed is up (`gpumix testbed up`)")
+        say("no test bed is up (`gpumix testbed up`)")
         return
     for i, s in enumerate(bed.to_json()["servers"]):
         state = "[green]alive[/]" if s["alive"] else "[red]gone[/]"
-        console.print(f"RPC{i}: {s['address']}  {s['role']} ({s['cpu_fraction']:g} of core {s['core']})  {state}")
-    console.print(f"--rpc {bed.rpc}")
+        say(f"RPC{i}: {esc(s['address'])}  {esc(s['role'])} ({s['cpu_fraction']:g} of core {s['core']})  {state}")
+    say(Text(f"--rpc {bed.rpc}"))
 
 
 def register(app: typer.Typer) -> None:

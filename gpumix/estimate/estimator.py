@@ -6,7 +6,7 @@ import math
 
 from gpumix.errors import GpumixError
 from gpumix.estimate.calibration import Calibration, default_calibration
-from gpumix.estimate.memory import layer_params, memory_for_layers, non_layer_params, service_memory
+from gpumix.estimate.memory import layer_params, memory_for_layers, non_layer_params, service_memory, usable_bytes
 from gpumix.estimate.speed import (
     GB,
     achieved_bandwidth_gb_per_s,
@@ -18,10 +18,9 @@ from gpumix.estimate.speed import (
     link_gb_per_s,
     peak_bandwidth_gb_per_s,
 )
-from gpumix.estimate.types import DeviceEstimate, Estimate, Links, Placement, Workload
+from gpumix.estimate.types import DeviceEstimate, Estimate, Links, MemoryBreakdown, Placement, Workload
 from gpumix.hardware.spec import Device
 from gpumix.models.spec import ModelSpec, QuantSpec
-from gpumix.plan.result import MemoryBreakdown
 
 
 def estimate(
@@ -86,7 +85,8 @@ def _device_estimate(
     device: Device, layers: int, memory: MemoryBreakdown, decode_s: float, bound_s: float
 ) -> DeviceEstimate:
     total = memory.total_bytes
-    shortfall = max(total - device.memory_free_bytes, 0)
+    usable = usable_bytes(device)  # free − margin: the planner's definition of "fits" too
+    shortfall = max(total - usable, 0)
     return DeviceEstimate(
         device_index=device.index,
         name=device.name,
@@ -94,6 +94,7 @@ def _device_estimate(
         memory=memory,
         memory_bytes=total,
         memory_free_bytes=device.memory_free_bytes,
+        memory_usable_bytes=usable,
         fits=shortfall == 0,
         shortfall_bytes=shortfall,
         decode_s_per_token=decode_s,

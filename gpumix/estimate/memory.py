@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from gpumix.estimate.types import Workload
+from gpumix.estimate.types import MemoryBreakdown, Workload
+from gpumix.hardware.spec import Device
 from gpumix.models.spec import ModelSpec, QuantSpec
-from gpumix.plan.result import MemoryBreakdown
 from gpumix.units import MiB
 
 # Bytes per KV element by cache type. Source: ggml block sizes (gguf.GGML_QUANT_SIZES): q8_0 = 34 B / 32,
@@ -43,6 +43,30 @@ NCCL_BUFFER_BYTES = 256 * MiB
 # "Available KV cache memory" log lines; we plan intermediate-size based activations + 512 MiB graphs.
 VLLM_CUDA_GRAPH_BYTES = 512 * MiB
 VLLM_DEFAULT_BATCHED_TOKENS = 8192
+
+
+# What "fits" means everywhere (`gpumix estimate`, `gpumix plan`, lint, preflight): planned memory ≤ free − margin.
+# The margin on a GPU is llama.cpp's `--fit-target` default, 1024 MiB (engines.md §1.1), which covers allocator
+# fragmentation and the display/desktop's share. RAM used for CPU offload keeps 4 GiB for the OS, or a quarter of
+# it when the plan gives gpumix a small RAM budget (the demo's `ram_gb: 4`).
+GPU_MARGIN_BYTES = 1024 * MiB
+CPU_MARGIN_BYTES = 4096 * MiB
+
+
+def margin_bytes(device: Device) -> int:
+    """Memory kept free on `device` (see GPU_MARGIN_BYTES)."""
+    if device.kind == "cpu":
+        return min(CPU_MARGIN_BYTES, device.memory_total_bytes // 4)
+    return GPU_MARGIN_BYTES
+
+
+def usable_bytes(device: Device, margin: int | None = None) -> int:
+    """Free memory − margin: the most a placement may put on `device`."""
+    return device.memory_free_bytes - (margin_bytes(device) if margin is None else margin)
+
+
+def fits_on(device: Device, memory_bytes: int) -> bool:
+    return memory_bytes <= usable_bytes(device)
 
 
 def kv_bytes_per_element(dtype: str) -> float:

@@ -153,7 +153,12 @@ def link_gb_per_s(links: Links, device_position: int) -> float:
     if links.nvlink and links.nvlink_gb_per_s:
         return links.nvlink_gb_per_s
     lanes = links.pcie_lanes[device_position] if device_position < len(links.pcie_lanes) else 16
-    return PCIE_GB_PER_S_PER_LANE.get(links.pcie_gen, 1.969) * lanes
+    return pcie_gb_per_s(links.pcie_gen, lanes)
+
+
+def pcie_gb_per_s(gen: int, lanes: int) -> float:
+    """Payload bandwidth of a PCIe link per direction (unknown generations count as Gen4)."""
+    return PCIE_GB_PER_S_PER_LANE.get(gen, PCIE_GB_PER_S_PER_LANE[4]) * lanes
 
 
 def layer_split_hop_s(model: ModelSpec, links: Links, calibration: Calibration, position: int, batch: int = 1) -> float:

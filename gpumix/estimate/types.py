@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from gpumix.hardware.spec import Device
-from gpumix.plan.result import MemoryBreakdown
-
-EngineName = Literal["llama.cpp", "vllm", "tei", "whisper", "image"]
-PlacementMode = Literal["single", "layer_split", "tensor_parallel", "pipeline_parallel", "replica", "cpu_offload"]
+from gpumix.kinds import Engine, PlacementMode, Topology
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+
+class MemoryBreakdown(_Frozen):
+    """Memory one device holds for one service, by what it is for."""
+
+    weights_bytes: int
+    kv_cache_bytes: int
+    compute_bytes: int
+    overhead_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.compute_bytes + self.overhead_bytes
 
 
 class Workload(_Frozen):
@@ -22,7 +30,7 @@ class Workload(_Frozen):
 
     context: int = 4096  # tokens of KV per sequence
     parallel: int = 1  # sequences held in KV at once (llama.cpp -np, vLLM max-num-seqs)
-    engine: EngineName = "llama.cpp"
+    engine: Engine = "llama.cpp"
     kv_cache_dtype: str = "f16"  # f32 | f16 | bf16 | q8_0 | q4_0 | fp8 ...
     ubatch: int = 512  # llama.cpp -ub: sets the compute buffer
     prompt_tokens: int = 512  # for prefill speed and TTFT
@@ -39,7 +47,7 @@ class Links(_Frozen):
     pcie_lanes: tuple[int, ...] = ()  # per device; empty = x16 everywhere
     nvlink: bool = False
     nvlink_gb_per_s: float = 0.0  # per direction, when nvlink
-    topology: Literal["PIX", "PXB", "PHB", "NODE", "SYS"] = "PHB"
+    topology: Topology = "PHB"
     network_gb_per_s: float | None = None  # devices on different hosts (RPC): Ethernet/IB bandwidth
     network_latency_s: float = 0.0
 
@@ -59,8 +67,9 @@ class DeviceEstimate(_Frozen):
     memory: MemoryBreakdown
     memory_bytes: int
     memory_free_bytes: int
-    fits: bool
-    shortfall_bytes: int  # > 0: how much more memory this device would need
+    memory_usable_bytes: int  # free − margin (gpumix.estimate.memory.usable_bytes)
+    fits: bool  # memory_bytes ≤ memory_usable_bytes: the same test the planner applies
+    shortfall_bytes: int  # > 0: how much more memory this device would need (against free − margin)
     decode_s_per_token: float  # this device's share of one token's decode time (incl. its fixed overhead)
     bandwidth_bound_s_per_token: float  # bytes it reads per token / its peak bandwidth
 

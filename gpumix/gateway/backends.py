@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -56,7 +56,7 @@ class Backend:
             self.open_until = 0.0
 
     @contextlib.asynccontextmanager
-    async def slot(self):
+    async def slot(self) -> AsyncIterator[None]:
         """One concurrency slot; waits in a bounded queue, raises QueueFull when it is full."""
         sem = self.slots
         if sem.locked():

@@ -7,6 +7,7 @@ Built from a Plan, from `--backend NAME=URL` pairs, or both. Everything here is 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ from gpumix.plan.result import (  # noqa: F401  (the endpoint names are re-expor
     TRANSCRIPTIONS,
     Plan,
     PlannedService,
+    read_plan_json,
 )
 
 PROXIED_ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS, RERANK, IMAGES, TRANSCRIPTIONS, MODERATIONS)
@@ -194,26 +196,22 @@ def load_api_keys(path: Path | None, env_var: str = API_KEYS_ENV) -> frozenset[s
 
 
 def load_plan(path: Path) -> Plan:
-    try:
-        return Plan.model_validate_json(path.read_text())
-    except OSError as exc:
-        raise GpumixError(
-            f"cannot read plan {path}: {exc.strerror}", hint="run `gpumix plan FILE -o plan.json`"
-        ) from exc
-    except ValueError as exc:
-        first = str(exc).splitlines()[:3]
-        raise GpumixError(
-            f"{path} is not a gpumix plan: {' '.join(first)}", hint="regenerate it with `gpumix plan`"
-        ) from exc
+    return read_plan_json(path)
 
 
 def build_config(
     plan: Plan | None,
-    backends: list[str],
-    routes: list[str] = (),  # type: ignore[assignment]
-    **settings: object,
+    backends: Sequence[str],
+    routes: Sequence[str] = (),
+    *,
+    limits: Limits | None = None,
+    health: HealthSettings | None = None,
+    api_keys: frozenset[str] = frozenset(),
+    access_log: Path | None = None,
+    redis_url: str | None = None,
 ) -> GatewayConfig:
-    """Services from the plan and/or `NAME=URL` backend pairs; `settings` are GatewayConfig's other fields."""
+    """Services from the plan and/or `NAME=URL` backend pairs; the keywords are GatewayConfig's other fields
+    (None: its default)."""
     urls = _backend_urls(list(backends))
     if plan is None and not urls:
         raise GpumixError(
@@ -226,4 +224,7 @@ def build_config(
             raise GpumixError(
                 f"service {svc.name}: fallback {svc.fallback!r} is not a service", hint="fix the plan's fallback"
             )
-    return GatewayConfig(services=tuple(services), routes=_routes(list(routes), services), **settings)  # type: ignore[arg-type]
+    return GatewayConfig(
+        services=tuple(services), routes=_routes(list(routes), services), limits=limits or Limits(),
+        health=health or HealthSettings(), api_keys=api_keys, access_log=access_log, redis_url=redis_url,
+    )  # fmt: skip

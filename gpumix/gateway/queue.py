@@ -18,11 +18,13 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.typing import EncodableT, FieldT
 
 from gpumix.errors import GpumixError
 
@@ -65,8 +67,8 @@ class Job:
     result: str | None
     error: str | None
 
-    def public(self) -> dict:
-        out: dict = {
+    def public(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "id": self.id, "object": "job", "status": self.status, "class": self.job_class,
             "endpoint": self.endpoint, "attempts": self.attempts, "created_at": self.created_at,
             "finished_at": self.finished_at,
@@ -80,6 +82,11 @@ class Job:
         if self.error:
             out["error"] = self.error
         return out
+
+
+def _text(value: bytes | str) -> str:
+    """A Redis reply as text (the pool decodes replies already; redis-py's types also allow bytes)."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _job_from_hash(job_id: str, h: dict[str, str]) -> Job:
@@ -128,8 +135,8 @@ class JobQueue:
             if not await self.redis.set(key, job_id, nx=True, ex=self.settings.idempotency_ttl_s):
                 existing = await self.redis.get(key)
                 if existing:
-                    return existing, False
-        fields = {"class": job_class, "endpoint": endpoint, "body": json.dumps(body), "status": "queued",
+                    return _text(existing), False
+        fields: dict[FieldT, EncodableT] = {"class": job_class, "endpoint": endpoint, "body": json.dumps(body), "status": "queued",
                   "attempts": 0, "created_at": time.time()}  # fmt: skip
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.job_key(job_id), mapping=fields)
@@ -139,7 +146,7 @@ class JobQueue:
 
     async def status(self, job_id: str) -> Job | None:
         h = await self.redis.hgetall(self.job_key(job_id))
-        return _job_from_hash(job_id, h) if h else None
+        return _job_from_hash(job_id, {_text(k): _text(v) for k, v in h.items()}) if h else None
 
     async def wait(self, job_id: str, timeout_s: float, poll_s: float = 0.05) -> Job | None:
         deadline = time.monotonic() + timeout_s
@@ -218,8 +225,9 @@ class Worker:
                 await self._slots.acquire()
                 self._slots.release()
                 free = self._free_slots()
-                entries = await self.queue.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=free, block=200)
-                for _stream, messages in entries or ():
+                reply = await self.queue.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=free, block=200)
+                # RESP2 (this pool's protocol): [[stream, [(id, fields), ...]], ...]; None when the block timed out
+                for _stream, messages in reply if isinstance(reply, list) else ():
                     for msg_id, fields in messages:
                         await self._spawn(session, msg_id, fields.get("id", ""))
             if self._inflight:

@@ -193,6 +193,7 @@ class Gateway:
             "request_id": request.headers.get("X-Request-Id") or f"{self._rid_prefix}{next(self._rid)}",
         }
         service_name = "-"
+        response: web.StreamResponse
         try:
             self._check_auth(request)
             body = await self._read_body(request)
@@ -363,7 +364,8 @@ class Gateway:
                         headers: dict[str, str], record: dict) -> web.StreamResponse:  # fmt: skip
         try:
             async with asyncio.timeout(self.config.limits.first_byte_timeout_s):
-                upstream = await self.session.post(  # type: ignore[union-attr]
+                assert self.session is not None, "requests are served only after _startup opened the session"
+                upstream = await self.session.post(
                     self._upstream_url(backend, endpoint), data=body, headers=headers
                 )
         except aiohttp.ClientConnectorError as exc:
@@ -464,7 +466,7 @@ def _multipart_field(content_type: str, body: bytes, name: str) -> str | None:
     for part in message.iter_parts():
         if part.get_param("name", header="content-disposition") == name:
             payload = part.get_payload(decode=True)
-            return payload.decode(errors="replace").strip() if payload else None
+            return payload.decode(errors="replace").strip() if isinstance(payload, bytes) and payload else None
     return None
 
 

@@ -3,8 +3,8 @@
 `resolve_gpu("4090")`, `resolve_gpu("rtx4090")` and `resolve_gpu("NVIDIA GeForce RTX 4090")` (NVML's name) all give
 the RTX 4090; `resolve_gpu("H100")` is ambiguous (PCIe vs SXM) and raises a GpumixError listing the candidates.
 
-Capacity convention: `vram_bytes = vram_gb * 2**30`. Vendors print "24 GB" but memory capacity is binary (an RTX 4090
-has 24 GiB; NVML reports 24564 MiB total). NVML's total is 0-1 % below that on HBM cards (driver/ECC reservations) and
+Capacity convention: the `vram_gib` column is GiB, `vram_bytes = vram_gib * 2**30`. Vendors print "24 GB" but memory
+capacity is binary (an RTX 4090 has 24 GiB; NVML reports 24564 MiB total). NVML's total is 0-1 % below that on HBM cards (driver/ECC reservations) and
 free memory is lower still, so plans on a real machine use discovered numbers (see discovery.py).
 """
 
@@ -19,10 +19,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from gpumix.errors import GpumixError
 from gpumix.hardware.spec import GpuSpec
+from gpumix.kinds import DeviceKind
 from gpumix.units import gib_to_bytes
 
 CATALOG_PATH = Path(__file__).parent / "data" / "gpus.csv"
@@ -142,7 +143,7 @@ class GpuCatalog:
 
 # ---------------------------------------------------------------------------------------------- loading the CSV
 
-_REQUIRED_COLUMNS = ("id", "name", "kind", "vendor", "arch", "vram_gb", "mem_bandwidth_gbs", "source")
+_REQUIRED_COLUMNS = ("id", "name", "kind", "vendor", "arch", "vram_gib", "mem_bandwidth_gbs", "source")
 
 
 def _number(row: dict[str, str], column: str, where: str) -> float | None:
@@ -169,8 +170,11 @@ def _bool(row: dict[str, str], column: str, where: str) -> bool:
     raise GpumixError(f"{where}: column {column!r} must be true/false, got {text!r}")
 
 
+_DEVICE_KIND: TypeAdapter[DeviceKind] = TypeAdapter(DeviceKind)
+
+
 def _spec_from_row(row: dict[str, str], where: str) -> GpuSpec:
-    vram_gb = _number(row, "vram_gb", where)
+    vram_gib = _number(row, "vram_gib", where)
     bandwidth = _number(row, "mem_bandwidth_gbs", where)
     if bandwidth is None:
         raise GpumixError(f"{where}: column 'mem_bandwidth_gbs' is empty")
@@ -179,11 +183,11 @@ def _spec_from_row(row: dict[str, str], where: str) -> GpuSpec:
         return GpuSpec(
             id=row["id"].strip(),
             name=row["name"].strip(),
-            kind=row["kind"].strip() or "gpu",
+            kind=_DEVICE_KIND.validate_python(row["kind"].strip() or "gpu"),
             vendor=row["vendor"].strip(),
             arch=row["arch"].strip(),
             compute_capability=(row.get("compute_capability") or "").strip() or None,
-            vram_bytes=gib_to_bytes(vram_gb) if vram_gb is not None else 0,  # 0 = not published / the machine's RAM
+            vram_bytes=gib_to_bytes(vram_gib) if vram_gib is not None else 0,  # 0 = not published / the machine's RAM
             mem_bandwidth_gb_per_s=bandwidth,
             fp16_tflops=_number(row, "fp16_tflops", where),
             bf16_tflops=_number(row, "bf16_tflops", where),

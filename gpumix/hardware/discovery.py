@@ -1,4 +1,6 @@
-"""Discover this machine's NVIDIA GPUs through NVML (package nvidia-ml-py, module `pynvml`).
+"""Discover this machine: its NVIDIA GPUs through NVML (package nvidia-ml-py, module `pynvml`), its CPU and RAM
+(/proc/meminfo, CPU affinity). The one module of the core that reads the machine it runs on; the planner and the
+estimator never import it — the CLI discovers and passes `Device`s in.
 
 Indices: CUDA numbers GPUs fastest-first unless CUDA_DEVICE_ORDER=PCI_BUS_ID; NVML and nvidia-smi list them in PCI bus
 order. Every index gpumix prints is the PCI-bus-order rank, i.e. what CUDA_VISIBLE_DEVICES means under
@@ -11,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -18,12 +21,15 @@ from pydantic import BaseModel, ConfigDict
 
 from gpumix.errors import GpumixError
 from gpumix.hardware.catalog import match_by_name_and_memory
+from gpumix.hardware.devices import cpu_device, default_cpu_bandwidth_gb_per_s
+from gpumix.hardware.entries import LocalMachine, ThisMachine
 from gpumix.hardware.spec import Device, GpuSpec
 
 INDEX_NOTE = (
     "indices are PCI bus order (as nvidia-smi): use them with CUDA_DEVICE_ORDER=PCI_BUS_ID, or use the UUIDs, "
     "in CUDA_VISIBLE_DEVICES"
 )
+MEMINFO_PATH = Path("/proc/meminfo")
 NO_DRIVER_HINT = "describe the devices in a YAML file and pass --devices-file FILE (see `gpumix devices --help`)"
 # nvmlDeviceGetTopologyCommonAncestor levels -> nvidia-smi topo labels (engines.md section 9).
 TOPOLOGY_LABELS = {0: "BOARD", 10: "PIX", 20: "PXB", 30: "PHB", 40: "NODE", 50: "SYS"}
@@ -110,7 +116,7 @@ def _nvml_bandwidth(nvml: ModuleType, handle: Any) -> float | None:
     if not bus_bits or not mem_mhz:
         return None
     # engines.md section 9: GB/s = bits/8 x MHz x 2 / 1000 (H100 SXM: 5120 b, 2619 MHz -> 3352 GB/s).
-    return round(bus_bits / 8 * mem_mhz * 2 / 1000, 1)
+    return round(float(bus_bits) / 8 * float(mem_mhz) * 2 / 1000, 1)
 
 
 def _spec_from_nvml(name: str, total_bytes: int, cc: str | None, bandwidth: float | None, gen: int | None,
@@ -129,7 +135,7 @@ def _spec_from_nvml(name: str, total_bytes: int, cc: str | None, bandwidth: floa
     )
 
 
-def _probe_gpu(nvml: ModuleType, nvml_index: int, driver: str | None) -> tuple[Any, dict]:
+def _probe_gpu(nvml: ModuleType, nvml_index: int, driver: str | None) -> tuple[Any, dict[str, Any]]:
     handle = nvml.nvmlDeviceGetHandleByIndex(nvml_index)
     name = _text(nvml.nvmlDeviceGetName(handle))
     memory = nvml.nvmlDeviceGetMemoryInfo(handle)  # .free already excludes other processes' allocations
@@ -154,7 +160,7 @@ def _probe_gpu(nvml: ModuleType, nvml_index: int, driver: str | None) -> tuple[A
     return handle, probe
 
 
-def _catalog_spec(probe: dict, warnings: list[str]) -> tuple[GpuSpec, str | None]:
+def _catalog_spec(probe: dict[str, Any], warnings: list[str]) -> tuple[GpuSpec, str | None]:
     name, total = probe["nvml_name"], probe["total"]
     spec = match_by_name_and_memory(name, total)
     if spec is not None:
@@ -168,7 +174,7 @@ def _catalog_spec(probe: dict, warnings: list[str]) -> tuple[GpuSpec, str | None
     return built, None
 
 
-def _discovered(probe: dict, index: int, warnings: list[str]) -> DiscoveredGpu:
+def _discovered(probe: dict[str, Any], index: int, warnings: list[str]) -> DiscoveredGpu:
     spec, catalog_id = _catalog_spec(probe, warnings)
     device = Device(
         index=index,
@@ -268,3 +274,60 @@ def _discover(nvml: ModuleType) -> DiscoveredMachine:
     return DiscoveredMachine(
         gpus=gpus, links=_links(nvml, [h for h, _ in probed], gpus), driver_version=driver, warnings=warnings
     )
+
+
+def this_machine_gpus() -> list[Device]:
+    """This machine's GPUs as planner devices (what `gpumix plan` uses for a plan file without `devices:`)."""
+    return [g.device for g in discover_machine().gpus]
+# ---------------------------------------------------------------------------------------------- CPU and RAM
+
+
+def usable_threads() -> int:
+    """CPUs this process may run on (respects taskset/cgroup affinity), not the machine's total."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def read_meminfo(path: Path = MEMINFO_PATH) -> tuple[int, int]:
+    """(MemTotal, MemAvailable) in bytes from /proc/meminfo (whose 'kB' means KiB)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise GpumixError(
+            f"cannot read {path} to size this machine's RAM: {exc.strerror}",
+            hint="describe the CPU in a devices file: `- cpu: {ram_gb: 64, bandwidth_gbs: 51.2}`",
+        ) from None
+    fields: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            fields[name.strip()] = int(parts[0]) * 1024
+    if "MemTotal" not in fields:
+        raise GpumixError(f"{path} has no MemTotal line")
+    return fields["MemTotal"], fields.get("MemAvailable", fields.get("MemFree", fields["MemTotal"]))
+
+
+def this_machine_cpu(
+    bandwidth_gb_per_s: float | None = None, threads: int | None = None, meminfo_path: Path = MEMINFO_PATH
+) -> Device:
+    """This machine's CPU and RAM: total = MemTotal, free = MemAvailable; bandwidth defaults to DDR4-3200 x2."""
+    total, available = read_meminfo(meminfo_path)
+    return cpu_device(
+        ram_bytes=total,
+        bandwidth_gb_per_s=bandwidth_gb_per_s or default_cpu_bandwidth_gb_per_s(),
+        threads=threads or usable_threads(),
+        free_bytes=available,
+    )
+
+
+def read_this_machine() -> ThisMachine:
+    """This machine's RAM (MemTotal, MemAvailable) and the threads this process may use."""
+    total, available = read_meminfo()
+    return ThisMachine(total, available, usable_threads())
+
+
+# What the CLI passes to the planner and the devices-file reader: the core never reads the machine itself.
+LOCAL_MACHINE = LocalMachine(gpus=this_machine_gpus, cpu=read_this_machine)

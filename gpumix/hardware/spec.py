@@ -1,12 +1,19 @@
-"""Typed descriptions of devices: a catalog entry (GpuSpec) and a device in a machine (Device)."""
+"""Typed descriptions of devices: a catalog entry (GpuSpec), a device in a machine (Device), and the reference
+that names one device in a whole plan (DeviceRef)."""
 
 from __future__ import annotations
 
-from typing import Literal
+import re
 
 from pydantic import BaseModel, ConfigDict
 
-DeviceKind = Literal["gpu", "cpu"]
+from gpumix.errors import GpumixError
+from gpumix.kinds import DeviceKind
+
+# A host name in a plan: DNS-label-like (letters, digits, '.', '_', '-'; starts with a letter or digit), never '/'
+# (the separator of device ids), at most 63 characters.
+HOST_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+_DEVICE_ID = re.compile(r"^(?:(?P<host>[^/]+)/)?(?P<kind>gpu|cpu)(?P<number>\d{1,4})$")
 
 
 class GpuSpec(BaseModel):
@@ -39,6 +46,40 @@ class GpuSpec(BaseModel):
     source: str = ""
 
 
+def device_id(host: str | None, index: int) -> str:
+    """gpu0 / cpu0 (index -1) on a host-less plan, HOST/gpu0 with a host."""
+    local = f"gpu{index}" if index >= 0 else f"cpu{-index - 1}"
+    return f"{host}/{local}" if host else local
+
+
+class DeviceRef(BaseModel):
+    """One device of a plan: its host (None on a one-machine plan) and its index there (the CUDA index under
+    CUDA_DEVICE_ORDER=PCI_BUS_ID; CPU devices -1, -2, ...). `id` is the plan-wide name: gpu0, cpu0 on a host-less
+    plan; HOST/gpu0, HOST/cpu0 when the device has a host."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str | None = None
+    index: int
+
+    @property
+    def id(self) -> str:
+        return device_id(self.host, self.index)
+
+    def __str__(self) -> str:
+        return self.id
+
+    @classmethod
+    def parse(cls, text: str) -> DeviceRef:
+        """`gpu0`, `cpu1`, `box-a/gpu0` → DeviceRef; anything else is a GpumixError saying what is expected."""
+        found = _DEVICE_ID.match(text.strip())
+        host = found and found["host"]
+        if found is None or (host is not None and not re.match(HOST_PATTERN, host)):
+            raise GpumixError(f"{text!r} is not a device id", hint="device ids look like gpu0, cpu0 or HOST/gpu1")
+        number = int(found["number"])
+        return cls(host=host, index=number if found["kind"] == "gpu" else -1 - number)
+
+
 class Device(BaseModel):
     """A concrete device of a machine (discovered, described in a file, or hypothetical for planning)."""
 
@@ -58,6 +99,15 @@ class Device(BaseModel):
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def ref(self) -> DeviceRef:
+        return DeviceRef(host=self.host, index=self.index)
+
+    @property
+    def id(self) -> str:
+        """The plan-wide device id (DeviceRef.id): gpu0, cpu0, HOST/gpu0 ..."""
+        return device_id(self.host, self.index)
 
     @property
     def kind(self) -> DeviceKind:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from itertools import count
 
 from gpumix.errors import GpumixError
@@ -56,19 +57,25 @@ def endpoints_of(service: PlannedService) -> list[str]:
 def engine_binary(engine: str) -> str:
     """Absolute path when known (gpumix's llama.cpp build, or found on PATH), else the bare name."""
     if engine == "llama.cpp":
-        install = llamacpp.find_llama_cpp()
-        return str(install.bin_dir / "llama-server") if install else "llama-server"
+        return llama_binary("llama-server")
     if engine == "vllm":
         return vllm_binary(on_gpu=True)
     name = ENGINE_BINARIES[engine]
     return shutil.which(name) or name
 
 
-def gpu_ids(plan: Plan, device_indices: list[int]) -> list[str]:
-    """CUDA_VISIBLE_DEVICES entries for the GPUs among `device_indices`, in engine order.
+def llama_binary(name: str) -> str:
+    """A binary of gpumix's llama.cpp build (llama-server, ggml-rpc-server, ...), else the bare name."""
+    install = llamacpp.find_llama_cpp()
+    return str(install.bin_dir / name) if install else name
 
-    UUIDs when the plan has them for every GPU (they survive re-numbering), else PCI-order indices."""
-    gpus = [_device(plan, index) for index in device_indices if _device(plan, index).kind == "gpu"]
+
+def gpu_ids(plan: Plan, device_ids: list[str]) -> list[str]:
+    """CUDA_VISIBLE_DEVICES entries for the GPUs among `device_ids` (all on one host), in engine order: that
+    host's UUIDs when the plan has them for every one (they survive re-numbering), else its PCI-order indices."""
+    gpus = [dev for dev in (_device(plan, i) for i in device_ids) if dev.kind == "gpu"]
+    if len({dev.host for dev in gpus}) > 1:
+        raise GpumixError(f"devices {', '.join(device_ids)} are on several hosts; one process runs on one host")
     if gpus and all(dev.uuid for dev in gpus):
         return [str(dev.uuid) for dev in gpus]
     return [str(dev.index) for dev in gpus]
@@ -79,42 +86,89 @@ def pinning_env(ids: list[str]) -> dict[str, str]:
     return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(ids)}
 
 
+@dataclass(frozen=True)
+class Process:
+    """One engine process of a service: its devices (plan ids, engine order) and the host that runs it. A llama.cpp
+    split across hosts reaches its remote devices through `rpc` (loopback endpoints of its ggml-rpc-server workers,
+    forwarded from their hosts: RPC0, RPC1, ... in that order)."""
+
+    service: PlannedService
+    replica: int
+    replicas: int
+    devices: list[str]
+    host: str | None
+    rpc: tuple[str, ...] = ()
+
+    def local(self, plan: Plan) -> list[str]:
+        """The devices on this process's own host."""
+        return [i for i in self.devices if _device(plan, i).host == self.host]
+
+
 def render_plan(
     plan: Plan, base_port: int = DEFAULT_BASE_PORT, allocate_port: Callable[[], int] | None = None
 ) -> list[LaunchSpec]:
-    """Every process of every service. Ports are base_port, base_port+1, ... unless `allocate_port` is given."""
-    ports: Iterator[int] = iter(allocate_port, None) if allocate_port else count(base_port)  # type: ignore[arg-type]
+    """Every process of every service (on every host). Ports are base_port, base_port+1, ... unless
+    `allocate_port` is given."""
+    ports: Iterator[int] = iter(allocate_port, None) if allocate_port else count(base_port)
     specs: list[LaunchSpec] = []
     for service in plan.services:
-        for replica, devices in enumerate(process_devices(service)):
-            specs.append(render_process(plan, service, replica, devices, next(ports)))
+        groups = process_devices(service)
+        for replica, devices in enumerate(groups):
+            specs += render_processes(plan, service, replica, len(groups), devices, ports)
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise GpumixError("plan has duplicate service names", hint="give every service a unique name")
     return specs
 
 
-def process_devices(service: PlannedService) -> list[list[int]]:
+def specs_for_host(specs: list[LaunchSpec], host: str | None) -> list[LaunchSpec]:
+    return [spec for spec in specs if spec.host_name == host]
+
+
+def process_hosts(specs: list[LaunchSpec]) -> list[str | None]:
+    """The hosts that run processes of the plan, in plan order (`[None]` for a one-machine plan)."""
+    return list(dict.fromkeys(spec.host_name for spec in specs))
+
+
+def process_devices(service: PlannedService) -> list[list[str]]:
     """The devices of each process: replica mode runs one process per device, otherwise `replicas` copies."""
     if service.mode == "replica":
-        return [[index] for index in service.devices]
+        return [[device_id] for device_id in service.devices]
     return [list(service.devices) for _ in range(max(1, service.replicas))]
 
 
-def render_process(plan: Plan, service: PlannedService, replica: int, devices: list[int], port: int) -> LaunchSpec:
+def render_processes(plan: Plan, service: PlannedService, replica: int, replicas: int, devices: list[str],
+                     ports: Iterator[int]) -> list[LaunchSpec]:  # fmt: skip
+    """The server process of one replica, plus one ggml-rpc-server per remote device of a llama.cpp split that
+    crosses hosts."""
+    host = _device(plan, devices[0]).host if devices else None
+    proc = Process(service, replica, replicas, devices, host)
+    port = next(ports)
+    remote = [i for i in devices if i not in proc.local(plan)]
+    if not remote or service.engine != "llama.cpp":
+        return [render_process(plan, proc, port)]
+    workers = [_rpc_worker(plan, proc, j, device_id, next(ports)) for j, device_id in enumerate(remote)]
+    proc = Process(service, replica, replicas, devices, host, tuple(f"{LOOPBACK}:{w.port}" for w in workers))
+    return [render_process(plan, proc, port), *workers]
+
+
+def render_process(plan: Plan, proc: Process, port: int) -> LaunchSpec:
+    service = proc.service
     renderer = _RENDERERS.get(service.engine)
     if renderer is None:
         raise GpumixError(f"service '{service.name}': unknown engine '{service.engine}'")
-    ids = gpu_ids(plan, devices)
-    argv, files, entry_argc = renderer(plan, service, devices, port)
+    ids = gpu_ids(plan, proc.local(plan))
+    argv, files, entry_argc = renderer(plan, proc, port)
     table = IMAGES_GPU if ids else IMAGES_CPU
     return LaunchSpec(
         service=service.name,
-        replica=replica,
-        replicas=len(process_devices(service)),
+        replica=proc.replica,
+        replicas=proc.replicas,
         engine=service.engine,
+        host_name=proc.host,
+        devices=proc.devices,
         argv=argv,
-        env=pinning_env(ids) | _engine_env(plan, service, devices),
+        env=pinning_env(ids) | _engine_env(plan, service, proc.devices),
         host=LOOPBACK,
         port=port,
         health_path=HEALTH_PATHS[service.engine],
@@ -123,21 +177,56 @@ def render_process(plan: Plan, service: PlannedService, replica: int, devices: l
         image=table[service.engine],
         container_entrypoint=None if service.engine in ("llama.cpp", "tei") else argv[:entry_argc],
         container_args=argv[entry_argc:],
+        notes=_cross_host_notes(plan, proc),
     )
 
 
-def _device(plan: Plan, index: int) -> PlannedDevice:
+def _rpc_worker(plan: Plan, proc: Process, j: int, device_id: str, port: int) -> LaunchSpec:
+    """ggml-rpc-server for one remote device of a split (engines.md §1.5). It has no authentication, so it binds
+    loopback on its host; the main host reaches it through a forwarded port (see the note)."""
+    device = _device(plan, device_id)
+    ids = gpu_ids(plan, [device_id])
+    argv = [llama_binary("ggml-rpc-server"), "-H", LOOPBACK, "-p", str(port)]
+    if device.kind == "cpu" and proc.service.threads:
+        argv += ["-t", str(proc.service.threads)]
+    return LaunchSpec(
+        service=proc.service.name, replica=proc.replica, replicas=proc.replicas, engine="llama.cpp",
+        role="rpc-worker", part=f"rpc{j}", host_name=device.host, devices=[device_id], argv=argv,
+        env=pinning_env(ids), host=LOOPBACK, port=port, health_path=None, gpu_ids=ids,
+        image=(IMAGES_GPU if ids else IMAGES_CPU)["llama.cpp"], container_entrypoint=["ggml-rpc-server"],
+        container_args=argv[1:],
+        notes=[f"RPC worker (RPC{j}) of {proc.service.name}, whose llama-server runs on host {proc.host}; "
+               "it has no authentication and binds 127.0.0.1"],
+    )  # fmt: skip
+
+
+def _cross_host_notes(plan: Plan, proc: Process) -> list[str]:
+    """What a person must do before this process can reach its devices on other hosts."""
+    remote = [i for i in proc.devices if i not in proc.local(plan)]
+    if not remote:
+        return []
+    hosts = [str(_device(plan, i).host) for i in remote]
+    if proc.rpc:
+        ports = [endpoint.rsplit(":", 1)[1] for endpoint in proc.rpc]
+        forwards = "; ".join(f"ssh -N -L {p}:127.0.0.1:{p} {h}" for p, h in zip(ports, hosts, strict=True))
+        return [f"split across hosts: start the RPC workers on {', '.join(sorted(set(hosts)))} first and forward "
+                f"their ports here: {forwards}"]  # fmt: skip
+    return [f"pipeline parallel across hosts {', '.join([str(proc.host), *sorted(set(hosts))])}: needs one Ray "
+            "cluster over them (vLLM --distributed-executor-backend ray)"]  # fmt: skip
+
+
+def _device(plan: Plan, device_id: str) -> PlannedDevice:
     try:
-        return plan.device(index)
+        return plan.device(device_id)
     except KeyError:
         raise GpumixError(
-            f"plan names device {index}, which is not in its device list", hint="re-run `gpumix plan`"
+            f"plan names device {device_id}, which is not in its device list", hint="re-run `gpumix plan`"
         ) from None
 
 
-def _gpu_positions(plan: Plan, devices: list[int]) -> list[int]:
-    """Positions (in the service's device list) of its GPU devices."""
-    return [pos for pos, index in enumerate(devices) if _device(plan, index).kind == "gpu"]
+def _gpu_positions(plan: Plan, devices: list[str]) -> list[int]:
+    """Positions (in the process's device list) of its GPU devices."""
+    return [pos for pos, device_id in enumerate(devices) if _device(plan, device_id).kind == "gpu"]
 
 
 def _fmt_share(value: float) -> str:
@@ -154,7 +243,8 @@ def _tensor_split(service: PlannedService, gpu_positions: list[int]) -> list[str
     return []
 
 
-def _llama_server(plan: Plan, service: PlannedService, devices: list[int], port: int) -> tuple[list[str], list[str], int]:
+def _llama_server(plan: Plan, proc: Process, port: int) -> tuple[list[str], list[str], int]:
+    service = proc.service
     model = resolve_model_file(service.name, service.model, service.model_path, gguf_quant=service.quant)
     slots = max(1, service.concurrency)
     # With an explicit -np the KV cache is not unified, so each slot gets n_ctx/np cells (engines.md §1.1):
@@ -174,17 +264,34 @@ def _llama_server(plan: Plan, service: PlannedService, devices: list[int], port:
         argv += ["--rerank"]
     elif service.model_kind == "embedding" or "/v1/embeddings" in served:
         argv += ["--embeddings", "--pooling", "mean"]
-    argv += _llama_gpu_args(plan, service, devices)
+    if proc.rpc:
+        argv += ["--rpc", ",".join(proc.rpc)]
+    argv += _llama_gpu_args(plan, proc)
     return argv, [str(model)], 1
 
 
-def _llama_gpu_args(plan: Plan, service: PlannedService, devices: list[int]) -> list[str]:
-    positions = _gpu_positions(plan, devices)
+def _llama_device_names(plan: Plan, proc: Process) -> list[str]:
+    """-dev names of the process's GPUs in engine order. Local GPUs count only those CUDA_VISIBLE_DEVICES leaves
+    visible, in its order: CUDA0, CUDA1, ...; remote ones are the RPC workers' devices RPC0, RPC1, ..."""
+    local = set(proc.local(plan))
+    names, cuda, rpc = [], 0, 0
+    for device_id in proc.devices:
+        if device_id not in local:
+            names.append(f"RPC{rpc}")
+            rpc += 1
+        elif _device(plan, device_id).kind == "gpu":
+            names.append(f"CUDA{cuda}")
+            cuda += 1
+    return names
+
+
+def _llama_gpu_args(plan: Plan, proc: Process) -> list[str]:
+    service = proc.service
+    positions = _gpu_positions(plan, proc.devices)
     if not positions:
         return ["-ngl", "0", "-dev", "none"]
     ngl = str(service.n_gpu_layers) if service.n_gpu_layers is not None else "all"
-    # Device names count only the GPUs CUDA_VISIBLE_DEVICES leaves visible, in its order: CUDA0, CUDA1, ...
-    args = ["-ngl", ngl, "-dev", ",".join(f"CUDA{i}" for i in range(len(positions)))]
+    args = ["-ngl", ngl, "-dev", ",".join(_llama_device_names(plan, proc))]
     if len(positions) == 1:
         return args + ["-sm", "none", "-mg", "0"]
     if service.mode == "tensor_parallel":
@@ -197,7 +304,8 @@ def _llama_gpu_args(plan: Plan, service: PlannedService, devices: list[int]) -> 
     return args + ["-mg", "0"]
 
 
-def _vllm(plan: Plan, service: PlannedService, devices: list[int], port: int) -> tuple[list[str], list[str], int]:
+def _vllm(plan: Plan, proc: Process, port: int) -> tuple[list[str], list[str], int]:
+    service, devices = proc.service, proc.devices
     gpus = _gpu_positions(plan, devices)
     # One rank per GPU; without GPUs, one rank per CPU device (vLLM's CPU build: a NUMA node or a core range each).
     ranks = len(gpus) if gpus else len(devices)
@@ -212,6 +320,8 @@ def _vllm(plan: Plan, service: PlannedService, devices: list[int], port: int) ->
     if not gpus:
         # No CUDA graphs to capture on a CPU; eager mode also skips torch.compile, the slowest part of a CPU start.
         argv += ["--enforce-eager"]
+    if len(proc.local(plan)) < len(devices):
+        argv += ["--distributed-executor-backend", "ray"]  # stages on other hosts: one Ray cluster over them
     local = local_model_dir(service)
     return argv, [str(local)] if local else [], 2
 
@@ -221,7 +331,7 @@ def _vllm(plan: Plan, service: PlannedService, devices: list[int], port: int) ->
 VLLM_BLOCK_TOKENS = {"gpu": 16, "cpu": 128}
 
 
-def _vllm_memory_args(plan: Plan, service: PlannedService, devices: list[int]) -> list[str]:
+def _vllm_memory_args(plan: Plan, service: PlannedService, devices: list[str]) -> list[str]:
     """The plan's KV budget as vLLM's own setting. --kv-cache-memory-bytes is per worker (GPU, or CPU rank) and
     vLLM sizes its block pool by the worker with the fewest blocks, so every worker gets the largest per-device KV
     the plan books: each pipeline stage then holds the planned tokens for its layers. The bytes cover the planned
@@ -234,9 +344,9 @@ def _vllm_memory_args(plan: Plan, service: PlannedService, devices: list[int]) -
         asked_tokens = (math.ceil(tokens / block) + 1) * block
         return ["--kv-cache-memory-bytes", str(math.ceil(max(kv) * asked_tokens / tokens))]
     shares = [
-        service.memory_bytes[pos] / _device(plan, index).memory_total_bytes
-        for pos, index in enumerate(service.devices)
-        if pos < len(service.memory_bytes) and index in devices and _device(plan, index).kind == "gpu"
+        service.memory_bytes[pos] / _device(plan, device_id).memory_total_bytes
+        for pos, device_id in enumerate(service.devices)
+        if pos < len(service.memory_bytes) and device_id in devices and _device(plan, device_id).kind == "gpu"
     ]
     if not shares:
         return []
@@ -262,26 +372,29 @@ def _vllm_quant_args(service: PlannedService, model: str) -> list[str]:
     return []
 
 
-def _tei(plan: Plan, service: PlannedService, devices: list[int], port: int) -> tuple[list[str], list[str], int]:
+def _tei(plan: Plan, proc: Process, port: int) -> tuple[list[str], list[str], int]:
+    service = proc.service
     repo = resolve_hf_repo(service.name, service.model, service.model_path)
-    on_gpu = bool(_gpu_positions(plan, devices))
+    on_gpu = bool(_gpu_positions(plan, proc.devices))
     argv = [engine_binary("tei"), "--model-id", repo, "--hostname", LOOPBACK, "--port", str(port),
             "--served-model-name", service.name, "--dtype", "float16" if on_gpu else "float32"]  # fmt: skip
     return argv, [], 1
 
 
-def _whisper(plan: Plan, service: PlannedService, devices: list[int], port: int) -> tuple[list[str], list[str], int]:
+def _whisper(plan: Plan, proc: Process, port: int) -> tuple[list[str], list[str], int]:
+    service = proc.service
     model = resolve_model_file(service.name, service.model, service.model_path)
     argv = [engine_binary("whisper"), "-m", str(model), "--host", LOOPBACK, "--port", str(port),
             "--inference-path", "/v1/audio/transcriptions"]  # fmt: skip
     if service.threads:
         argv += ["-t", str(service.threads)]
-    if not _gpu_positions(plan, devices):
+    if not _gpu_positions(plan, proc.devices):
         argv += ["-ng"]
     return argv, [str(model)], 1
 
 
-def _sd_server(plan: Plan, service: PlannedService, devices: list[int], port: int) -> tuple[list[str], list[str], int]:
+def _sd_server(plan: Plan, proc: Process, port: int) -> tuple[list[str], list[str], int]:
+    service = proc.service
     model = resolve_model_file(service.name, service.model, service.model_path)
     source = model_source(service.model)
     flag = source.sd_flag if source and not service.model_path else "-m"
@@ -291,7 +404,7 @@ def _sd_server(plan: Plan, service: PlannedService, devices: list[int], port: in
     return argv, [str(model)], 1
 
 
-def _engine_env(plan: Plan, service: PlannedService, devices: list[int]) -> dict[str, str]:
+def _engine_env(plan: Plan, service: PlannedService, devices: list[str]) -> dict[str, str]:
     if service.engine != "vllm":
         return {}
     # vLLM reports usage statistics to its authors' server unless told not to; gpumix services do not phone home.

@@ -32,6 +32,7 @@ def render_compose(specs: list[LaunchSpec], stagger_s: float = 10.0) -> str:
         f"# GPU services start one after another (depends_on: service_healthy), {stagger_s:g} s apart at least.\n"
     )
     header += "# Healthchecks run curl inside each image; whether every image ships curl is [unverified].\n"
+    header += "".join(f"# {spec.name}: {note}\n" for spec in specs for note in spec.notes)
     unverified = sorted({f"{spec.engine} ({spec.image})" for spec in specs if spec.image in UNVERIFIED_IMAGES})
     if unverified:
         header += f"# Image names for {', '.join(unverified)} are [unverified]: check them before pulling.\n"
@@ -42,6 +43,12 @@ def _container_args(spec: LaunchSpec) -> list[str]:
     """Host model paths become read-only mounts under /models."""
     mapping = {path: f"{CONTAINER_MODELS_DIR}/{PurePosixPath(path).name}" for path in spec.files}
     return [mapping.get(arg, arg) for arg in spec.container_args]
+
+
+def _health_test(spec: LaunchSpec) -> list[str]:
+    if spec.health_path is None:  # ggml-rpc-server speaks no HTTP: ready when its port accepts a connection
+        return ["CMD", "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{spec.port}"]
+    return ["CMD", "curl", "-fsS", f"http://127.0.0.1:{spec.port}{spec.health_path}"]
 
 
 def _service(spec: LaunchSpec) -> dict:
@@ -60,7 +67,7 @@ def _service(spec: LaunchSpec) -> dict:
         "restart": "unless-stopped",
         "stop_grace_period": "30s",
         "healthcheck": {
-            "test": ["CMD", "curl", "-fsS", f"http://127.0.0.1:{spec.port}{spec.health_path}"],
+            "test": _health_test(spec),
             "interval": "10s",
             "timeout": "5s",
             "retries": 60,

@@ -1,15 +1,20 @@
-"""`gpumix export FORMAT`: write one launch artifact for a plan into a directory."""
+"""`gpumix export FORMAT`: write one launch artifact for a plan into a directory.
+
+A plan over several hosts gets one file set per host, in a folder named after the host (`box-a/compose.yaml`):
+each holds the processes that host runs (its engines, and the RPC workers of splits across hosts) and, for the
+front proxies, the routes to them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from gpumix.errors import GpumixError
-from gpumix.launch.commands import DEFAULT_BASE_PORT, render_plan
+from gpumix.launch.commands import DEFAULT_BASE_PORT, render_plan, specs_for_host
 from gpumix.launch.compose import render_compose
 from gpumix.launch.litellm_config import render_litellm
 from gpumix.launch.proxy import render_caddyfile, render_nginx
 from gpumix.launch.script import render_script
+from gpumix.launch.spec import LaunchSpec
 from gpumix.launch.systemd import render_units
 from gpumix.plan.result import Plan
 
@@ -23,6 +28,30 @@ def render_export(
     if fmt not in FORMATS:
         raise GpumixError(f"unknown export format '{fmt}'", hint=f"use one of: {', '.join(FORMATS)}")
     specs = render_plan(plan, base_port=base_port)
+    hosts = list(dict.fromkeys(spec.host_name for spec in specs))
+    if len(hosts) <= 1:
+        return _render(plan, fmt, specs, front_port, stagger_s)
+    files: dict[str, str] = {}
+    for host in hosts:
+        for name, content in _render(plan, fmt, specs_for_host(specs, host), front_port, stagger_s).items():
+            files[f"{host_folder(host)}/{name}"] = _mark_host(name, content, host)
+    return files
+
+
+def host_folder(host: str | None) -> str:
+    return host or "no-host"  # host names never contain '/' (plan-file pattern); None is a device without host:
+
+
+def _mark_host(name: str, content: str, host: str | None) -> str:
+    """A comment naming the host the file is for (after the shebang of a script)."""
+    line = f"# for host {host or '(devices without a host)'}: run these processes there\n"
+    if content.startswith("#!"):
+        first, _, rest = content.partition("\n")
+        return f"{first}\n{line}{rest}"
+    return line + content
+
+
+def _render(plan: Plan, fmt: str, specs: list[LaunchSpec], front_port: int, stagger_s: float) -> dict[str, str]:
     if fmt == "compose":
         return {"compose.yaml": render_compose(specs, stagger_s)}
     if fmt == "caddy":
@@ -41,6 +70,7 @@ def write_export(files: dict[str, str], out_dir: Path) -> list[Path]:
     written = []
     for name, content in files.items():
         path = out_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)
         if name.endswith(".sh"):
             path.chmod(0o755)

@@ -24,7 +24,7 @@ MODES = {
 
 def litellm_config(plan: Plan, specs: list[LaunchSpec]) -> dict:
     model_list = []
-    for spec in specs:
+    for spec in (s for s in specs if s.role == "server"):
         service = plan.service(spec.service)
         model_list.append(
             {
@@ -37,7 +37,8 @@ def litellm_config(plan: Plan, specs: list[LaunchSpec]) -> dict:
                 "model_info": {"id": spec.name, "mode": MODES[service.model_kind]},
             }
         )
-    fallbacks = [{svc.name: [svc.fallback]} for svc in plan.services if svc.fallback]
+    served = {spec.service for spec in specs}
+    fallbacks = [{svc.name: [svc.fallback]} for svc in plan.services if svc.fallback and {svc.name, svc.fallback} <= served]
     return {
         "model_list": model_list,
         "router_settings": {

@@ -25,14 +25,26 @@ from gpumix.errors import GpumixError
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 BINARIES = ("llama-server", "llama-bench", "ggml-rpc-server", "llama-batched-bench", "llama-quantize")
 # On the virtual machines this project runs on, -DGGML_NATIVE=ON produced binaries that died with
-# "Illegal instruction" (VISION.md, "Real parts"); an explicit x86-64 feature set works.
-_CPU_FLAGS = (
-    "-DGGML_NATIVE=OFF",
-    "-DGGML_AVX2=ON",
-    "-DGGML_FMA=ON",
-    "-DGGML_F16C=ON",
-    "-DGGML_AVX512=ON",
-)
+# "Illegal instruction" (VISION.md, "Real parts"), so the x86-64 feature set is explicit — and taken from
+# /proc/cpuinfo: a fixed -DGGML_AVX512=ON built binaries that died with SIGILL on a VM without avx512f.
+_CPU_FEATURE_FLAGS = (("avx2", "GGML_AVX2"), ("fma", "GGML_FMA"), ("f16c", "GGML_F16C"), ("avx512f", "GGML_AVX512"))
+CPUINFO_PATH = Path("/proc/cpuinfo")
+
+
+def cpu_feature_flags(cpuinfo: Path = CPUINFO_PATH) -> tuple[str, ...]:
+    """CMake switches for the instruction sets this machine's CPU has (all off where /proc/cpuinfo is absent)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        text = ""
+    found = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            found.update(line.partition(":")[2].split())
+    return ("-DGGML_NATIVE=OFF",) + tuple(f"-D{name}={'ON' if feature in found else 'OFF'}"
+                                           for feature, name in _CPU_FEATURE_FLAGS)  # fmt: skip
+
+
 _COMMON_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DGGML_RPC=ON",
@@ -55,7 +67,7 @@ class BuildOptions:
 
     @property
     def cmake_flags(self) -> tuple[str, ...]:
-        flags = _COMMON_FLAGS + _CPU_FLAGS
+        flags: tuple[str, ...] = _COMMON_FLAGS + cpu_feature_flags()
         if self.backend == "cuda":
             flags += ("-DGGML_CUDA=ON",)
         return flags

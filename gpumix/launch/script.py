@@ -26,7 +26,8 @@ def render_script(specs: list[LaunchSpec], stagger_s: float = 10.0) -> str:
     for spec in specs:
         if spec.uses_gpu and started_gpu and stagger_s > 0:
             lines.append(f"sleep {stagger_s:g}  # stagger GPU power-up")
-        lines.append(f"# {spec.name}: {spec.engine} on {spec.url} (health {spec.health_path})")
+        lines.append(f"# {spec.name}: {spec.engine} on {spec.url} (health {spec.health_url})")
+        lines += [f"# note: {note}" for note in spec.notes]
         lines.append(f'{command_line(spec)} >"$LOG_DIR"/{shlex.quote(spec.name + ".log")} 2>&1 &')
         lines.append("pids+=($!)")
         started_gpu = started_gpu or spec.uses_gpu

@@ -42,6 +42,7 @@ def render_unit(spec: LaunchSpec, after: str | None) -> str:
     ]
     if spec.cwd:
         lines.insert(lines.index("Type=exec") + 1, f"WorkingDirectory={spec.cwd}")
+    lines[:0] = [f"# {note}" for note in spec.notes]
     return "\n".join(lines) + "\n"
 
 

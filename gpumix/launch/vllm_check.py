@@ -12,6 +12,7 @@ import json
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gpumix.errors import GpumixError
 from gpumix.launch.vllm_install import VllmInstall, require_vllm
@@ -27,7 +28,7 @@ _HF_ARCH = {
     "gemma3": ("Gemma3ForCausalLM", "gemma3_text"),
 }
 # What a checkpoint of each weight format carries in config.json (AutoAWQ GEMM, AutoGPTQ, vLLM/llm-compressor FP8).
-_CHECKPOINT_QUANT = {
+_CHECKPOINT_QUANT: dict[str, dict[str, Any]] = {
     "awq-int4": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"},
     "gptq-int4": {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True},
     "fp8": {"quant_method": "fp8", "activation_scheme": "dynamic"},
@@ -49,14 +50,14 @@ class VllmCheck:
     errors: list[str]
     checked: list[str]
     not_checked: list[str]
-    config: dict
+    config: dict[str, Any]
 
     @property
     def ok(self) -> bool:
         return not self.errors
 
 
-def config_json(model: ModelSpec, quant: str, checkpoint_quantized: bool) -> dict:
+def config_json(model: ModelSpec, quant: str, checkpoint_quantized: bool) -> dict[str, Any]:
     """config.json of `model` as a checkpoint in format `quant` (pure)."""
     if model.kind != "llm" or model.architecture not in _HF_ARCH:
         raise GpumixError(f"no config.json template for {model.name} ({model.kind}, architecture {model.architecture})",

@@ -32,6 +32,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 NOT_CHECKED_ON_CPU = [
     "GPUs present vs tensor_parallel_size x pipeline_parallel_size (the CPU platform has no device count)",
@@ -50,7 +51,7 @@ def main() -> int:
     return 0
 
 
-def _platform() -> dict:
+def _platform() -> dict[str, Any]:
     import importlib.metadata
 
     from vllm.platforms import current_platform
@@ -58,7 +59,7 @@ def _platform() -> dict:
     return {"device_type": current_platform.device_type, "vllm_version": importlib.metadata.version("vllm")}
 
 
-def check_all(commands: list[dict]) -> list[dict]:
+def check_all(commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -66,8 +67,8 @@ def check_all(commands: list[dict]) -> list[dict]:
     return [check_one(parser, command) for command in commands]
 
 
-def check_one(parser, command: dict) -> dict:  # noqa: ANN001 - vLLM's FlexibleArgumentParser
-    result: dict = {"name": command["name"], "errors": [], "checked": [], "not_checked": [], "config": {}}
+def check_one(parser: Any, command: dict[str, Any]) -> dict[str, Any]:  # parser: vLLM's FlexibleArgumentParser
+    result: dict[str, Any] = {"name": command["name"], "errors": [], "checked": [], "not_checked": [], "config": {}}
     argv: list[str] = command["argv"]
     env: dict[str, str] = command.get("env", {})
     if len(argv) < 3 or Path(argv[0]).name != "vllm" or argv[1] != "serve":
@@ -106,7 +107,7 @@ def _is_flag(token: str) -> bool:
         return True
 
 
-def _parse(parser, args: list[str], result: dict):  # noqa: ANN001, ANN202
+def _parse(parser: Any, args: list[str], result: dict[str, Any]) -> Any:
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
@@ -120,7 +121,7 @@ def _parse(parser, args: list[str], result: dict):  # noqa: ANN001, ANN202
     return ns
 
 
-def _check_env_names(env: dict[str, str], result: dict) -> None:
+def _check_env_names(env: dict[str, str], result: dict[str, Any]) -> None:
     import vllm.envs as envs
 
     known = set(envs.environment_variables)
@@ -144,7 +145,7 @@ def _env(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _engine_config(ns, config_dir: str, env: dict[str, str], result: dict) -> None:  # noqa: ANN001
+def _engine_config(ns: Any, config_dir: str, env: dict[str, str], result: dict[str, Any]) -> None:
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     served_as = ns.model
@@ -187,7 +188,7 @@ def _engine_config(ns, config_dir: str, env: dict[str, str], result: dict) -> No
         _check_cpu_bind(config, env, result)
 
 
-def _check_pp_partition(config, result: dict) -> None:  # noqa: ANN001
+def _check_pp_partition(config: Any, result: dict[str, Any]) -> None:
     if "VLLM_PP_LAYER_PARTITION" not in os.environ:
         return
     from vllm.distributed.utils import get_pp_indices
@@ -201,7 +202,7 @@ def _check_pp_partition(config, result: dict) -> None:  # noqa: ANN001
         result["errors"].append(f"VLLM_PP_LAYER_PARTITION: {type(exc).__name__}: {_first_lines(exc)}")
 
 
-def _check_cpu_bind(config, env: dict[str, str], result: dict) -> None:  # noqa: ANN001
+def _check_cpu_bind(config: Any, env: dict[str, str], result: dict[str, Any]) -> None:
     mask = env.get("VLLM_CPU_OMP_THREADS_BIND")
     if mask is None or mask in ("auto", "nobind"):
         return

@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -241,7 +241,7 @@ def _pip(cmd: list[str], log_path: Path, say: Progress, total: int) -> None:
     _run(cmd, log_path, on_line)
 
 
-def _run(cmd: list[str], log_path: Path, on_line=None) -> str:  # noqa: ANN001 - Callable[[str], None] | None
+def _run(cmd: list[str], log_path: Path, on_line: Callable[[str], object] | None = None) -> str:
     output: list[str] = []
     with log_path.open("a") as log:
         log.write(f"$ {' '.join(cmd)}\n")

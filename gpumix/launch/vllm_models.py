@@ -13,7 +13,7 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from gpumix.errors import GpumixError
@@ -82,16 +82,19 @@ def is_converted(directory: Path) -> bool:
     return (directory / MARKER).is_file() and (directory / "config.json").is_file()
 
 
-def prepare_vllm_models(plan: Plan, say: Callable[[str], None] = lambda _msg: None) -> list[Path]:
-    """Make every converted directory the plan's vLLM services need (cached; a no-op when all exist)."""
+def prepare_vllm_models(plan: Plan, say: Callable[[str], object] = lambda _msg: None,
+                        services: Collection[str] | None = None) -> list[Path]:  # fmt: skip
+    """Make every converted directory the plan's vLLM services need (`services`: only those, e.g. the ones that run
+    on this host); cached, a no-op when all exist."""
     made: list[Path] = []
-    refs = sorted({s.model_path for s in plan.services if s.engine == "vllm" and needs_conversion(s.model_path)})  # type: ignore[misc]
+    refs = sorted({s.model_path for s in plan.services if s.engine == "vllm" and s.model_path
+                   and needs_conversion(s.model_path) and (services is None or s.name in services)})  # fmt: skip
     for ref in refs:
         made.append(prepare_model(ref, say))
     return made
 
 
-def prepare_model(ref: str, say: Callable[[str], None] = lambda _msg: None, install: VllmInstall | None = None) -> Path:
+def prepare_model(ref: str, say: Callable[[str], object] = lambda _msg: None, install: VllmInstall | None = None) -> Path:
     target = converted_dir(ref)
     if is_converted(target):
         return target

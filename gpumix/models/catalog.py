@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from gpumix.errors import GpumixError
+from gpumix.models.files import user_path
 from gpumix.models.gguf_file import GGUF_MAGIC, expand_swa_pattern, read_gguf
 from gpumix.models.hf_config import read_hf_config
-from gpumix.models.spec import ModelSpec, QuantSpec
+from gpumix.models.spec import ComputeDtype, ModelSpec, QuantSpec
 
 # Words in repo/file names that name a fine-tune or packaging, not a different architecture.
 NEUTRAL_WORDS = frozenset({"instruct", "chat", "hf", "it", "base", "meta", "gguf", "pt", "moe", "model"})
@@ -173,7 +174,7 @@ def _gguf_in_folder(folder: Path) -> Path | None:
 def load_model(ref: str | Path) -> ModelSpec:
     """A ModelSpec from a catalog id/alias, a .gguf path, a config.json path, or a model folder."""
     text = str(ref)
-    path = Path(text).expanduser()
+    path = user_path(text)
     if path.is_dir():
         if (path / "config.json").is_file():
             return read_hf_config(path)
@@ -192,6 +193,9 @@ def load_model(ref: str | Path) -> ModelSpec:
 # quantisations
 
 
+_COMPUTE_DTYPE: TypeAdapter[ComputeDtype] = TypeAdapter(ComputeDtype)
+
+
 def parse_quant_catalog(text: str) -> list[QuantSpec]:
     specs = []
     for row in csv.DictReader(text.splitlines()):
@@ -206,7 +210,7 @@ def parse_quant_catalog(text: str) -> list[QuantSpec]:
                     embedding_bits_per_weight=(
                         float(row["embedding_bits_per_weight"]) if row.get("embedding_bits_per_weight") else None
                     ),
-                    compute_dtype=row["compute_dtype"],
+                    compute_dtype=_COMPUTE_DTYPE.validate_python(row["compute_dtype"]),
                     engines=tuple(row["engines"].split("|")),
                     aliases=tuple(a for a in row["aliases"].split("|") if a),
                     source=row["source"],

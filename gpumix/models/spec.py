@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-ModelKind = Literal["llm", "embedding", "reranker", "image", "audio"]
+from gpumix.kinds import ModelKind
+
+ComputeDtype = Literal["fp32", "fp16", "bf16", "fp8", "int8", "int4"]
 
 
 class QuantSpec(BaseModel):
@@ -18,7 +20,7 @@ class QuantSpec(BaseModel):
     bits_per_weight: float  # average over the tensors a typical file of this type quantises
     block_weights: int = 1
     block_bytes: float = 0
-    compute_dtype: Literal["fp32", "fp16", "bf16", "fp8", "int8", "int4"] = "fp16"
+    compute_dtype: ComputeDtype = "fp16"
     engines: tuple[str, ...] = ("llama.cpp",)
     aliases: tuple[str, ...] = ()
     source: str = ""

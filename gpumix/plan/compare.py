@@ -9,13 +9,19 @@ from pathlib import Path
 
 from gpumix.errors import GpumixError
 from gpumix.estimate import estimate
-from gpumix.estimate.calibration import Calibration, load_calibration
+from gpumix.estimate.calibration import Calibration
+from gpumix.estimate.memory import usable_bytes
 from gpumix.estimate.types import Placement
 from gpumix.hardware.spec import Device
 from gpumix.plan import planner
 from gpumix.plan import split as splitmod
+from gpumix.plan.candidates import Option, by_host
+from gpumix.plan.fleet import Discover, links_for
+from gpumix.plan.planning import Planning
+from gpumix.plan.resolve import Resolved
 from gpumix.plan.result import Plan
-from gpumix.plan.spec import PlanSpec, _suggest, load_plan_with_lines
+from gpumix.plan.spec import PlanSpec, load_plan_with_lines
+from gpumix.yaml_input import did_you_mean
 
 # The rental buyer's shortlist (VISION.md): used when `gpumix compare` gets no --option.
 DEFAULT_OPTIONS = (
@@ -45,11 +51,11 @@ def devices_for_option(text: str) -> list[Device]:
 
 
 def compare(spec: PlanSpec, options: Sequence[str] = DEFAULT_OPTIONS, objective: str | None = None,
-            calibration: Path | Calibration | None = None) -> list[ComparisonRow]:  # fmt: skip
-    cal = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)
+            calibration: Calibration | None = None, calibration_name: str | None = None) -> list[ComparisonRow]:  # fmt: skip
     rows = []
     for text in options:
-        plan = planner.plan_services(spec, objective=objective, calibration=cal, devices=devices_for_option(text))
+        plan = planner.plan_services(spec, objective=objective, calibration=calibration,
+                                     calibration_name=calibration_name, devices=devices_for_option(text))  # fmt: skip
         checks = [c for s in plan.services for c in s.slo]
         rows.append(ComparisonRow(option=text, plan=plan, slos_met=sum(c.met for c in checks), slos_total=len(checks)))
     _verdicts(rows)
@@ -82,7 +88,8 @@ def _llm_tokens(plan: Plan) -> float:
 class Alternative:
     label: str
     mode: str
-    devices: list[str]
+    devices: list[str]  # names
+    device_ids: list[str] = field(default_factory=list)  # plan-wide ids (gpu0, HOST/gpu1)
     layers: list[int] = field(default_factory=list)
     fits: bool = True
     decode_tokens_per_s: float | None = None
@@ -93,54 +100,50 @@ class Alternative:
     note: str = ""
 
 
-def explain(path: Path, service: str, objective: str | None = None,
-            calibration: Path | None = None) -> tuple[Plan, list[Alternative]]:  # fmt: skip
-    """The plan, and every placement considered for `service` with its predicted speed."""
+def explain(path: Path, service: str, objective: str | None = None, calibration: Calibration | None = None,
+            calibration_name: str | None = None,
+            discover: Discover | None = None) -> tuple[Plan, list[Alternative]]:  # fmt: skip
+    """The plan, and every placement considered for `service` with its predicted speed (from the one planning
+    run: nothing is resolved or discovered twice)."""
     spec, lines = load_plan_with_lines(path)
     names = [s.name for s in spec.services]
     if service not in names:
-        raise GpumixError(f"{path}: no service named {service!r}{_suggest(service, names)}",
+        raise GpumixError(f"{path}: no service named {service!r}{did_you_mean(service, names)}",
                           hint=f"services: {', '.join(names)}")  # fmt: skip
-    cal = load_calibration(calibration)
-    plan = planner.plan_services(spec, objective=objective, calibration=cal, source=str(path), lines=lines)
-    index = names.index(service)
-    svc = planner.resolve_service(spec.services[index], index, spec, str(path), lines, objective)
-    devices, sockets = planner.build_devices(spec, str(path), lines)
-    chosen = plan.service(service)
-    if svc.model.kind != "llm":
-        options = planner.service_options(svc, devices)
-    else:
-        options = planner.llm_options(svc, devices, spec, sockets, cal)
-    alternatives = [_from_option(o, chosen) for o in options]
+    result = planner.planning(spec, objective=objective, calibration=calibration, calibration_name=calibration_name,
+                              source=str(path), lines=lines, discover=discover)  # fmt: skip
+    return result.plan, alternatives(result, service)
+
+
+def alternatives(result: Planning, service: str) -> list[Alternative]:
+    """Every option the planner considered for `service`, plus llama.cpp's own default splits; chosen first."""
+    index = result.index_of(service)
+    svc, chosen = result.services[index], result.chosen[index]
+    out = [_from_option(o, o is chosen) for o in result.options[index]]
     if svc.model.kind == "llm":
-        alternatives += _default_splits(svc, devices, spec, sockets, cal)
-    alternatives.sort(key=lambda a: (not a.chosen, not a.fits, -(a.decode_tokens_per_s or 0.0)))
-    return plan, alternatives
+        out += _default_splits(svc, result)
+    out.sort(key=lambda a: (not a.chosen, not a.fits, -(a.decode_tokens_per_s or 0.0)))
+    return out
 
 
-def _from_option(opt: planner.Option, chosen) -> Alternative:
-    is_chosen = opt.mode == chosen.mode and [d.index for d in opt.devices] == chosen.devices and (
-        not chosen.layers or list(opt.layers) == chosen.layers
-    )
+def _from_option(opt: Option, is_chosen: bool) -> Alternative:
     label = {"layer_split": "speed-aware layer split", "pipeline_parallel": "pipeline parallel (speed-aware)"}.get(
         opt.mode, opt.mode.replace("_", " ")
     )
     return Alternative(
-        label=label, mode=opt.mode, devices=[d.name for d in opt.devices], layers=list(opt.layers),
+        label=label, mode=opt.mode, devices=[d.name for d in opt.devices], device_ids=[d.id for d in opt.devices], layers=list(opt.layers),
         fits=opt.fits(), decode_tokens_per_s=opt.decode, aggregate_tokens_per_s=opt.aggregate, ttft_s=opt.ttft_s,
         memory_gb=[round(m / 1e9, 2) for m in opt.memory_bytes], chosen=is_chosen,
         note="chosen" if is_chosen else ("" if opt.fits() else "does not fit (free − margin)"),
     )  # fmt: skip
 
 
-def _default_splits(svc, devices, spec, sockets, cal) -> list[Alternative]:
-    """What llama.cpp would do by itself: -ts proportional to free memory, and equal shares."""
-    gpus = sorted((d for d in devices if d.kind == "gpu"), key=lambda d: d.spec.mem_bandwidth_gb_per_s, reverse=True)
-    hosts: dict[str | None, list[Device]] = {}
-    for d in gpus:
-        hosts.setdefault(d.host, []).append(d)
+def _default_splits(svc: Resolved, result: Planning) -> list[Alternative]:
+    """What llama.cpp would do by itself on each host: -ts proportional to free memory, and equal shares."""
+    gpus = sorted((d for d in result.devices if d.kind == "gpu"), key=lambda d: d.spec.mem_bandwidth_gb_per_s,
+                  reverse=True)  # fmt: skip
     out = []
-    for group in hosts.values():
+    for group in by_host(gpus).values():
         if len(group) < 2:
             continue
         n = svc.model.n_layers
@@ -148,12 +151,12 @@ def _default_splits(svc, devices, spec, sockets, cal) -> list[Alternative]:
             ("llama.cpp default split (-ts ∝ free memory)", splitmod.memory_proportional_split(group, n)),
             ("even split", splitmod.even_split(len(group), n)),
         ):
-            links = planner.links_for(spec, group, sockets)
+            links = links_for(result.spec, group, result.sockets)
             est = estimate(svc.model, svc.quant, Placement(mode="layer_split", devices=tuple(group), layers=layers),
-                           svc.workload, links, cal)  # fmt: skip
-            fits = all(d.memory_bytes <= splitmod.usable_bytes(dev) for d, dev in zip(est.devices, group, strict=True))
+                           svc.workload, links, result.calibration)  # fmt: skip
+            fits = all(d.memory_bytes <= usable_bytes(dev) for d, dev in zip(est.devices, group, strict=True))
             out.append(Alternative(
-                label=label, mode="layer_split", devices=[d.name for d in group], layers=list(layers), fits=fits,
+                label=label, mode="layer_split", devices=[d.name for d in group], device_ids=[d.id for d in group], layers=list(layers), fits=fits,
                 decode_tokens_per_s=est.decode_tokens_per_s, aggregate_tokens_per_s=est.aggregate_tokens_per_s,
                 ttft_s=est.ttft_s, memory_gb=[round(d.memory_bytes / 1e9, 2) for d in est.devices],
                 note="" if fits else "does not fit (free − margin)",

@@ -22,33 +22,34 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Literal
 
+from gpumix.errors import GpumixError
+from gpumix.estimate.memory import usable_bytes
+from gpumix.estimate.speed import pcie_gb_per_s
+from gpumix.estimate.types import Links
 from gpumix.hardware.spec import Device
-from gpumix.plan import split as splitmod
-from gpumix.plan.result import Plan, Warning_
+from gpumix.plan.candidates import Option, llm_option
+from gpumix.plan.fleet import device_pcie
+from gpumix.plan.planning import Planning
+from gpumix.plan.resolve import Resolved
+from gpumix.plan.result import Warning_
+from gpumix.plan.score import slo_checks
 from gpumix.units import GB
 
 SLOW_LINK_GB_PER_S = 4.0  # PCIe Gen2 x4 = 2 GB/s, Gen3 x4 = 3.9 GB/s: below this a split's hops dominate
 
 
-@dataclass
-class LintContext:
-    spec: Any
-    devices: list[Device]
-    services: list[Any]  # planner.Resolved
-    options: list[list[Any]]  # planner.Option per service
-    chosen: list[Any]  # planner.Option | None per service
-    sockets: dict
-    calibration: Any = None
+Severity = Literal["info", "warning", "error"]
 
 
-def _w(code: str, slug: str, message: str, service: str | None = None, severity: str = "warning") -> Warning_:
-    return Warning_(code=f"{code}-{slug}", message=message, service=service, severity=severity)  # type: ignore[arg-type]
+def _w(code: str, slug: str, message: str, service: str | None = None, severity: Severity = "warning") -> Warning_:
+    return Warning_(code=f"{code}-{slug}", message=message, service=service, severity=severity)
 
 
-def lint(plan: Plan, ctx: LintContext) -> list[Warning_]:
+def lint(ctx: Planning) -> list[Warning_]:
+    """Every warning for a planning result (its plan's own `warnings` are not read)."""
+    plan = ctx.plan
     out: list[Warning_] = []
     for svc, opt in zip(ctx.services, ctx.chosen, strict=True):
         name = svc.entry.name
@@ -57,7 +58,7 @@ def lint(plan: Plan, ctx: LintContext) -> list[Warning_]:
                           "(see reasons)", name, "error"))  # fmt: skip
             continue
         out.extend(_service_checks(svc, opt, ctx))
-    out.extend(_device_checks(plan, ctx))
+    out.extend(_device_checks(ctx))
     unpriced = sorted({d.name for d in plan.devices if d.kind == "gpu" and d.memory_planned_bytes > 0
                        and d.gbp_per_month is None})  # fmt: skip
     if unpriced:
@@ -72,11 +73,22 @@ def lint(plan: Plan, ctx: LintContext) -> list[Warning_]:
     return out
 
 
-def _service_checks(svc: Any, opt: Any, ctx: LintContext) -> list[Warning_]:
+def _service_checks(svc: Resolved, opt: Option, ctx: Planning) -> list[Warning_]:
+    return [
+        *_card_mix(svc, opt),
+        *_split_of_one_card(svc, opt, ctx),
+        *_links(svc, opt, ctx),
+        *_offload(svc, opt, ctx),
+        *_slo(svc, opt),
+        *_co_location(svc, opt, ctx),
+    ]
+
+
+def _card_mix(svc: Resolved, opt: Option) -> list[Warning_]:
+    """GPX001-GPX003: tensor / pipeline parallel over mismatched cards, the slower card first."""
     out: list[Warning_] = []
     name = svc.entry.name
-    devs = list(opt.devices)
-    gpus = [d for d in devs if d.kind == "gpu"]
+    gpus = [d for d in opt.devices if d.kind == "gpu"]
     mismatched = len({d.spec.id for d in gpus}) > 1
     if opt.mode == "tensor_parallel" and mismatched:
         out.append(_w("GPX001", "tp-mismatched-cards",
@@ -92,56 +104,69 @@ def _service_checks(svc: Any, opt: Any, ctx: LintContext) -> list[Warning_]:
         fastest = max(gpus, key=lambda d: d.spec.mem_bandwidth_gb_per_s)
         if gpus[0].spec.mem_bandwidth_gb_per_s < fastest.spec.mem_bandwidth_gb_per_s:
             out.append(_w("GPX003", "slow-main-gpu",
-                          f"{name}: device {gpus[0].index} ({gpus[0].name}) is first (main GPU) but "
+                          f"{name}: device {gpus[0].id} ({gpus[0].name}) is first (main GPU) but "
                           f"{fastest.name} is faster; put the fastest card first", name))  # fmt: skip
-    if opt.mode in ("layer_split", "pipeline_parallel", "tensor_parallel"):
-        singles = [o for o in ctx.options[svc.index] if o.mode == "single" and o.fits()] or _singles(svc, gpus, ctx)
-        if singles:
-            best = max(singles, key=lambda o: o.speed)
-            out.append(_w("GPX004", "split-fits-one-card",
-                          f"{name}: split over {len(devs)} devices although it fits {best.devices[0].name} alone "
-                          f"(one card: {best.decode:.1f} tok/s one stream vs {opt.decode:.1f} split)", name,
-                          "info" if (opt.speed or 0) > best.speed else "warning"))  # fmt: skip
+    return out
+
+
+def _split_of_one_card(svc: Resolved, opt: Option, ctx: Planning) -> list[Warning_]:
+    """GPX004: a split of a model that fits one of its cards."""
+    if opt.mode not in ("layer_split", "pipeline_parallel", "tensor_parallel"):
+        return []
+    gpus = [d for d in opt.devices if d.kind == "gpu"]
+    singles = [o for o in ctx.options[svc.index] if o.mode == "single" and o.fits()] or _singles(svc, gpus, ctx)
+    if not singles:
+        return []
+    best = max(singles, key=lambda o: o.speed)
+    return [_w("GPX004", "split-fits-one-card",
+               f"{svc.entry.name}: split over {len(opt.devices)} devices although it fits {best.devices[0].name} alone "
+               f"(one card: {best.decode:.1f} tok/s one stream vs {opt.decode:.1f} split)", svc.entry.name,
+               "info" if (opt.speed or 0) > best.speed else "warning")]  # fmt: skip
+
+
+def _links(svc: Resolved, opt: Option, ctx: Planning) -> list[Warning_]:
+    """GPX009 / GPX011: a split over a slow link or the network; tensor parallel over PCIe or across sockets."""
+    out: list[Warning_] = []
+    name, devs = svc.entry.name, list(opt.devices)
     if opt.mode in ("layer_split", "pipeline_parallel", "tensor_parallel", "cpu_offload") and len(devs) > 1:
         slow = _slow_link(devs, ctx)
         if slow:
             out.append(_w("GPX009", "slow-link-split", f"{name}: {slow}", name))
-    if opt.mode == "tensor_parallel":
-        socks = {ctx.sockets.get((d.host, d.index)) for d in devs} - {None}
-        links = ctx.spec.links
-        topology = links.topology if links and links.topology else ("SYS" if len(socks) > 1 else None)
-        nvlink = bool(links and links.nvlink)
-        if topology == "SYS" and not nvlink:
-            out.append(_w("GPX011", "tp-across-sockets",
-                          f"{name}: tensor parallel across CPU sockets (SYS) without NVLink: two all-reduces per layer "
-                          "cross the socket link; prefer pipeline parallel or cards on one socket", name))  # fmt: skip
-        elif not nvlink:
-            out.append(_w("GPX009", "slow-link-split",
-                          f"{name}: tensor parallel over PCIe without NVLink: 2 all-reduces per layer; expect "
-                          "~1.6-1.7x of one card, not 2x (pipeline parallel is less link-sensitive)", name, "info"))  # fmt: skip
-    if opt.mode == "cpu_offload":
-        gpu_only = [o for o in ctx.options[svc.index] if o.mode != "cpu_offload" and o.decode]
-        ram_gb = opt.memory_bytes[0] / GB
-        out.append(_w("GPX013", "cpu-offload",
-                      f"{name}: {opt.layers[0]} of {sum(opt.layers)} layers ({ram_gb:.1f} GB) run from system RAM; "
-                      f"predicted {opt.decode:.1f} tok/s" + ("" if gpu_only else
-                      "; more VRAM (a bigger second card) would keep it all on GPUs"), name, "info"))  # fmt: skip
-    for check in _slo(svc, opt):
-        out.append(check)
-    out.extend(_co_location(svc, opt, ctx))
+    if opt.mode != "tensor_parallel":
+        return out
+    socks = {ctx.sockets.get(d.id) for d in devs} - {None}
+    links = ctx.spec.links
+    topology = links.topology if links and links.topology else ("SYS" if len(socks) > 1 else None)
+    nvlink = bool(links and links.nvlink)
+    if topology == "SYS" and not nvlink:
+        out.append(_w("GPX011", "tp-across-sockets",
+                      f"{name}: tensor parallel across CPU sockets (SYS) without NVLink: two all-reduces per layer "
+                      "cross the socket link; prefer pipeline parallel or cards on one socket", name))  # fmt: skip
+    elif not nvlink:
+        out.append(_w("GPX009", "slow-link-split",
+                      f"{name}: tensor parallel over PCIe without NVLink: 2 all-reduces per layer; expect "
+                      "~1.6-1.7x of one card, not 2x (pipeline parallel is less link-sensitive)", name, "info"))  # fmt: skip
     return out
 
 
-def _singles(svc: Any, gpus: list[Device], ctx: LintContext) -> list[Any]:
-    """One-card placements of the service on each card of its group (when its mode was forced, none were made)."""
-    from gpumix.errors import GpumixError
-    from gpumix.estimate.types import Links
-    from gpumix.plan.planner import _llm_option
+def _offload(svc: Resolved, opt: Option, ctx: Planning) -> list[Warning_]:
+    """GPX013: layers in system RAM, and whether more VRAM would keep them all on GPUs."""
+    if opt.mode != "cpu_offload":
+        return []
+    gpu_only = [o for o in ctx.options[svc.index] if o.mode != "cpu_offload" and o.decode]
+    ram_gb = opt.memory_bytes[0] / GB
+    return [_w("GPX013", "cpu-offload",
+               f"{svc.entry.name}: {opt.layers[0]} of {sum(opt.layers)} layers ({ram_gb:.1f} GB) run from system RAM; "
+               f"predicted {opt.decode:.1f} tok/s" + ("" if gpu_only else
+               "; more VRAM (a bigger second card) would keep it all on GPUs"), svc.entry.name, "info")]  # fmt: skip
 
+
+def _singles(svc: Resolved, gpus: list[Device], ctx: Planning) -> list[Option]:
+    """One-card placements of the service on each card of its group (when its mode was forced, none were made)."""
     out = []
     for d in gpus:
         try:
-            opt = _llm_option(svc, "single", [d], (), Links(), ctx.calibration)
+            opt = llm_option(svc, "single", [d], (), Links(), ctx.calibration)
         except GpumixError:
             continue
         if opt.fits():
@@ -149,11 +174,9 @@ def _singles(svc: Any, gpus: list[Device], ctx: LintContext) -> list[Any]:
     return out
 
 
-def _slo(svc: Any, opt: Any) -> list[Warning_]:
-    from gpumix.plan.planner import _slo_checks
-
+def _slo(svc: Resolved, opt: Option) -> list[Warning_]:
     out = []
-    for check in _slo_checks(svc, opt):
+    for check in slo_checks(svc, opt):
         if not check.met:
             by = "" if check.margin is None else f" (missed by {-check.margin * 100:.0f}%)"
             out.append(_w("GPX012", "slo-missed", f"{svc.entry.name}: {check.metric} predicted "
@@ -161,19 +184,19 @@ def _slo(svc: Any, opt: Any) -> list[Warning_]:
     return out
 
 
-def _co_location(svc: Any, opt: Any, ctx: LintContext) -> list[Warning_]:
+def _co_location(svc: Resolved, opt: Option, ctx: Planning) -> list[Warning_]:
     """GPX005 / GPX006: card sharing that costs an LLM its KV space, or replicas that crowd others out."""
     out: list[Warning_] = []
     name = svc.entry.name
-    mine = {(d.host, d.index) for d in opt.devices}
+    mine = {d.id for d in opt.devices}
     if svc.model.kind != "llm":
         for other, other_opt in zip(ctx.services, ctx.chosen, strict=True):
             if other is svc or other_opt is None or other.model.kind != "llm":
                 continue
-            shared = mine & {(d.host, d.index) for d in other_opt.devices}
+            shared = mine & {d.id for d in other_opt.devices}
             if not shared:
                 continue
-            elsewhere = [o for o in ctx.options[svc.index] if not ({(d.host, d.index) for d in o.devices} & shared)
+            elsewhere = [o for o in ctx.options[svc.index] if not ({d.id for d in o.devices} & shared)
                          and _fits_beside(o, ctx)]  # fmt: skip
             if elsewhere:
                 out.append(_w("GPX005", "service-steals-llm-kv",
@@ -193,53 +216,49 @@ def _co_location(svc: Any, opt: Any, ctx: LintContext) -> list[Warning_]:
     return out
 
 
-def _fits_beside(option: Any, ctx: LintContext) -> bool:
+def _fits_beside(option: Option, ctx: Planning) -> bool:
     """Would `option` fit next to what the plan already put on its devices?"""
-    used: dict[tuple, int] = {}
+    used: dict[str, int] = {}
     for o in ctx.chosen:
         if o is None:
             continue
         for d, m in zip(o.devices, o.memory_bytes, strict=True):
-            used[(d.host, d.index)] = used.get((d.host, d.index), 0) + m
+            used[d.id] = used.get(d.id, 0) + m
     return all(
-        used.get((d.host, d.index), 0) + m <= splitmod.usable_bytes(d)
+        used.get(d.id, 0) + m <= usable_bytes(d)
         for d, m in zip(option.devices, option.memory_bytes, strict=True)
     )
 
 
-def _slow_link(devs: list[Device], ctx: LintContext) -> str | None:
-    from gpumix.estimate.speed import PCIE_GB_PER_S_PER_LANE
-
+def _slow_link(devs: list[Device], ctx: Planning) -> str | None:
     if len({d.host for d in devs}) > 1:
-        return "the split crosses hosts: every token's activations go over the network (llama.cpp RPC)"
-    lanes_cfg = ctx.spec.links.pcie_lanes if ctx.spec.links and ctx.spec.links.pcie_lanes else None
-    gen_cfg = ctx.spec.links.pcie_gen if ctx.spec.links and ctx.spec.links.pcie_gen else None
+        return "the split crosses hosts: every token's activations go over the network"
     for d in devs:
         if d.kind != "gpu":
             continue
-        lanes = lanes_cfg[d.index] if lanes_cfg and 0 <= d.index < len(lanes_cfg) else (d.pcie_width or 16)
-        gen = gen_cfg or d.pcie_gen or 4
-        rate = PCIE_GB_PER_S_PER_LANE.get(gen, 1.969) * lanes
+        gen, lanes = device_pcie(ctx.spec.links, d)
+        rate = pcie_gb_per_s(gen, lanes)
         if rate < SLOW_LINK_GB_PER_S:
-            return (f"device {d.index} ({d.name}) sits on a PCIe Gen{gen} x{lanes} link ({rate:.1f} GB/s); "
+            return (f"device {d.id} ({d.name}) sits on a PCIe Gen{gen} x{lanes} link ({rate:.1f} GB/s); "
                     "splits over it pay for every hop — move it to an x8/x16 slot")  # fmt: skip
     return None
 
 
-def _device_checks(plan: Plan, ctx: LintContext) -> list[Warning_]:
+def _device_checks(ctx: Planning) -> list[Warning_]:
+    plan = ctx.plan
     out: list[Warning_] = []
     for dev, planned in zip(ctx.devices, plan.devices, strict=True):
-        limit = splitmod.usable_bytes(dev)
+        limit = usable_bytes(dev)
         if planned.memory_planned_bytes > limit:
             out.append(_w("GPX010", "over-free-memory",
-                          f"device {dev.index} ({dev.name}): planned {planned.memory_planned_bytes / GB:.1f} GB is "
+                          f"device {dev.id} ({dev.name}): planned {planned.memory_planned_bytes / GB:.1f} GB is "
                           f"above free − margin ({limit / GB:.1f} GB)", severity="error"))  # fmt: skip
     for dev, planned in zip(ctx.devices, plan.devices, strict=True):
         busy = max(planned.bandwidth_utilisation, planned.compute_utilisation)
         if busy > 1.0 + 1e-9:
-            names = [s.name for s in plan.services if dev.index in s.devices and s.host == dev.host]
+            names = [s.name for s in plan.services_on(dev.id)]
             out.append(_w("GPX015", "device-oversubscribed",
-                          f"device {dev.index} ({dev.name}{', ' + dev.host if dev.host else ''}): "
+                          f"device {dev.id} ({dev.name}): "
                           f"{', '.join(names)} would need {busy:.1f}x its bandwidth if all were busy at once; "
                           "they slow each other down — declare each service's `load:` (busy share) to check",
                           severity="info"))  # fmt: skip

@@ -1,15 +1,26 @@
 """The Plan: the one JSON artifact that launch, run, gateway and status read.
 
-`gpumix plan FILE -o plan.json` writes it; `Plan.model_validate_json` reads it back.
+`gpumix plan FILE -o plan.json` writes it; `read_plan_json` reads it back (every reader uses it). Devices are named
+by plan-wide ids (`gpu0`, `cpu0` on a one-machine plan; `HOST/gpu0` with hosts, gpumix.hardware.spec.DeviceRef);
+a service lists the ids of its devices in engine order.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from pathlib import Path
+from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-PLAN_FORMAT_VERSION = 1
+from gpumix.errors import GpumixError
+from gpumix.estimate.types import MemoryBreakdown
+from gpumix.kinds import DeviceKind, Engine, ModelKind, Objective, PlacementMode
+
+# 2: devices named by plan-wide ids (`id`, services' `devices` are ids), so one plan can span hosts.
+PLAN_FORMAT_VERSION: Final = 2
+MAX_PLAN_JSON_BYTES = 50_000_000  # a plan for thousands of services is a few MB
+RERUN_PLAN_HINT = "re-run `gpumix plan FILE -o plan.json` with this gpumix"
 
 # OpenAI-compatible paths a service answers; launch, exports and the gateway all read them from the plan.
 CHAT = "/v1/chat/completions"
@@ -36,24 +47,10 @@ def default_endpoints(kind: str, *names: str) -> tuple[str, ...]:
         endpoints += (MODERATIONS,)
     return endpoints
 
-Engine = Literal["llama.cpp", "vllm", "tei", "whisper", "image"]
-Mode = Literal["single", "layer_split", "tensor_parallel", "pipeline_parallel", "replica", "cpu_offload"]
-Objective = Literal["latency", "throughput"]
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class MemoryBreakdown(_Frozen):
-    weights_bytes: int
-    kv_cache_bytes: int
-    compute_bytes: int
-    overhead_bytes: int
-
-    @property
-    def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_cache_bytes + self.compute_bytes + self.overhead_bytes
 
 
 class Predicted(_Frozen):
@@ -75,10 +72,11 @@ class SloCheck(_Frozen):
 
 
 class PlannedDevice(_Frozen):
-    index: int  # CUDA index (PCI bus order); CPU devices -1, -2, ...
+    id: str  # plan-wide device id: gpu0, cpu0, HOST/gpu1 (DeviceRef.id)
+    index: int  # CUDA index on its host (PCI bus order); CPU devices -1, -2, ...
     name: str  # catalog display name
     catalog_id: str
-    kind: Literal["gpu", "cpu"]
+    kind: DeviceKind
     host: str | None = None
     uuid: str | None = None
     memory_total_bytes: int
@@ -93,12 +91,12 @@ class PlannedService(_Frozen):
     name: str
     model: str  # catalog id (or file stem)
     model_path: str | None = None  # .gguf / config.json when the service named a file
-    model_kind: Literal["llm", "embedding", "reranker", "image", "audio"] = "llm"
+    model_kind: ModelKind = "llm"
     quant: str
     engine: Engine
-    mode: Mode
-    devices: list[int]  # plan device indices, in engine order (first = main device)
-    host: str | None = None
+    mode: PlacementMode
+    devices: list[str]  # plan device ids, in engine order (first = main device)
+    host: str | None = None  # the one host all its devices are on; None on a host-less plan or across hosts
     split: list[float] = Field(default_factory=list)  # fraction of layers per device (sums to 1)
     layers: list[int] = Field(default_factory=list)  # layers per device when split
     tensor_split: list[float] = Field(default_factory=list)  # llama.cpp -ts values
@@ -135,7 +133,7 @@ class Cost(_Frozen):
 
 
 class Plan(_Frozen):
-    format_version: int = PLAN_FORMAT_VERSION
+    format_version: Literal[2] = PLAN_FORMAT_VERSION
     source: str | None = None  # the plan file it was made from
     feasible: bool
     optimal: bool = False  # the assignment solver proved optimality
@@ -153,8 +151,65 @@ class Plan(_Frozen):
                 return svc
         raise KeyError(name)
 
-    def device(self, index: int) -> PlannedDevice:
+    def device(self, device_id: str) -> PlannedDevice:
+        """The device with this plan-wide id (KeyError if the plan has none)."""
         for dev in self.devices:
-            if dev.index == index:
+            if dev.id == device_id:
                 return dev
-        raise KeyError(index)
+        raise KeyError(device_id)
+
+    def devices_of(self, service: PlannedService | str) -> list[PlannedDevice]:
+        """A service's devices in engine order."""
+        svc = self.service(service) if isinstance(service, str) else service
+        return [self.device(device_id) for device_id in svc.devices]
+
+    def hosts(self) -> list[str | None]:
+        """The hosts of the plan's devices, in device order (`[None]` for a one-machine plan)."""
+        return list(dict.fromkeys(dev.host for dev in self.devices))
+
+    def services_on(self, device_id: str) -> list[PlannedService]:
+        return [svc for svc in self.services if device_id in svc.devices]
+
+    @model_validator(mode="after")
+    def _devices_are_known(self) -> Plan:
+        ids = [dev.id for dev in self.devices]
+        if len(set(ids)) != len(ids):
+            raise ValueError("two devices have the same id")
+        for svc in self.services:
+            unknown = [d for d in svc.devices if d not in ids]
+            if unknown:
+                raise ValueError(f"service {svc.name} names device {unknown[0]!r}, which is not in the device list")
+        return self
+
+
+def read_plan_json(path: Path) -> Plan:
+    """Read a plan.json; anything else (unreadable, not JSON, another format version, invalid) is a one-line
+    GpumixError saying what to do."""
+    try:
+        if path.stat().st_size > MAX_PLAN_JSON_BYTES:
+            raise GpumixError(f"{path}: larger than {MAX_PLAN_JSON_BYTES} bytes; not a plan.json")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise GpumixError(f"cannot read plan {path}: {exc.strerror}", hint="run `gpumix plan FILE -o plan.json`") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise GpumixError(f"{path} is not a gpumix plan.json (not JSON)", hint=RERUN_PLAN_HINT) from None
+    return plan_from_data(data, str(path))
+
+
+def plan_from_data(data: object, source: str) -> Plan:
+    if not isinstance(data, dict):
+        raise GpumixError(f"{source} is not a gpumix plan.json (not a JSON object)", hint=RERUN_PLAN_HINT)
+    version = data.get("format_version")
+    if version is None:
+        raise GpumixError(f"{source} is not a gpumix plan.json (it has no format_version)", hint=RERUN_PLAN_HINT)
+    if version != PLAN_FORMAT_VERSION:
+        older = isinstance(version, int) and version < PLAN_FORMAT_VERSION
+        raise GpumixError(f"{source} was written by {'an older' if older else 'another'} gpumix (plan format "
+                          f"{version!r}; this gpumix reads format {PLAN_FORMAT_VERSION})", hint=RERUN_PLAN_HINT)  # fmt: skip
+    try:
+        return Plan.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        message = first["msg"].removeprefix("Value error, ")
+        raise GpumixError(f"{source} is not a valid plan.json: {where}: {message}", hint=RERUN_PLAN_HINT) from None

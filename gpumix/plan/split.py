@@ -21,11 +21,10 @@ import math
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from gpumix.errors import GpumixError
 from gpumix.estimate import speed
-from gpumix.estimate.calibration import Calibration, load_calibration
+from gpumix.estimate.calibration import Calibration, default_calibration
 from gpumix.estimate.memory import (
     kv_cache_bytes,
     layer_params,
@@ -33,29 +32,16 @@ from gpumix.estimate.memory import (
     memory_for_layers,
     non_layer_params,
     output_weight_bytes,
+    usable_bytes,
 )
 from gpumix.estimate.types import Links, Workload
 from gpumix.hardware.spec import Device
+from gpumix.kinds import Objective
 from gpumix.models.spec import ModelSpec, QuantSpec
-from gpumix.units import GB, MiB
+from gpumix.units import GB
 
-SplitObjective = Literal["latency", "throughput"]
+SplitObjective = Objective
 
-# Memory left free on every GPU: llama.cpp's `--fit-target` default, 1024 MiB (engines.md §1.1), which covers
-# allocator fragmentation and the display/desktop's share. RAM used for CPU offload keeps 4 GiB for the OS, or a
-# quarter of it when the plan gives gpumix a small RAM budget (the demo's `ram_gb: 4`).
-GPU_MARGIN_BYTES = 1024 * MiB
-CPU_MARGIN_BYTES = 4096 * MiB
-
-
-def margin_bytes(device: Device) -> int:
-    if device.kind == "cpu":
-        return min(CPU_MARGIN_BYTES, device.memory_total_bytes // 4)
-    return GPU_MARGIN_BYTES
-
-
-def usable_bytes(device: Device, margin: int | None = None) -> int:
-    return device.memory_free_bytes - (margin_bytes(device) if margin is None else margin)
 
 
 @dataclass(frozen=True)
@@ -240,7 +226,7 @@ def solve_layer_split(
         raise GpumixError("a layer split needs at least one device")
     if model.n_layers <= 0:
         raise GpumixError(f"{model.name} has no layer count; a layer split needs one")
-    calibration = calibration or load_calibration(None)
+    calibration = calibration or default_calibration()  # the packaged fit; callers pass the machine's
     costs = all_device_costs(model, quant, devices, workload, links or Links(), calibration, margin)
     return solve_from_costs(costs, model.n_layers, objective, min_layers_per_device)
 

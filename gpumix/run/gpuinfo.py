@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ def read_gpus() -> list[GpuReading] | None:
         pynvml.nvmlShutdown()
 
 
-def _read(pynvml, index: int) -> GpuReading:  # noqa: ANN001 - the module
+def _read(pynvml: ModuleType, index: int) -> GpuReading:
     handle = pynvml.nvmlDeviceGetHandleByIndex(index)
     memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
     try:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import psutil
 
 from gpumix.errors import GpumixError
 from gpumix.launch.models import download_hint
 from gpumix.launch.spec import LaunchSpec
+from gpumix.netutil import port_is_free
 from gpumix.plan.result import Plan
 from gpumix.run.gpuinfo import GpuReading, read_gpus
 from gpumix.units import fmt_gib
@@ -27,23 +28,6 @@ _INSTALL_HINTS = {
 }
 
 
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # Servers set SO_REUSEADDR too, so a port in TIME_WAIT counts as free, as it will be for them.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def binary_problem(binary: str) -> str | None:
     path = Path(binary)
     if path.is_absolute():
@@ -55,28 +39,29 @@ def binary_problem(binary: str) -> str | None:
     return None if shutil.which(binary) else f"engine binary '{binary}' is not on PATH"
 
 
-def device_problems(plan: Plan, gpus: list[GpuReading] | None) -> list[str]:
-    """Each planned GPU must exist (by UUID when planned with one) and still have its planned memory free."""
+def device_problems(plan: Plan, gpus: list[GpuReading] | None, host: str | None = None) -> list[str]:
+    """Each GPU planned on `host` (this machine) must exist (by UUID when planned with one) and still have its
+    planned memory free."""
     problems = []
-    planned_gpus = [dev for dev in plan.devices if dev.kind == "gpu" and dev.memory_planned_bytes > 0]
+    planned_gpus = [dev for dev in plan.devices if dev.kind == "gpu" and dev.memory_planned_bytes > 0 and dev.host == host]
     if planned_gpus and gpus is None:
-        names = ", ".join(f"GPU {dev.index} ({dev.name})" for dev in planned_gpus)
+        names = ", ".join(f"GPU {dev.id} ({dev.name})" for dev in planned_gpus)
         return [f"the plan uses {names}, but this machine has no NVIDIA GPU (NVML found no driver)"]
     by_index = {gpu.index: gpu for gpu in gpus or []}
     by_uuid = {gpu.uuid: gpu for gpu in gpus or []}
     for dev in planned_gpus:
         gpu = by_uuid.get(dev.uuid) if dev.uuid else by_index.get(dev.index)
         if gpu is None:
-            problems.append(f"the plan uses GPU {dev.index} ({dev.name}{', ' + dev.uuid if dev.uuid else ''}), "
+            problems.append(f"the plan uses GPU {dev.id} ({dev.name}{', ' + dev.uuid if dev.uuid else ''}), "
                             f"which this machine does not have ({len(by_index)} GPU(s) found)")  # fmt: skip
         elif gpu.memory_free_bytes < dev.memory_planned_bytes:
-            problems.append(f"GPU {gpu.index} ({gpu.name}) has {fmt_gib(gpu.memory_free_bytes)} free but the plan "
+            problems.append(f"GPU {dev.id} ({gpu.name}) has {fmt_gib(gpu.memory_free_bytes)} free but the plan "
                             f"needs {fmt_gib(dev.memory_planned_bytes)}; another process took memory since planning")  # fmt: skip
     return problems
 
 
-def host_memory_problems(plan: Plan, available_bytes: int) -> list[str]:
-    planned = sum(dev.memory_planned_bytes for dev in plan.devices if dev.kind == "cpu")
+def host_memory_problems(plan: Plan, available_bytes: int, host: str | None = None) -> list[str]:
+    planned = sum(dev.memory_planned_bytes for dev in plan.devices if dev.kind == "cpu" and dev.host == host)
     if planned > available_bytes:
         return [f"the plan needs {fmt_gib(planned)} of host memory for CPU services but {fmt_gib(available_bytes)} is available"]
     return []
@@ -103,21 +88,23 @@ def preflight(
     plan: Plan,
     specs: list[LaunchSpec],
     front_port: int | None,
-    gpus: list[GpuReading] | None | str = "read",
+    gpus: list[GpuReading] | None | Literal["read"] = "read",
     port_free: Callable[[int], bool] = port_is_free,
+    host: str | None = None,
 ) -> None:
-    """Raise one GpumixError listing every problem; return silently when the plan can start here."""
+    """Raise one GpumixError listing every problem; return silently when `specs` (the processes of plan host
+    `host`) can start here."""
     problems: list[str] = []
     if not plan.feasible:
         problems.append("the plan is not feasible: " + "; ".join(plan.reasons or ["see `gpumix plan`"]))
-    problems += device_problems(plan, read_gpus() if gpus == "read" else gpus)  # type: ignore[arg-type]
-    problems += host_memory_problems(plan, psutil.virtual_memory().available)
+    problems += device_problems(plan, read_gpus() if isinstance(gpus, str) else gpus, host)
+    problems += host_memory_problems(plan, psutil.virtual_memory().available, host)
     for spec in specs:
         problems += spec_problems(plan, spec, port_free)
     if front_port is not None and not port_free(front_port):
         problems.append(f"front port {front_port} is already in use")
     if problems:
         raise GpumixError(
-            "cannot start the plan; nothing was started:\n  - " + "\n  - ".join(problems),
-            hint="fix the items above (or re-run `gpumix plan` for this machine), then `gpumix up` again",
+            "cannot start the plan; nothing was started: " + " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)),
+            hint="fix each numbered problem (or re-run `gpumix plan` for this machine), then `gpumix up` again",
         )

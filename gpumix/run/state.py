@@ -34,7 +34,7 @@ class ProcessStatus(BaseModel):
     log: str
     argv: list[str]
     env: dict[str, str] = Field(default_factory=dict)
-    devices: list[int] = Field(default_factory=list)  # plan device indices
+    devices: list[str] = Field(default_factory=list)  # plan device ids (gpu0, HOST/gpu1)
     restarts: int = 0
     started_at: float | None = None  # unix time of the current process's start
     healthy_at: float | None = None
@@ -52,6 +52,7 @@ class RunState(BaseModel):
     front_port: int | None = None
     stopping: bool = False
     message: str | None = None  # e.g. why the gateway was skipped
+    host: str | None = None  # the plan host this run dir runs (`gpumix up --host`); None on a one-machine plan
     processes: list[ProcessStatus]
 
     def process(self, name: str) -> ProcessStatus:

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from gpumix.plan.result import Plan
+from gpumix.plan.result import Plan, read_plan_json
 from gpumix.run.gpuinfo import GpuReading, read_gpus
 from gpumix.run.state import RunState, read_state
 from gpumix.run.up import supervisor_alive
@@ -36,7 +36,7 @@ class ProcessReport:
 
 @dataclass(frozen=True)
 class DeviceReport:
-    index: int
+    id: str  # plan device id (gpu0, HOST/gpu1)
     name: str
     kind: str
     memory_used_bytes: int | None
@@ -108,24 +108,25 @@ def process_reports(state: RunState, sample_s: float = 0.2) -> list[ProcessRepor
 
 
 def device_reports(plan: Plan, processes: list[ProcessReport], state: RunState, gpus: list[GpuReading] | None) -> list[DeviceReport]:
-    """GPUs from NVML; a CPU device reports the summed RSS and CPU% of the processes placed on it."""
+    """The devices of this run's host: GPUs from NVML (matched by UUID, else by index); a CPU device reports the
+    summed RSS and CPU% of the processes placed on it."""
     by_index = {g.index: g for g in gpus or []}
     by_uuid = {g.uuid: g for g in gpus or []}
     reports = []
-    for dev in plan.devices:
+    for dev in (d for d in plan.devices if d.host == state.host):
         if dev.kind == "gpu":
             gpu = by_uuid.get(dev.uuid) if dev.uuid else by_index.get(dev.index)
             if gpu is None:
-                reports.append(DeviceReport(dev.index, dev.name, "gpu", None, dev.memory_total_bytes, None, "unavailable"))
+                reports.append(DeviceReport(dev.id, dev.name, "gpu", None, dev.memory_total_bytes, None, "unavailable"))
             else:
-                reports.append(DeviceReport(dev.index, dev.name, "gpu", gpu.memory_used_bytes, gpu.memory_total_bytes,
+                reports.append(DeviceReport(dev.id, dev.name, "gpu", gpu.memory_used_bytes, gpu.memory_total_bytes,
                                             gpu.utilisation_pct, "nvml"))  # fmt: skip
             continue
-        on_device = {p.name for p in state.processes if dev.index in p.devices}
+        on_device = {p.name for p in state.processes if dev.id in p.devices}
         mine = [r for r in processes if r.name in on_device and r.rss_bytes is not None]
         rss = sum(r.rss_bytes or 0 for r in mine)
         cpu = sum(r.cpu_pct or 0.0 for r in mine) / (psutil.cpu_count() or 1)  # share of all cores
-        reports.append(DeviceReport(dev.index, dev.name, "cpu", rss, dev.memory_total_bytes, cpu, "process rss"))
+        reports.append(DeviceReport(dev.id, dev.name, "cpu", rss, dev.memory_total_bytes, cpu, "process rss"))
     return reports
 
 
@@ -134,7 +135,7 @@ def imbalance_advice(plan: Plan, devices: list[DeviceReport]) -> list[str]:
 
     Decode through a layer split visits the devices in turn (VISION.md, asymmetric pair), so with work queued
     both should be busy; shifting layers toward the idle device shortens the busy one's stage."""
-    util = {d.index: d.utilisation_pct for d in devices if d.utilisation_pct is not None}
+    util = {d.id: d.utilisation_pct for d in devices if d.utilisation_pct is not None}
     advice = []
     for svc in plan.services:
         if svc.mode not in ("layer_split", "pipeline_parallel") or len(svc.devices) < 2:
@@ -158,7 +159,7 @@ def status(run_dir: Path, sample_s: float = 0.2) -> StatusReport | None:
     state = read_state(run_dir)
     if state is None:
         return None
-    plan = Plan.model_validate_json(Path(state.plan_path).read_text())
+    plan = read_plan_json(Path(state.plan_path))
     running = supervisor_alive(state)
     processes = process_reports(state, sample_s) if running else [
         ProcessReport(p.name, p.service, "stopped", None, p.port, p.restarts, None, "down", None, None, p.log)

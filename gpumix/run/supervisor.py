@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -62,7 +63,9 @@ def _die_with_parent() -> None:
 
 
 def gateway_argv(plan_path: Path, port: int, specs: list[LaunchSpec]) -> list[str]:
-    backends = [arg for spec in specs for arg in ("--backend", f"{spec.service}={spec.url}")]
+    """The gateway in front of the server processes (RPC workers answer no endpoint)."""
+    servers = [spec for spec in specs if spec.role == "server"]
+    backends = [arg for spec in servers for arg in ("--backend", f"{spec.service}={spec.url}")]
     return [sys.executable, "-m", "gpumix", "gateway", "--plan", str(plan_path), "--port", str(port), *backends]
 
 
@@ -83,6 +86,7 @@ class Supervisor:
         settings: SupervisorSettings | None = None,
         gateway: list[str] | None = None,
         message: str | None = None,
+        host: str | None = None,
     ) -> None:
         self.plan = plan
         self.run_dir = run_dir
@@ -96,18 +100,15 @@ class Supervisor:
             plan_path=str(plan_path),
             front_port=front_port if gateway else None,
             message=message,
+            host=host,
             processes=[c.status for c in self._all()],
         )
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _child(self, spec: LaunchSpec) -> _Child:
-        service = self.plan.service(spec.service)
-        devices = [service.devices[i] for i in range(len(service.devices))]
-        if service.mode == "replica":
-            devices = [service.devices[spec.replica]]
         status = ProcessStatus(
             name=spec.name, service=spec.service, port=spec.port, url=spec.url, health_url=spec.health_url,
-            log=str(self.run_dir / "logs" / f"{spec.name}.log"), argv=spec.argv, env=spec.env, devices=devices,
+            log=str(self.run_dir / "logs" / f"{spec.name}.log"), argv=spec.argv, env=spec.env, devices=spec.devices,
         )  # fmt: skip
         return _Child(status, spec.env, spec.cwd, spec.uses_gpu)
 
@@ -159,9 +160,10 @@ class Supervisor:
                 self._start(child, now)
             elif child.popen is not None:
                 self._probe(child, now)
-        gateway_due = self.gateway and self.gateway.start_at is None and self.gateway.popen is None
-        if gateway_due and all(c.status.healthy_at is not None for c in self.children):
-            self.gateway.start_at = now  # type: ignore[union-attr]
+        gateway = self.gateway
+        gateway_due = gateway is not None and gateway.start_at is None and gateway.popen is None
+        if gateway is not None and gateway_due and all(c.status.healthy_at is not None for c in self.children):
+            gateway.start_at = now
         self._write()
 
     # ---- one child ---------------------------------------------------------------------------------------
@@ -243,21 +245,21 @@ class Supervisor:
     def stop_all(self) -> None:
         """SIGTERM every process group, SIGKILL what is left after stop_timeout_s, reap everything."""
         self.state.stopping = True
-        running = [c for c in self._all() if c.popen is not None]
-        for child in running:
+        running = [(c, c.popen) for c in self._all() if c.popen is not None]
+        for child, popen in running:
             child.status.state = "stopping"
-            _signal_group(child.popen, signal.SIGTERM)  # type: ignore[arg-type]
+            _signal_group(popen, signal.SIGTERM)
         self._write()
         deadline = time.monotonic() + self.settings.stop_timeout_s
-        while any(c.popen.poll() is None for c in running) and time.monotonic() < deadline:  # type: ignore[union-attr]
+        while any(popen.poll() is None for _, popen in running) and time.monotonic() < deadline:
             time.sleep(0.1)
-        for child in running:
-            if child.popen.poll() is None:  # type: ignore[union-attr]
-                _signal_group(child.popen, signal.SIGKILL)  # type: ignore[arg-type]
+        for child, popen in running:
+            if popen.poll() is None:
+                _signal_group(popen, signal.SIGKILL)
                 self._log(child, f"did not stop within {self.settings.stop_timeout_s:g} s: SIGKILL")
-            child.popen.wait()  # type: ignore[union-attr]
+            popen.wait()
             # A helper left in the group (the leader already gone) is killed too.
-            _signal_group(child.popen, signal.SIGKILL)  # type: ignore[arg-type]
+            _signal_group(popen, signal.SIGKILL)
         for child in self._all():
             child.status.state = "stopped"
             child.status.pid = None
@@ -278,6 +280,14 @@ def _signal_group(popen: subprocess.Popen, sig: int) -> None:
 
 
 def _healthy(url: str) -> bool:
+    """GET url answers 200; a tcp://HOST:PORT url (ggml-rpc-server) is healthy when it accepts a connection."""
+    if url.startswith("tcp://"):
+        host, _, port = url.removeprefix("tcp://").rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.0):
+                return True
+        except OSError:
+            return False
     try:
         return httpx.get(url, timeout=1.0).status_code == 200
     except httpx.HTTPError:

@@ -13,15 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from pydantic import ValidationError
 
 from gpumix.errors import GpumixError
-from gpumix.launch.commands import render_plan
+from gpumix.estimate.calibration import Calibration
+from gpumix.launch.commands import process_hosts, render_plan, specs_for_host
 from gpumix.launch.spec import LaunchSpec
 from gpumix.launch.vllm_models import prepare_vllm_models
-from gpumix.plan.result import Plan
-from gpumix.run.preflight import free_port, preflight
-from gpumix.run.state import PLAN_FILE, SUPERVISOR_LOG, RunState, read_state
+from gpumix.netutil import free_port
+from gpumix.plan.result import Plan, read_plan_json
+from gpumix.run.preflight import preflight
+from gpumix.run.state import PLAN_FILE, SUPERVISOR_LOG, ProcessStatus, RunState, read_state
 from gpumix.run.supervisor import Supervisor, SupervisorSettings, gateway_argv, gateway_available
 
 PLAN_SUFFIXES_JSON = (".json",)
@@ -32,25 +33,34 @@ def _stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def load_plan(path: Path) -> Plan:
-    """plan.json is read as is; a YAML plan file goes through the planner first."""
+def load_plan(path: Path, calibration: Calibration | None = None, calibration_name: str | None = None) -> Plan:
+    """plan.json is read as is (`read_plan_json`); a YAML plan file goes through the planner first, with
+    `calibration` (which the CLI resolved; None: the packaged fit) and, for a file without `devices:`, this
+    machine's GPUs."""
     if not path.is_file():
         raise GpumixError(f"{path} does not exist", hint="pass a plan file (YAML) or a plan.json from `gpumix plan`")
     if path.suffix in PLAN_SUFFIXES_YAML:
-        try:
-            from gpumix.plan.planner import plan_file
-        except ImportError as exc:
-            raise GpumixError(
-                f"cannot plan {path}: the planner is not available in this install",
-                hint="run `gpumix plan FILE -o plan.json` and pass plan.json to `gpumix up`",
-            ) from exc
-        return plan_file(path)
-    try:
-        return Plan.model_validate_json(path.read_text())
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise GpumixError(f"{path} is not a valid plan.json: {where}: {first['msg']}", hint="re-run `gpumix plan`") from exc
+        from gpumix.hardware.discovery import LOCAL_MACHINE
+        from gpumix.plan.planner import plan_file
+
+        return plan_file(path, calibration=calibration, calibration_name=calibration_name, discover=LOCAL_MACHINE)
+    return read_plan_json(path)
+
+
+def host_to_run(specs: list[LaunchSpec], host: str | None) -> str | None:
+    """Which plan host this `gpumix up` runs: `--host`, or the only one. A plan over several hosts needs --host
+    (running all hosts at once, over Ray, is not built yet)."""
+    hosts = process_hosts(specs)
+    named = ", ".join(str(h) for h in hosts)
+    if host is None:
+        if len(hosts) > 1:
+            raise GpumixError(f"the plan runs processes on several hosts ({named}); `gpumix up` runs one host's",
+                              hint=f"on each host run `gpumix up PLAN --host NAME` (NAME one of {named})")  # fmt: skip
+        return hosts[0] if hosts else None
+    if host not in hosts:
+        raise GpumixError(f"--host {host}: the plan runs nothing on that host (its hosts: {named or 'none'})",
+                          hint="pass one of the plan's hosts, or leave --host out for a one-machine plan")  # fmt: skip
+    return host
 
 
 def supervisor_alive(state: RunState) -> bool:
@@ -71,20 +81,23 @@ def refuse_if_running(run_dir: Path) -> None:
         )
 
 
-def prepare(plan: Plan, front_port: int | None, say: Callable[[str], None] = _stderr) -> list[LaunchSpec]:
-    """Models made first (a GGUF for vLLM becomes a safetensors directory, once); backends get free loopback ports of
-    their own; then every pre-flight check, before anything starts."""
-    prepare_vllm_models(plan, say)
+def prepare(plan: Plan, front_port: int | None, host: str | None = None,
+            say: Callable[[str], object] = _stderr) -> list[LaunchSpec]:  # fmt: skip
+    """The processes of `host` (see host_to_run); their models made first (a GGUF for vLLM becomes a safetensors
+    directory, once); backends get free loopback ports of their own; then every pre-flight check, before anything
+    starts."""
     taken = {front_port}
 
     def allocate() -> int:
-        while (port := free_port()) in taken:
-            pass
+        port = free_port(exclude=taken)
         taken.add(port)
         return port
 
     specs = render_plan(plan, allocate_port=allocate)
-    preflight(plan, specs, front_port)
+    run_host = host_to_run(specs, host)
+    specs = specs_for_host(specs, run_host)
+    prepare_vllm_models(plan, say, services={spec.service for spec in specs})
+    preflight(plan, specs, front_port, host=run_host)
     return specs
 
 
@@ -95,6 +108,7 @@ class UpOptions:
     stagger_s: float | None = None  # None: 10 s between GPU starts, 0 between CPU starts
     health_timeout_s: float = 300.0
     gateway: bool = True
+    host: str | None = None  # the plan host to run (`--host`); needed when the plan spans several
 
 
 def settings_for(options: UpOptions) -> SupervisorSettings:
@@ -105,12 +119,12 @@ def settings_for(options: UpOptions) -> SupervisorSettings:
     )
 
 
-def run_foreground(plan: Plan, options: UpOptions, say=print) -> int:  # noqa: ANN001
+def run_foreground(plan: Plan, options: UpOptions, say: Callable[[str], object] = print) -> int:
     """Pre-flight, then supervise here until SIGINT/SIGTERM."""
     run_dir = options.run_dir
     refuse_if_running(run_dir)
     use_gateway = options.gateway and gateway_available()
-    specs = prepare(plan, options.front_port if use_gateway else None, say)
+    specs = prepare(plan, options.front_port if use_gateway else None, options.host, say)
     run_dir.mkdir(parents=True, exist_ok=True)
     plan_path = run_dir / PLAN_FILE
     plan_path.write_text(plan.model_dump_json(indent=2))
@@ -118,25 +132,34 @@ def run_foreground(plan: Plan, options: UpOptions, say=print) -> int:  # noqa: A
     gateway = gateway_argv(plan_path, options.front_port, specs) if use_gateway else None
     if not use_gateway:
         message = "gateway not started (gpumix gateway is not available); call the backends directly"
-    supervisor = Supervisor(plan, specs, run_dir, plan_path, options.front_port, settings_for(options), gateway, message)
+    supervisor = Supervisor(plan, specs, run_dir, plan_path, options.front_port, settings_for(options), gateway, message,
+                            host=specs[0].host_name if specs else None)  # fmt: skip
     supervisor.install_signal_handlers()
     for spec in specs:
         say(f"{spec.name}: {spec.engine} {spec.url} (CUDA_VISIBLE_DEVICES={spec.env['CUDA_VISIBLE_DEVICES']!r})")
-    say(f"gateway: http://127.0.0.1:{options.front_port}" if gateway else message)
+        for note in spec.notes:
+            say(f"  note: {note}")
+    say(message or f"gateway: http://127.0.0.1:{options.front_port}")  # message is set when there is no gateway
     say(f"run dir: {run_dir} (logs in {run_dir / 'logs'}); Ctrl-C stops everything")
     return supervisor.run()
 
 
-def start_detached(plan_file: Path, options: UpOptions, wait_s: float | None = None) -> RunState:
+def start_detached(
+    plan_file: Path,
+    options: UpOptions,
+    wait_s: float | None = None,
+    calibration: Calibration | None = None,
+    calibration_name: str | None = None,
+) -> RunState:
     """Start the supervisor as a session of its own and return once every process is healthy.
 
     On failure (a process exits before it is ever healthy, misses its health timeout, or the supervisor dies)
     everything is stopped and a GpumixError carries the failing process's log tail."""
     run_dir = options.run_dir.resolve()
     refuse_if_running(run_dir)
-    plan = load_plan(plan_file)
+    plan = load_plan(plan_file, calibration, calibration_name)
     use_gateway = options.gateway and gateway_available()
-    prepare(plan, options.front_port if use_gateway else None)  # fail here, in the user's terminal
+    prepare(plan, options.front_port if use_gateway else None, options.host)  # fail here, in the user's terminal
     run_dir.mkdir(parents=True, exist_ok=True)
     plan_path = run_dir / PLAN_FILE
     plan_path.write_text(plan.model_dump_json(indent=2))
@@ -147,6 +170,8 @@ def start_detached(plan_file: Path, options: UpOptions, wait_s: float | None = N
         argv += ["--stagger-s", str(options.stagger_s)]
     if not options.gateway:
         argv += ["--no-gateway"]
+    if options.host is not None:
+        argv += ["--host", options.host]
     with (run_dir / SUPERVISOR_LOG).open("ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return _wait_until_healthy(proc, run_dir, wait_s or options.health_timeout_s + 30)
@@ -177,7 +202,7 @@ def _wait_until_healthy(proc: subprocess.Popen, run_dir: Path, wait_s: float) ->
     raise GpumixError(f"services were not healthy within {wait_s:g} s; everything was stopped", hint=f"logs in {run_dir / 'logs'}")
 
 
-def _failed(proc) -> bool:  # noqa: ANN001 - ProcessStatus
+def _failed(proc: ProcessStatus) -> bool:
     crashed_before_healthy = proc.last_exit_code is not None and proc.healthy_at is None
     return proc.state in ("unhealthy", "failed") or crashed_before_healthy
 

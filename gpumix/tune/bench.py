@@ -10,11 +10,14 @@ import json
 import re
 import socket
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 from gpumix.errors import GpumixError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,15 +61,17 @@ class BenchResult:
 
 
 class BenchError(GpumixError):
-    """llama-bench failed; `kind` says how (oom | rpc_refused | rpc_lost | crashed | timeout) and `partial` keeps
-    the results it printed before failing."""
+    """llama-bench failed; `kind` says how (oom | rpc_refused | rpc_lost | crashed | timeout), `partial` keeps
+    the results it printed before failing and `command` is the argv that ran (empty when none did)."""
 
     def __init__(
-        self, message: str, hint: str | None = None, kind: str = "crashed", partial: Sequence[BenchResult] = ()
-    ) -> None:
+        self, message: str, hint: str | None = None, kind: str = "crashed", partial: Sequence[BenchResult] = (),
+        command: Sequence[str] = (),
+    ) -> None:  # fmt: skip
         super().__init__(message, hint)
         self.kind = kind
         self.partial = tuple(partial)
+        self.command = tuple(command)
 
 
 def _fmt(value: float) -> str:
@@ -164,34 +169,45 @@ def classify_failure(stderr: str) -> tuple[str, str]:
     return "crashed", (lines[-1].strip()[:200] if lines else "no error message")
 
 
-def run_llama_bench(req: BenchRequest, binary: str | Path | None = None, timeout_s: float = 600) -> list[BenchResult]:
-    if binary is None:
-        from gpumix.launch.llamacpp import require_llama_cpp
+def _tool_binary(tool: str, binary: str | Path | None) -> str | Path:
+    """The given binary, else the one in gpumix's llama.cpp build."""
+    if binary is not None:
+        return binary
+    from gpumix.launch.llamacpp import require_llama_cpp
 
-        binary = require_llama_cpp().binary("llama-bench")
-    if req.rpc:
-        check_rpc_reachable(req.rpc)
-    argv = bench_argv(binary, req)
+    return require_llama_cpp().binary(tool)
+
+
+def _run_tool(argv: list[str], timeout_s: float, parse: Callable[[str], list[T]]) -> list[T]:
+    """Run a llama.cpp bench tool and parse its stdout. A missing binary, a timeout, a non-zero exit or no
+    result become errors naming the tool, each keeping what was parsed before it failed."""
+    tool = Path(argv[0]).name
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
     except FileNotFoundError as exc:
-        raise GpumixError(f"llama-bench not found at {binary}", hint="run `gpumix engines install llama.cpp`") from exc
+        raise GpumixError(f"{tool} not found at {argv[0]}", hint="run `gpumix engines install llama.cpp`") from exc
     except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        raise BenchError(
-            f"llama-bench ran past {timeout_s:.0f} s", hint="lower -n/-r", kind="timeout",
-            partial=parse_bench_json(out, argv),
-        ) from exc
-    results = parse_bench_json(proc.stdout, argv)
+        # On POSIX the partial output is bytes even with text=True (subprocess's communicate before decoding)
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
+        raise BenchError(f"{tool} ran past {timeout_s:.0f} s", hint="lower -n/-r", kind="timeout",
+                         partial=_results_only(parse(out)), command=argv) from exc  # fmt: skip
+    results = parse(proc.stdout)
     if proc.returncode != 0 or not results:
         kind, reason = classify_failure(proc.stderr)
-        raise BenchError(
-            f"llama-bench failed ({reason}; exit {proc.returncode})",
-            hint="command: " + " ".join(argv),
-            kind=kind,
-            partial=results,
-        )
+        raise BenchError(f"{tool} failed ({reason}; exit {proc.returncode})", hint="command: " + " ".join(argv),
+                         kind=kind, partial=_results_only(results), command=argv)  # fmt: skip
     return results
+
+
+def _results_only(parsed: Sequence[object]) -> list[BenchResult]:
+    return [r for r in parsed if isinstance(r, BenchResult)]
+
+
+def run_llama_bench(req: BenchRequest, binary: str | Path | None = None, timeout_s: float = 600) -> list[BenchResult]:
+    if req.rpc:
+        check_rpc_reachable(req.rpc)
+    argv = bench_argv(_tool_binary("llama-bench", binary), req)
+    return _run_tool(argv, timeout_s, lambda out: parse_bench_json(out, argv))
 
 
 @dataclass(frozen=True)
@@ -230,6 +246,11 @@ def parse_device_list(text: str) -> list[ListedDevice]:
     return found
 
 
+def _batched_rows(stdout: str) -> list[dict[str, Any]]:
+    """llama-batched-bench's JSON-lines result rows."""
+    return [json.loads(ln) for ln in stdout.splitlines() if ln.startswith("{") and "speed_tg" in ln]
+
+
 def batched_bench_argv(binary: str | Path, req: BenchRequest, parallel: int, context: int) -> list[str]:
     """llama-batched-bench: common llama.cpp args, so `-dev` and `-ts` are comma-separated here (not '/')."""
     n_prompt = max(req.n_prompt, 1)
@@ -243,24 +264,11 @@ def run_batched_bench(
     timeout_s: float = 600,
 ) -> BenchResult:
     """Aggregate generation speed (`speed_tg`, all `parallel` sequences together) from llama-batched-bench."""
-    if binary is None:
-        from gpumix.launch.llamacpp import require_llama_cpp
-
-        binary = require_llama_cpp().binary("llama-batched-bench")
     if req.rpc:
         check_rpc_reachable(req.rpc)
     context = context or parallel * (max(req.n_prompt, 1) + req.n_gen) + 64
-    argv = batched_bench_argv(binary, req, parallel, context)
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"llama-batched-bench ran past {timeout_s:.0f} s", kind="timeout") from exc
-    rows = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{") and "speed_tg" in ln]
-    if proc.returncode != 0 or not rows:
-        kind, reason = classify_failure(proc.stderr)
-        raise BenchError(
-            f"llama-batched-bench failed ({reason}; exit {proc.returncode})", hint=" ".join(argv), kind=kind
-        )
+    argv = batched_bench_argv(_tool_binary("llama-batched-bench", binary), req, parallel, context)
+    rows = _run_tool(argv, timeout_s, _batched_rows)
     row = rows[-1]
     return BenchResult(
         tokens_per_s=float(row["speed_tg"]),

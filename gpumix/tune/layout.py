@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gpumix.errors import GpumixError
+from gpumix.models.gguf_file import gguf_header_to_spec, read_gguf_headers
+from gpumix.models.spec import ModelSpec
 
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
 
@@ -33,61 +36,38 @@ class ModelLayout:
 
 
 def read_layout(path: str | Path) -> ModelLayout:
-    from gguf import GGUFReader
-
+    """The layout from the GGUF header (gpumix's own reader: every shard of a split model, no tensor data read)."""
     path = Path(path)
     if not path.is_file():
         raise GpumixError(f"model file {path} does not exist", hint="pass a .gguf path or a catalog id")
-    try:
-        reader = GGUFReader(str(path))
-    except Exception as exc:  # gguf raises ValueError/struct.error/... on a file that is not GGUF
-        raise GpumixError(f"{path} is not a readable GGUF file: {exc}") from exc
+    headers = read_gguf_headers(path)
+    tensor_bytes = {t.name: t.n_bytes for header in headers for t in header.tensors}
     per_layer: dict[int, int] = {}
-    named: dict[str, int] = {}
-    for tensor in reader.tensors:
-        match = _BLOCK.match(tensor.name)
-        if match:
-            idx = int(match.group(1))
-            per_layer[idx] = per_layer.get(idx, 0) + int(tensor.n_bytes)
-        else:
-            named[tensor.name] = int(tensor.n_bytes)
+    for name, n_bytes in tensor_bytes.items():
+        if match := _BLOCK.match(name):
+            per_layer[int(match.group(1))] = per_layer.get(int(match.group(1)), 0) + n_bytes
     if not per_layer:
         raise GpumixError(f"{path}: no blk.N tensors; gpumix tune needs a layered LLM GGUF")
+    spec = gguf_header_to_spec(headers)
     n_layers = max(per_layer) + 1
-    tied = "output.weight" not in named
-    output = named.get("output.weight", named.get("token_embd.weight", 0)) + named.get("output_norm.weight", 0)
-    name = _field(reader, "general.name") or path.stem
-    arch = _field(reader, "general.architecture") or ""
-    kv_heads = _field(reader, f"{arch}.attention.head_count_kv") or _field(reader, f"{arch}.attention.head_count")
-    key_len = _field(reader, f"{arch}.attention.key_length")
-    value_len = _field(reader, f"{arch}.attention.value_length")
-    if not key_len:
-        heads, embd = _field(reader, f"{arch}.attention.head_count"), _field(reader, f"{arch}.embedding_length")
-        key_len = value_len = embd // heads if heads and embd else 0
-    f16 = 2
-    kv_per_token = int(kv_heads or 0) * (int(key_len or 0) + int(value_len or key_len or 0)) * f16
+    tied = "output.weight" not in tensor_bytes
+    output = tensor_bytes.get("output.weight", tensor_bytes.get("token_embd.weight", 0))
     return ModelLayout(
         path=str(path),
-        name=name,
+        name=spec.name,
         n_layers=n_layers,
         layer_bytes=tuple(per_layer.get(i, 0) for i in range(n_layers)),
-        output_bytes=output,
-        input_bytes=named.get("token_embd.weight", 0),
-        file_bytes=path.stat().st_size,
+        output_bytes=output + tensor_bytes.get("output_norm.weight", 0),
+        input_bytes=tensor_bytes.get("token_embd.weight", 0),
+        file_bytes=sum(header.file_size for header in headers),
         tied_embeddings=tied,
-        kv_bytes_per_token_per_layer=kv_per_token,
+        kv_bytes_per_token_per_layer=_kv_bytes_per_token_per_layer(headers[0].metadata, spec),
     )
 
 
-def _field(reader, key: str):
-    """A scalar or string metadata value (arrays: the first element), None when absent."""
-    field = reader.fields.get(key)
-    if field is None or not field.data:
-        return None
-    try:
-        value = field.parts[field.data[0]]
-        if field.types and field.types[0].name == "STRING":
-            return bytes(value).decode("utf-8", "replace")
-        return value.tolist()[0]
-    except (IndexError, TypeError, AttributeError):
-        return None
+def _kv_bytes_per_token_per_layer(metadata: dict[str, Any], spec: ModelSpec) -> int:
+    """f16 K + V of one token in one layer: KV heads x (key length + value length) x 2 bytes."""
+    value_length = metadata.get(f"{spec.architecture}.attention.value_length")
+    value_dim = value_length if isinstance(value_length, int) and value_length > 0 else spec.head_dim
+    f16_bytes = 2
+    return spec.n_kv_heads * (spec.head_dim + value_dim) * f16_bytes

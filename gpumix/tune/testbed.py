@@ -23,6 +23,7 @@ import psutil
 
 from gpumix.errors import GpumixError
 from gpumix.launch.llamacpp import cache_dir
+from gpumix.netutil import free_ports, port_is_free
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # CFS bandwidth control gives a group `quota` µs of CPU per `period` µs (Documentation/scheduler/sched-bwc.rst;
@@ -152,26 +153,6 @@ def _remove_dir(path: Path) -> bool:
 # ---- processes -----------------------------------------------------------------------------------------------
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_ports(host: str, count: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < count:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        if port not in ports:
-            ports.append(port)
-    return ports
-
-
 def _wait_ready(proc: subprocess.Popen, host: str, port: int, log: Path) -> None:
     deadline = time.monotonic() + _READY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -266,9 +247,9 @@ def testbed_up(
 
 def _choose_ports(host: str, count: int, port_base: int | None) -> list[int]:
     if port_base is None:
-        return _free_ports(host, count)
+        return free_ports(count, host)
     ports = list(range(port_base, port_base + count))
-    taken = [p for p in ports if not _port_free(host, p)]
+    taken = [p for p in ports if not port_is_free(p, host)]
     if taken:
         raise GpumixError(
             f"port{'s' if len(taken) > 1 else ''} {', '.join(map(str, taken))} on {host} already in use",

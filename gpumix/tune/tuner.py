@@ -12,15 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 from gpumix.errors import GpumixError
+from gpumix.kinds import Objective
 from gpumix.tune.bench import BenchError, BenchResult
 from gpumix.tune.fit import Observation, SpeedModel, device_loads, fit_speed_model
 from gpumix.tune.layout import ModelLayout
 from gpumix.tune.splits import Assignment, Split, assign_layers, candidate_splits, describe
 
-Objective = Literal["latency", "throughput"]
 # Memory a device needs beyond weights and KV: llama.cpp's compute buffer (logits of a 512-token ubatch over a
 # large vocabulary reach ~0.5 GiB, engines.md §1.3 prints them) and allocator slack.
 COMPUTE_RESERVE_BYTES = 512 * 2**20
@@ -220,8 +219,8 @@ def tune(
             run(most[0], "max-load")
     # 2. model-guided search
     while points and not stopped and len(points) < budget:
-        model = refit()
-        ranked = sorted(feasible, key=lambda sa: -model.tokens_per_s(sa[1], layout))
+        model = fitted = refit()  # `fitted` is never None, for the sort key below
+        ranked = sorted(feasible, key=lambda sa: -fitted.tokens_per_s(sa[1], layout))
         measured_keys = {p.assignment.key() for p in points}
         best_split, best_a = ranked[0]
         confirmed = model.identified_all and any(p.phase == "search" for p in points) and best_a.key() in measured_keys

@@ -7,7 +7,6 @@ in the Host row (model + context + compute); the estimate must match within max(
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -18,21 +17,16 @@ from gpumix.estimate import Placement, Workload, estimate
 from gpumix.hardware.devices import cpu_device
 from gpumix.launch.llamacpp import require_llama_cpp
 from gpumix.models.catalog import load_model, resolve_quant
+from gpumix.netutil import free_port
 from gpumix.run.memlog import parse_llama_memory_breakdown
 from gpumix.units import GiB, MiB
 
 pytestmark = pytest.mark.llama
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_llama_server(gguf: str, args: list[str], tmp_path) -> str:
     server = require_llama_cpp().binary("llama-server")
-    port = _free_port()
+    port = free_port()
     log = tmp_path / f"llama-{port}.log"
     argv = [str(server), "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-t", "1", "-lv", "4", *args]
     with log.open("w") as out:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from gwhelpers import Procs, free_port
+from gwhelpers import Procs
+
+from gpumix.netutil import free_port
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,15 +11,10 @@ from pathlib import Path
 
 import httpx
 
+from gpumix.netutil import free_port
 from gpumix.plan.result import Plan, PlannedDevice, PlannedService
 
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout_s: float = 20.0, proc: subprocess.Popen | None = None, ok=(200,)) -> None:
@@ -87,10 +81,10 @@ class Procs:
 
 def planned_service(name: str, model: str, kind: str = "llm", **extra: object) -> PlannedService:
     return PlannedService(name=name, model=model, model_kind=kind, quant="Q4_K_M", engine="llama.cpp", mode="single",
-                          devices=[0], **extra)  # fmt: skip
+                          devices=["gpu0"], **extra)  # fmt: skip
 
 
 def make_plan(*services: PlannedService) -> Plan:
-    device = PlannedDevice(index=0, name="RTX 4090", catalog_id="rtx-4090", kind="gpu", memory_total_bytes=24 * 2**30,
+    device = PlannedDevice(id="gpu0", index=0, name="RTX 4090", catalog_id="rtx-4090", kind="gpu", memory_total_bytes=24 * 2**30,
                            memory_free_bytes=24 * 2**30, memory_planned_bytes=2**30)  # fmt: skip
     return Plan(feasible=True, devices=[device], services=list(services))

@@ -8,7 +8,9 @@ import time
 
 import aiohttp
 import httpx
-from gwhelpers import Procs, free_port, wait_http
+from gwhelpers import Procs, wait_http
+
+from gpumix.netutil import free_port
 
 
 async def steady_load(url: str, rate_per_s: float, duration_s: float, on_tick=None) -> collections.Counter:

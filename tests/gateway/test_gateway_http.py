@@ -11,7 +11,9 @@ from pathlib import Path
 import aiohttp
 import httpx
 import pytest
-from gwhelpers import Procs, free_port, make_plan, planned_service
+from gwhelpers import Procs, make_plan, planned_service
+
+from gpumix.netutil import free_port
 
 KEY = "sk-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -6,7 +6,9 @@ import json
 
 import httpx
 import pytest
-from gwhelpers import Procs, free_port, make_plan, planned_service, wait_http
+from gwhelpers import Procs, make_plan, planned_service, wait_http
+
+from gpumix.netutil import free_port
 
 pytestmark = pytest.mark.llama
 

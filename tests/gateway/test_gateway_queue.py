@@ -13,9 +13,10 @@ import time
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from gwhelpers import PY, Procs, free_port
+from gwhelpers import PY, Procs
 
 from gpumix.gateway.queue import JobQueue, QueueSettings, Worker
+from gpumix.netutil import free_port
 
 # The issue asks for 10,000 jobs; that run lives in bench/gateway/queue_bench.py (result committed). The suite
 # runs 1,500 so the whole gateway area stays within its CI budget on 2 cores.

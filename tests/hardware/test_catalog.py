@@ -43,6 +43,7 @@ def test_catalog_keeps_all_74_reference_rows_with_their_names_and_figures():
         for row in csv.DictReader(fh):
             spec = by_name[row["gpu"]]  # exact display name kept
             assert spec.mem_bandwidth_gb_per_s == float(row["mem_bandwidth_gbs"])
+            # the shared reference calls the GiB figure "vram_gb"; the catalog column is vram_gib
             assert spec.vram_bytes == (round(float(row["vram_gb"]) * GiB) if row["vram_gb"] else 0)
             assert spec.fp16_tflops == (float(row["fp16_tflops_dense"]) if row["fp16_tflops_dense"] else None)
             assert row["source"] in spec.source
@@ -265,3 +266,10 @@ def test_garbage_names_give_a_card_or_a_gpumix_error(text):
             parse(text)
         except GpumixError as exc:
             assert exc.message
+
+
+def test_the_catalog_capacity_column_says_its_unit():
+    """The column holds GiB and is named so (`vram_gib`); an RTX 4090's 24 is 24 × 2^30 bytes."""
+    header = next(line for line in Path(str(CATALOG_PATH)).read_text().splitlines() if not line.startswith("#"))
+    assert "vram_gib" in header.split(",") and "vram_gb" not in header.split(",")
+    assert resolve_gpu("RTX 4090").vram_bytes == 24 * GiB

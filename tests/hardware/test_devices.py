@@ -11,14 +11,9 @@ from hypothesis import strategies as st
 
 from gpumix.errors import GpumixError
 from gpumix.hardware.catalog import resolve_gpu
-from gpumix.hardware.devices import (
-    cpu_device,
-    device_from_spec,
-    load_devices_file,
-    read_meminfo,
-    this_machine_cpu,
-    usable_threads,
-)
+from gpumix.hardware.devices import cpu_device, device_from_spec
+from gpumix.hardware.discovery import read_meminfo, read_this_machine, this_machine_cpu, usable_threads
+from gpumix.hardware.entries import ThisMachine, load_devices_file
 from gpumix.units import GB, GiB
 
 MEMINFO = """\
@@ -96,11 +91,11 @@ def test_load_devices_file(tmp_path):
           count: 2
           free_gib: 23
         - cpu: {ram_gb: 64, bandwidth_gbs: 89.6, threads: 8}
-        - cpu: {ram_gb: 128, memory: DDR5-4800 8-channel}
+        - cpu: {ram_gb: 128, memory: DDR5-4800 8-channel, threads: 32}
           host: other
         """,
     )
-    devices = load_devices_file(path)
+    devices = load_devices_file(path, read_this_machine)
     assert [(d.name, d.index, d.host) for d in devices] == [
         ("RTX 4090", 0, None),
         ("RTX 5060 Ti 16GB", 1, None),
@@ -128,9 +123,23 @@ def test_load_devices_file_accepts_a_plan_shaped_mapping(tmp_path):
           - cpu: {}
         """,
     )
-    devices = load_devices_file(path)
+    devices = load_devices_file(path, read_this_machine)
     assert [(d.name, d.index) for d in devices][:2] == [("RTX 3090", 1), ("RTX 3060 12GB", 0)]
     assert devices[2].kind == "cpu" and devices[2].memory_total_bytes > 0  # this machine's RAM
+
+
+def test_the_devices_file_reads_this_machine_only_through_the_callers_reader(tmp_path, monkeypatch):
+    """The loader is pure: this machine's CPU comes from the reader the caller passes, or the fields are
+    required."""
+    path = _write(tmp_path, "- cpu: {}\n")
+    with pytest.raises(GpumixError, match=r"devices\[0\]\.cpu\.ram_gb: ram_gb is required"):
+        load_devices_file(path)
+    path = _write(tmp_path, "- cpu: {ram_gb: 64}\n")
+    with pytest.raises(GpumixError, match=r"devices\[0\]\.cpu\.threads: threads is required"):
+        load_devices_file(path)
+    fake = ThisMachine(ram_total_bytes=32 * GiB, ram_available_bytes=20 * GiB, threads=5)
+    (device,) = load_devices_file(_write(tmp_path, "- cpu: {}\n"), lambda: fake)
+    assert (device.memory_total_bytes, device.memory_free_bytes, device.threads) == (32 * GiB, 20 * GiB, 5)
 
 
 @pytest.mark.parametrize(
@@ -138,22 +147,26 @@ def test_load_devices_file_accepts_a_plan_shaped_mapping(tmp_path):
     [
         ("- gpu: RTX 4090\n- gpu: RTX 4900\n", r"devices\[1\]\.gpu: unknown GPU 'RTX 4900'; closest: .*'RTX 4090'"),
         ("- gpu: H100\n", r"devices\[0\]\.gpu: GPU name 'H100' is ambiguous"),
-        ("- gpu: RTX 4090\n  free_gb: lots\n", r"devices\[0\]\.free_gb: must be a number >= 0, got 'lots'"),
-        ("- gpu: RTX 4090\n  free_gb: 30\n", r"devices\[0\]\.free_gb: RTX 4090: free memory 27.94 GiB must be"),
-        ("- gpu: RTX 4090\n  vram: 24\n", r"devices\[0\]: unknown field\(s\) \['vram'\]"),
-        ("- gpu: RTX 4090\n- gpu: RTX 3090\n  index: 0\n", r"devices\[1\]\.index: index 0 is already used"),
-        ("- gpu: RTX 4090\n  index: -3\n", r"devices\[0\]\.index: must be a whole number >= 0"),
-        ("- gpu: RTX 4090\n  count: 0\n", r"devices\[0\]\.count: must be a whole number from 1 to 64"),
-        ("- gpu: RTX 4090\n  free_gb: 1\n  free_gib: 1\n", r"devices\[0\]\.free_gb: give free_gb or free_gib"),
+        ("- gpu: RTX 4090\n  free_gb: lots\n", r":2: devices\[0\]\.free_gb: Input should be a valid number.* \(got 'lots'\)"),
+        ("- gpu: RTX 4090\n  free_gb: 30\n", r":2: devices\[0\]\.free_gb: RTX 4090: free memory 27.94 GiB must be"),
+        ("- gpu: RTX 4090\n  vram: 24\n", r":2: unknown key 'devices\[0\]\.vram' \(allowed here: .*total_gb"),
+        ("- gpu: RTX 4090\n- gpu: RTX 3090\n  index: 0\n", r":3: devices\[1\]\.index: index 0 is already used"),
+        ("- gpu: RTX 4090\n  index: -3\n", r"devices\[0\]\.index: Input should be greater than or equal to 0 \(got -3\)"),
+        ("- gpu: RTX 4090\n  count: 0\n", r"devices\[0\]\.count: Input should be greater than or equal to 1 \(got 0\)"),
+        ("- gpu: RTX 4090\n  count: 65\n", r"devices\[0\]\.count: Input should be less than or equal to 64 \(got 65\)"),
+        ("- gpu: RTX 4090\n  free_gb: 1\n  free_gib: 1\n", r"devices\[0\]: give free_gb or free_gib, not both"),
         ("- gpu: RTX 4090\n  cpu: {}\n", r"devices\[0\]: each item needs exactly one of `gpu:` or `cpu:`"),
         ("- RTX 4090\n", r"devices\[0\]: each item needs exactly one of"),
-        ("- cpu: {ram_gb: 64, speed: 3}\n", r"devices\[0\]\.cpu: unknown field\(s\) \['speed'\]"),
-        ("- cpu: {ram_gb: 64, threads: 0}\n", r"devices\[0\]\.cpu\.threads: must be a whole number >= 1"),
+        ("- cpu: {ram_gb: 64, speed: 3}\n", r"unknown key 'devices\[0\]\.cpu\.speed' \(allowed here: bandwidth_gbs"),
+        ("- cpu: {ram_gb: 64, threads: 0}\n", r"devices\[0\]\.cpu\.threads: Input should be greater than or equal to 1"),
+        ("- cpu: {ram_gb: 64}\n  index: 2\n", r"devices\[0\]: index belong to GPUs; put RAM sizes inside `cpu:"),
         ("- cpu: {ram_gb: 64, memory: DDR9}\n", r"devices\[0\]\.cpu\.memory: unknown GPU 'CPU DDR9'"),
         ("- cpu: {}\n  host: far\n", r"devices\[0\]\.cpu\.ram_gb: ram_gb is required for a CPU on another host"),
         ("- cpu: fast\n", r"devices\[0\]\.cpu: must be a mapping"),
-        ("- cpu: {ram_gb: 4}\n  host: [1]\n", r"devices\[0\]\.host: must be text"),
-        ("- gpu: RTX 4090\n  uuid: 7\n", r"devices\[0\]\.uuid: must be text"),
+        ("- cpu: {ram_gb: 4}\n  host: [1]\n", r"devices\[0\]\.host: Input should be a valid string"),
+        ("- cpu: {ram_gb: 4}\n  host: a/b\n", r"devices\[0\]\.host: String should match pattern"),
+        ("- gpu: RTX 4090\n  uuid: 7\n", r"devices\[0\]\.uuid: Input should be a valid string"),
+        ("- gpu: RTX 4090\n  uuid: GPU-a\n  count: 2\n", r"devices\[0\]: a uuid names one card"),
         ("[]\n", "expected a non-empty list of devices"),
         ("gpu: [unclosed\n", "not valid YAML"),
     ],

@@ -145,3 +145,17 @@ def test_every_llama_flag_gpumix_renders_is_known_to_llama_server(hybrid_plan):
         if spec.engine == "llama.cpp":
             flags = {arg for arg in spec.argv[1:] if re.match(r"^-{1,2}[a-z]", arg)}
             assert flags <= known, flags - known
+
+
+def test_llama_cpp_cpu_flags_follow_cpuinfo(tmp_path):
+    """A fixed -DGGML_AVX512=ON built binaries that died with SIGILL on a CPU without avx512f."""
+    from gpumix.launch.llamacpp import cpu_feature_flags
+
+    without = tmp_path / "cpuinfo-avx2"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma f16c\n")
+    flags = cpu_feature_flags(without)
+    assert "-DGGML_AVX2=ON" in flags and "-DGGML_AVX512=OFF" in flags
+    with_512 = tmp_path / "cpuinfo-avx512"
+    with_512.write_text("flags\t\t: avx avx2 fma f16c avx512f avx512bw\n")
+    assert "-DGGML_AVX512=ON" in cpu_feature_flags(with_512)
+    assert "-DGGML_AVX2=OFF" in cpu_feature_flags(tmp_path / "missing")

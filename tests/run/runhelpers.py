@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 from gpumix.launch.spec import LaunchSpec
+from gpumix.netutil import free_port
 from gpumix.plan.result import Plan, PlannedDevice, PlannedService
-from gpumix.run.preflight import free_port
 
 DATA = Path(__file__).parent / "data"
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -15,9 +15,9 @@ FAKE_ENGINE = Path(__file__).parent / "fake_engine.py"
 
 
 def fake_plan(names: list[str]) -> Plan:
-    cpu = PlannedDevice(index=-1, name="Host CPU", catalog_id="cpu", kind="cpu", memory_total_bytes=2**33,
+    cpu = PlannedDevice(id="cpu0", index=-1, name="Host CPU", catalog_id="cpu", kind="cpu", memory_total_bytes=2**33,
                         memory_free_bytes=2**32, memory_planned_bytes=0)  # fmt: skip
-    services = [PlannedService(name=n, model="fake", quant="none", engine="llama.cpp", mode="single", devices=[-1]) for n in names]
+    services = [PlannedService(name=n, model="fake", quant="none", engine="llama.cpp", mode="single", devices=["cpu0"]) for n in names]
     return Plan(feasible=True, devices=[cpu], services=services)
 
 

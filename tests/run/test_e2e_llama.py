@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from gpumix.cli.main import app
 from gpumix.launch.commands import render_plan
+from gpumix.netutil import free_port
 from gpumix.run.memlog import parse_llama_memory_breakdown
-from gpumix.run.preflight import free_port
 from gpumix.run.state import read_state
 from gpumix.run.up import UpOptions, start_detached, stop
 

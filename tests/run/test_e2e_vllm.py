@@ -24,7 +24,7 @@ from gpumix.estimate.memory import kv_cache_bytes_per_token
 from gpumix.launch.commands import vllm_planned_kv_tokens
 from gpumix.launch.vllm_install import find_vllm
 from gpumix.models.catalog import load_model
-from gpumix.run.preflight import free_port
+from gpumix.netutil import free_port
 from gpumix.run.state import read_state
 from gpumix.run.up import UpOptions, start_detached, stop
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from gpumix.launch.vllm_install import find_vllm
-from gpumix.run.preflight import free_port
+from gpumix.netutil import free_port
 from gpumix.run.state import read_state
 from gpumix.run.up import UpOptions, start_detached, stop
 

@@ -19,9 +19,9 @@ GiB = 2**30
 
 
 def _gpu_plan(cpu_demo_plan, planned_gib: float = 10, uuid: str | None = None):
-    gpu = PlannedDevice(index=0, name="RTX 4090", catalog_id="rtx-4090", kind="gpu", uuid=uuid, memory_total_bytes=24 * GiB,
+    gpu = PlannedDevice(id="gpu0", index=0, name="RTX 4090", catalog_id="rtx-4090", kind="gpu", uuid=uuid, memory_total_bytes=24 * GiB,
                         memory_free_bytes=23 * GiB, memory_planned_bytes=int(planned_gib * GiB))  # fmt: skip
-    chat = cpu_demo_plan.service("chat").model_copy(update={"devices": [0]})
+    chat = cpu_demo_plan.service("chat").model_copy(update={"devices": ["gpu0"]})
     return cpu_demo_plan.model_copy(update={"devices": [*cpu_demo_plan.devices, gpu], "services": [chat]})
 
 
@@ -31,7 +31,7 @@ def _reading(free_gib: float, index: int = 0, uuid: str = "GPU-aaa") -> GpuReadi
 
 def test_plan_for_gpus_on_a_machine_without_them(cpu_demo_plan):
     problems = device_problems(_gpu_plan(cpu_demo_plan), None)
-    assert problems == ["the plan uses GPU 0 (RTX 4090), but this machine has no NVIDIA GPU (NVML found no driver)"]
+    assert problems == ["the plan uses GPU gpu0 (RTX 4090), but this machine has no NVIDIA GPU (NVML found no driver)"]
 
 
 def test_gpu_missing_or_short_of_memory(cpu_demo_plan):
@@ -55,7 +55,7 @@ def test_every_problem_is_reported_at_once(cpu_demo_plan, tmp_path):
         with pytest.raises(GpumixError) as err:
             preflight(plan, specs, front_port=port, gpus=None)
     text = err.value.message
-    assert "nothing was started" in text
+    assert "nothing was started" in text and "\n" not in text and "(1) " in text and "(3) " in text
     assert f"model file {tmp_path / 'missing.gguf'} does not exist (check the service's file: in the plan file)" in text
     assert "engine binary /nonexistent/llama-server does not exist" in text
     assert f"front port {port} is already in use" in text
@@ -69,7 +69,7 @@ def test_up_refuses_a_gpu_plan_here_and_starts_nothing(cpu_demo_plan, tmp_path):
 
     result = CliRunner().invoke(app, ["up", str(plan_path), "--run-dir", str(tmp_path / "run"), "--detach"])
     assert result.exit_code != 0
-    assert isinstance(result.exception, GpumixError) and "GPU 0 (RTX 4090)" in result.exception.message
+    assert isinstance(result.exception, GpumixError) and "GPU gpu0 (RTX 4090)" in result.exception.message
     assert {p.pid for p in psutil.Process().children(recursive=True)} == before
     assert not (tmp_path / "run" / "state.json").exists()
 
@@ -89,5 +89,8 @@ def test_load_plan_errors(tmp_path):
         load_plan(tmp_path / "nope.json")
     bad = tmp_path / "plan.json"
     bad.write_text('{"feasible": true}')
+    with pytest.raises(GpumixError, match="is not a gpumix plan.json"):
+        load_plan(bad)
+    bad.write_text('{"format_version": 2, "feasible": true}')
     with pytest.raises(GpumixError, match="not a valid plan.json: devices"):
         load_plan(bad)

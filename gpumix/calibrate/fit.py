@@ -1,8 +1,9 @@
 """Fit the speed model's few physical parameters on measured llama.cpp throughput.
 
-    python -m gpumix.estimate.fit ../shared/calibration/measurements.csv ../shared/calibration/multigpu.csv
+    python -m gpumix.calibrate.fit ../shared/calibration/measurements.csv ../shared/calibration/multigpu.csv --holdout
 
-writes gpumix/estimate/data/calibration.json. Fitted: per backend (CUDA, Metal, Vulkan, ROCm) the achieved
+writes gpumix/estimate/data/calibration.json (the packaged fit `gpumix.estimate.default_calibration` reads; `-o FILE`
+writes elsewhere, and `--calibration FILE` then uses it). Fitted: per backend (CUDA, Metal, Vulkan, ROCm) the achieved
 fraction of peak bandwidth, a per-layer launch overhead and the achieved fraction of peak FLOP/s; per quant class
 a bandwidth and a compute factor; one factor for HBM parts; one layer-split hop latency; and per architecture
 family a compute factor pulled toward 1 (so a family with little data stays near the backend's mean). No per-GPU
@@ -23,12 +24,12 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import least_squares
 
+from gpumix.calibrate.measurements import MappedRow, is_headline_row, map_file, predict_row
 from gpumix.estimate.calibration import BackendParams, Calibration
-from gpumix.estimate.validate import MappedRow, is_headline_row, map_file, predict_row
 
 BACKENDS = ("CUDA", "Metal", "Vulkan", "ROCm")
 FAMILIES = ("Pascal", "Volta", "Turing", "Ampere", "Ada", "Hopper", "Blackwell", "RDNA", "CDNA", "GCN", "Apple")
-DATA_FILE = Path(__file__).parent / "data" / "calibration.json"
+DATA_FILE = Path(__file__).parents[1] / "estimate" / "data" / "calibration.json"  # packaged with gpumix.estimate
 FAMILY_PRIOR_WEIGHT = 0.5  # residual weight pulling each family's compute/bandwidth factor toward 1 (log space)
 # multigpu.csv repeats a few GPU models at 2-6 cards; weight single-GPU rows up so the many GPUs of
 # measurements.csv, not the few multi-GPU boxes, set the per-device efficiencies.
@@ -54,7 +55,7 @@ _UPPER = [1.0] * 4 + [400.0] * 4 + [1.0] * 4 + [1.0, 1.0, 3.0, 3.0, 1.0, 2000.0]
 )
 
 
-def calibration_from_vector(x: Sequence[float], method: str = "", stats: dict | None = None) -> Calibration:
+def calibration_from_vector(x: Sequence[float] | np.ndarray, method: str = "", stats: dict | None = None) -> Calibration:
     p = dict(zip(_NAMES, x, strict=True))
     backends = {
         b: BackendParams(
@@ -95,6 +96,9 @@ def fit_rows(rows: list[MappedRow]) -> np.ndarray:
 def mape(rows: list[MappedRow], cal: Calibration, kind: str) -> tuple[int, float]:
     errs = [abs(predict_row(r, cal) / r.measured_tokens_per_s - 1) for r in rows if r.kind == kind]
     return len(errs), (sum(errs) / len(errs) if errs else float("nan"))
+
+
+HOLDOUT_NOTE = "holdout_* = 5 folds by GPU model: fit without those GPUs, predict their single-GPU headline rows"
 
 
 def holdout_check(rows: list[MappedRow], folds: int = 5, seed: int = 0) -> dict[str, float]:
@@ -143,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{', '.join(p.name for p in args.csv)} (all mapped tgN/ppN rows, single-GPU rows weighted "
         f"{SINGLE_GPU_WEIGHT}; family compute and bandwidth factors with a log-prior of weight {FAMILY_PRIOR_WEIGHT} "
         f"toward 1); fitted {datetime.now(UTC).date().isoformat()} by "
-        "`python -m gpumix.estimate.fit " + " ".join(str(p) for p in args.csv) + "`"
+        "`python -m gpumix.calibrate.fit " + " ".join(str(p) for p in args.csv) + (" --holdout" if args.holdout else "")
+        + "`" + (f" ({HOLDOUT_NOTE})" if args.holdout else "")
     )
     cal = calibration_from_vector(x, method=method, stats=stats)
     payload = json.loads(cal.model_dump_json())

@@ -1,0 +1,53 @@
+"""Scoring of placement options against a service's objective, and its SLO checks."""
+
+from __future__ import annotations
+
+import math
+
+from gpumix.plan.candidates import Option
+from gpumix.plan.resolve import Resolved
+from gpumix.plan.result import SloCheck
+
+# Weights of the assignment objective: an LLM's lost speed dominates; a service's lost speed counts little (they
+# are rarely the bottleneck); the share of fast memory a service occupies steers small services to the cheap card.
+LLM_SPEED_WEIGHT = 100.0
+SERVICE_SPEED_WEIGHT = 0.2
+PRICE_WEIGHT = 1.0
+SLO_MISS_PENALTY = 50.0
+
+
+def slo_checks(svc: Resolved, opt: Option) -> list[SloCheck]:
+    slo = svc.entry.slo
+    if slo is None:
+        return []
+    checks = []
+    for metric, target, predicted, higher_better in (
+        ("decode_tokens_per_s", slo.decode_tokens_per_s, opt.decode, True),
+        ("aggregate_tokens_per_s", slo.aggregate_tokens_per_s, opt.aggregate, True),
+        ("ttft_ms", slo.ttft_ms, None if opt.ttft_s is None else opt.ttft_s * 1000, False),
+        ("throughput", slo.throughput, opt.throughput, True),
+    ):
+        if target is None:
+            continue
+        if predicted is None or predicted <= 0:
+            checks.append(SloCheck(metric=metric, target=target, predicted=predicted, met=False))
+            continue
+        margin = predicted / target - 1 if higher_better else target / predicted - 1
+        checks.append(SloCheck(metric=metric, target=target, predicted=round(predicted, 3), met=margin >= 0,
+                               margin=round(margin, 4)))  # fmt: skip
+    return checks
+
+
+def score_options(svc: Resolved, options: list[Option], max_bandwidth: float) -> None:
+    """Cost of each option (lower is better): log of the slowdown against the service's best option, weighted
+    heavily for LLMs; plus the share of the fleet's fastest memory system it occupies (keeps big cards for big
+    models); plus a penalty per missed SLO."""
+    best = max((o.speed for o in options if o.fits()), default=0.0)
+    weight = LLM_SPEED_WEIGHT if svc.model.kind == "llm" else SERVICE_SPEED_WEIGHT
+    for opt in options:
+        slowdown = math.log(best / opt.speed) if opt.speed > 0 and best > 0 else math.log(10.0)
+        occupied = sum(d.spec.mem_bandwidth_gb_per_s for d in opt.devices if d.kind == "gpu") / max_bandwidth
+        missed = sum(1 for c in slo_checks(svc, opt) if not c.met)
+        opt.cost = round(weight * max(slowdown, 0.0) + PRICE_WEIGHT * occupied + SLO_MISS_PENALTY * missed, 6)
+
+
