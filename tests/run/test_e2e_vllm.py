@@ -126,7 +126,10 @@ def test_vllm_metrics_and_the_kv_cache_it_made_match_the_plan(cpu_vllm):
     assert line, "vLLM's KV cache log line is missing"
     size, per_request, concurrency = line[-1]
     assert int(size.replace(",", "")) == vllm_tokens and int(per_request.replace(",", "")) == service.context
-    assert float(concurrency) >= service.concurrency  # the plan's concurrency at full context fits
+    # Full-context sequences the KV holds: the plan's max_full_context_sequences once the planner gives one (its KV
+    # budget), else its concurrency; vLLM's own figure within 10% (and never short of the planned concurrency).
+    planned_sequences = getattr(service, "max_full_context_sequences", None) or service.concurrency
+    assert float(concurrency) >= service.concurrency and abs(float(concurrency) - planned_sequences) <= 0.10 * planned_sequences + 1
     # vLLM's own serving metrics are there (and count the requests the gateway sent).
     assert "vllm:num_requests_running" in metrics and "vllm:generation_tokens_total" in metrics
     gateway = httpx.get(f"{cpu_vllm['front']}/metrics", timeout=30).text
