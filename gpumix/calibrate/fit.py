@@ -34,10 +34,19 @@ FAMILY_PRIOR_WEIGHT = 0.5  # residual weight pulling each family's compute/bandw
 # multigpu.csv repeats a few GPU models at 2-6 cards; weight single-GPU rows up so the many GPUs of
 # measurements.csv, not the few multi-GPU boxes, set the per-device efficiencies.
 SINGLE_GPU_WEIGHT = 1.5
-# CPU backend: not in the published data. Decode is capped per thread (speed.CPU_GB_PER_S_PER_THREAD); prefill
-# reached ~58 t/s on one core for Gemma 3 270M (0.54 GFLOP/token) = 31 GFLOP/s of the 80 GFLOP/s AVX2 peak, measured
-# with `llama-bench -t 1 -p 128` on this project's VM (noisy, shared). `gpumix tune` replaces both per device.
-CPU_PARAMS = BackendParams(bandwidth_efficiency=0.5, per_layer_overhead_s=20e-6, compute_efficiency=0.39)
+# CPU backend: ../shared/calibration has no CPU rows (checked: every row's backend is CUDA, Metal, ROCm or Vulkan), so
+# its one bandwidth fraction is fitted to one cited llama.cpp CPU decode measurement: Apple M1 CPU, 7B Q4_0, >= 53.3 GB/s
+# of the 68.25 GB/s theoretical (128-bit LPDDR4X-4266), llama.cpp PR #1642 (comment by philipturner, 2023-06-04,
+# https://github.com/ggml-org/llama.cpp/pull/1642). 53.3 / 68.25 = 0.781 for quantized weights; divided by the fitted
+# quant factor for quantized weights (0.901) that is 0.867 of theoretical for a plain read, in line with desktop DDR4
+# read benchmarks (AIDA64 memory read ~46 GB/s of 51.2 on dual-channel DDR4-3200, Guru3D G.Skill Trident Z Royal
+# DDR4-3200 review, p. 10, https://www.guru3d.com/review/g-skill-tridentz-royal-ddr4-3200-mhz-review/page-10).
+# Decode is also capped per thread (speed.CPU_GB_PER_S_PER_THREAD). Prefill reached ~58 t/s on one core for Gemma 3
+# 270M (0.54 GFLOP/token) = 31 GFLOP/s of the 80 GFLOP/s AVX2 peak, measured with `llama-bench -t 1 -p 128` on this
+# project's VM (noisy, shared). `gpumix tune` replaces both per device.
+CPU_BANDWIDTH_EFFICIENCY = 0.867
+CPU_PARAMS = BackendParams(bandwidth_efficiency=CPU_BANDWIDTH_EFFICIENCY, per_layer_overhead_s=20e-6,
+                           compute_efficiency=0.39)  # fmt: skip
 
 _NAMES: list[str] = (
     [f"bw_eff.{b}" for b in BACKENDS]

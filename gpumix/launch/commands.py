@@ -18,6 +18,7 @@ from gpumix.launch.models import model_source, resolve_hf_repo, resolve_model_fi
 from gpumix.launch.spec import LaunchSpec
 from gpumix.launch.vllm_install import VLLM_VERSION, vllm_binary
 from gpumix.launch.vllm_models import is_quantized_checkpoint, local_model_dir, vllm_model_arg
+from gpumix.plan import kvmath
 from gpumix.plan.result import Plan, PlannedDevice, PlannedService
 
 LOOPBACK = "127.0.0.1"
@@ -243,14 +244,36 @@ def _tensor_split(service: PlannedService, gpu_positions: list[int]) -> list[str
     return []
 
 
+def process_kv(service: PlannedService, replica: int) -> tuple[int, int | None]:
+    """(streams, tokens of KV) of one engine process: a replica's own share and KV, else the service's. Tokens are
+    None in a plan written without them (every stream then gets its full context)."""
+    if service.mode == "replica" and replica < len(service.replica_concurrency):
+        tokens = service.replica_kv_cache_tokens[replica] if replica < len(service.replica_kv_cache_tokens) else None
+        return max(1, service.replica_concurrency[replica]), tokens
+    return max(1, service.concurrency), service.kv_cache_tokens
+
+
+def _llama_kv_args(service: PlannedService, slots: int, tokens: int | None) -> list[str]:
+    """-c/-np and the KV layout (engines.md §1.1; `llama-server --help` of build 0c1e570). With the plan's KV pool:
+    one unified KV of `tokens` cells (-c) shared by the -np slots (--kv-unified; an explicit -np turns it off by
+    default), each slot capped at the request context (--kv-unified-per-slot, "context limit per parallel slot").
+    Without one (`kv_unified: false`, or an older plan): every slot keeps its own `context` cells (-c = context ×
+    slots, not unified)."""
+    if tokens is None or service.kv_unified is False:
+        args = ["-c", str(service.context * slots), "-np", str(slots)]
+        return args + (["--no-kv-unified"] if service.kv_unified is False and slots > 1 else [])
+    args = ["-c", str(tokens), "-np", str(slots)]
+    if slots > 1:  # one slot: the pool is its context either way
+        args += ["--kv-unified", "--kv-unified-per-slot", str(service.context)]
+    return args
+
+
 def _llama_server(plan: Plan, proc: Process, port: int) -> tuple[list[str], list[str], int]:
     service = proc.service
     model = resolve_model_file(service.name, service.model, service.model_path, gguf_quant=service.quant)
-    slots = max(1, service.concurrency)
-    # With an explicit -np the KV cache is not unified, so each slot gets n_ctx/np cells (engines.md §1.1):
-    # -c = per-request context × slots gives every slot the planned context.
+    slots, tokens = process_kv(service, proc.replica)
     argv = [engine_binary("llama.cpp"), "-m", str(model), "-a", service.name, "--host", LOOPBACK, "--port", str(port),
-            "--metrics", "-c", str(service.context * slots), "-np", str(slots)]  # fmt: skip
+            "--metrics", *_llama_kv_args(service, slots, tokens)]  # fmt: skip
     if service.threads:
         argv += ["-t", str(service.threads)]
     if service.kv_cache_dtype:
@@ -311,10 +334,12 @@ def _vllm(plan: Plan, proc: Process, port: int) -> tuple[list[str], list[str], i
     ranks = len(gpus) if gpus else len(devices)
     tp, pp = (ranks, 1) if service.mode == "tensor_parallel" else (1, ranks) if ranks > 1 else (1, 1)
     model = vllm_model_arg(service)
+    seqs, tokens = process_kv(service, proc.replica)
     argv = [vllm_binary(on_gpu=bool(gpus)), "serve", model, "--host", LOOPBACK, "--port", str(port),
             "--served-model-name", service.name, "--tensor-parallel-size", str(tp), "--pipeline-parallel-size", str(pp),
-            "--max-model-len", str(service.context), "--max-num-seqs", str(max(1, service.concurrency))]  # fmt: skip
-    argv += _vllm_memory_args(plan, service, devices) + _vllm_quant_args(service, model)
+            "--max-model-len", str(service.context), "--max-num-seqs", str(seqs)]  # fmt: skip
+    argv += _vllm_memory_args(plan, service, devices, tokens or service.context * seqs)
+    argv += _vllm_quant_args(service, model)
     if service.kv_cache_dtype:
         argv += ["--kv-cache-dtype", service.kv_cache_dtype]
     if not gpus:
@@ -326,21 +351,18 @@ def _vllm(plan: Plan, proc: Process, port: int) -> tuple[list[str], list[str], i
     return argv, [str(local)] if local else [], 2
 
 
-# vLLM's KV block (tokens per page) when not set: 16 on CUDA (CacheConfig default), 128 on the CPU platform
-# (vllm/platforms/cpu.py, 0.32). One block of the pool is the permanent null block, never given to a request.
-VLLM_BLOCK_TOKENS = {"gpu": 16, "cpu": 128}
-
-
-def _vllm_memory_args(plan: Plan, service: PlannedService, devices: list[str]) -> list[str]:
-    """The plan's KV budget as vLLM's own setting. --kv-cache-memory-bytes is per worker (GPU, or CPU rank) and
-    vLLM sizes its block pool by the worker with the fewest blocks, so every worker gets the largest per-device KV
-    the plan books: each pipeline stage then holds the planned tokens for its layers. The bytes cover the planned
-    tokens rounded up to whole blocks plus vLLM's null block, so vLLM can hold exactly what the plan says. On a CPU
-    this is the only sane setting: --gpu-memory-utilization would be a share of *system* RAM (0.92 by default)."""
-    kv = [b.kv_cache_bytes for b in service.memory_breakdown if b.kv_cache_bytes > 0]
-    if kv and len(kv) == len(service.memory_breakdown):
-        tokens = vllm_planned_kv_tokens(service)
-        block = VLLM_BLOCK_TOKENS["gpu" if _gpu_positions(plan, devices) else "cpu"]
+def _vllm_memory_args(plan: Plan, service: PlannedService, devices: list[str], tokens: int) -> list[str]:
+    """--kv-cache-memory-bytes: the plan's KV budget (`tokens`, this process's) as vLLM's own setting. The bytes are
+    per worker (GPU, or CPU rank); vLLM gives every worker that many, then cuts every worker to the fewest blocks any
+    of them got (vllm/v1/core/kv_cache_utils.py get_kv_cache_configs), so the stage holding the most KV per token
+    sets the tokens: pass its bytes and the lighter stages shrink to the same token count (their planned KV). The
+    bytes cover the tokens rounded up to whole blocks (128 tokens on vLLM's CPU platform, which the planner's
+    16-token steps do not know) plus vLLM's null block, so vLLM holds at least what the plan says. On a CPU this is
+    the only sane setting: --gpu-memory-utilization would be a share of *system* RAM (0.92 by default)."""
+    mine = [b for device_id, b in zip(service.devices, service.memory_breakdown, strict=False) if device_id in devices]
+    kv = [b.kv_cache_bytes for b in mine if b.kv_cache_bytes > 0]
+    if kv and len(kv) == len(mine):
+        block = kvmath.VLLM_BLOCK_TOKENS if _gpu_positions(plan, devices) else kvmath.VLLM_CPU_BLOCK_TOKENS
         asked_tokens = (math.ceil(tokens / block) + 1) * block
         return ["--kv-cache-memory-bytes", str(math.ceil(max(kv) * asked_tokens / tokens))]
     shares = [
@@ -351,13 +373,6 @@ def _vllm_memory_args(plan: Plan, service: PlannedService, devices: list[str]) -
     if not shares:
         return []
     return ["--gpu-memory-utilization", f"{min(0.98, max(0.05, math.ceil(max(shares) * 100) / 100)):.2f}"]
-
-
-def vllm_planned_kv_tokens(service: PlannedService) -> int:
-    """Tokens of KV the plan books for the service: its `kv_cache_tokens` budget once the planner gives one,
-    else context × concurrency (what memory_breakdown's kv_cache_bytes hold today)."""
-    budget = getattr(service, "kv_cache_tokens", None)
-    return int(budget) if budget else service.context * max(1, service.concurrency)
 
 
 def _vllm_quant_args(service: PlannedService, model: str) -> list[str]:

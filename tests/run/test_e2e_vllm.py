@@ -21,7 +21,6 @@ import psutil
 import pytest
 
 from gpumix.estimate.memory import kv_cache_bytes_per_token
-from gpumix.launch.commands import vllm_planned_kv_tokens
 from gpumix.launch.vllm_install import find_vllm
 from gpumix.models.catalog import load_model
 from gpumix.netutil import free_port
@@ -112,7 +111,8 @@ def test_vllm_metrics_and_the_kv_cache_it_made_match_the_plan(cpu_vllm):
     argv_bytes = int(chat.argv[chat.argv.index("--kv-cache-memory-bytes") + 1])
     assert int(labels["kv_cache_memory_bytes"]) == argv_bytes
     vllm_tokens = int(labels["num_gpu_blocks"]) * int(labels["block_size"])
-    planned_tokens = vllm_planned_kv_tokens(service)  # the plan's kv_cache_tokens once the planner gives one
+    planned_tokens = service.kv_cache_tokens  # the planner's KV budget for the service
+    assert planned_tokens is not None and service.max_full_context_sequences is not None
     # gpumix's estimator: KV bytes per token from the catalog shapes (30 layers x 3 KV heads x 64 x K,V x bf16).
     per_token = kv_cache_bytes_per_token(load_model(service.model), "bf16")
     assert per_token == 23040
@@ -126,10 +126,10 @@ def test_vllm_metrics_and_the_kv_cache_it_made_match_the_plan(cpu_vllm):
     assert line, "vLLM's KV cache log line is missing"
     size, per_request, concurrency = line[-1]
     assert int(size.replace(",", "")) == vllm_tokens and int(per_request.replace(",", "")) == service.context
-    # Full-context sequences the KV holds: the plan's max_full_context_sequences once the planner gives one (its KV
-    # budget), else its concurrency; vLLM's own figure within 10% (and never short of the planned concurrency).
-    planned_sequences = getattr(service, "max_full_context_sequences", None) or service.concurrency
-    assert float(concurrency) >= service.concurrency and abs(float(concurrency) - planned_sequences) <= 0.10 * planned_sequences + 1
+    # Full-context sequences the KV holds: vLLM's own figure vs the plan's max_full_context_sequences, within 10%
+    # (vLLM counts fractions of a sequence, the plan whole ones: hence the + 1).
+    planned_sequences = service.max_full_context_sequences
+    assert float(concurrency) >= planned_sequences and abs(float(concurrency) - planned_sequences) <= 0.10 * planned_sequences + 1
     # vLLM's own serving metrics are there (and count the requests the gateway sent).
     assert "vllm:num_requests_running" in metrics and "vllm:generation_tokens_total" in metrics
     gateway = httpx.get(f"{cpu_vllm['front']}/metrics", timeout=30).text
