@@ -18,7 +18,7 @@ from typing import TypeVar
 import pytest
 import yaml
 
-from gpumix.launch.commands import render_plan
+from gpumix.launch.commands import process_kv, render_plan
 from gpumix.launch.compose import CONTAINER_MODELS_DIR
 from gpumix.launch.export import render_export
 from gpumix.launch.spec import LaunchSpec
@@ -214,12 +214,16 @@ def test_vllm_resolves_the_configuration_the_plan_asked_for(checked):
         ranks = len(service.devices) if service.mode in ("tensor_parallel", "pipeline_parallel") else 1
         tp, pp = (ranks, 1) if service.mode == "tensor_parallel" else (1, ranks)
         assert (cfg["tensor_parallel_size"], cfg["pipeline_parallel_size"]) == (tp, pp), name
-        assert cfg["max_model_len"] == service.context and cfg["max_num_seqs"] == service.concurrency, name
+        seqs, tokens = process_kv(service, spec.replica)  # a replica's own share of the streams and its KV budget
+        if tokens is None:  # a plan.json written before KV budgets: every stream at full context
+            assert name.startswith("hybrid-box.plan.json/"), name
+            tokens = service.context * seqs
+        assert cfg["max_model_len"] == service.context and cfg["max_num_seqs"] == seqs, name
         assert cfg["served_model_name"] == spec.service, name
-        if service.memory_breakdown:  # the plan's KV bytes for its tokens, rounded up to blocks + vLLM's null block
-            tokens = service.context * service.concurrency
+        if service.memory_breakdown:  # the process's KV bytes for its tokens, rounded up to blocks + vLLM's null block
             block = 16 if spec.uses_gpu else 128
-            kv = max(b.kv_cache_bytes for b in service.memory_breakdown)
+            mine = [b for d, b in zip(service.devices, service.memory_breakdown, strict=True) if d in spec.devices]
+            kv = max(b.kv_cache_bytes for b in mine)
             assert cfg["kv_cache_memory_bytes"] == -(-kv * ((-(-tokens // block) + 1) * block) // tokens), name
         else:
             assert cfg["kv_cache_memory_bytes"] is None, name
