@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -84,6 +84,16 @@ def spec_problems(plan: Plan, spec: LaunchSpec, port_free: Callable[[int], bool]
     return problems
 
 
+def vllm_env_problems(spec: LaunchSpec, environ: Mapping[str, str]) -> list[str]:
+    """vLLM's CPU build (0.32, platforms/cpu.py) lets a set VLLM_CPU_KVCACHE_SPACE (whole GiB, a legacy setting)
+    replace --kv-cache-memory-bytes, so an exported one would silently undo the plan's KV budget."""
+    space = environ.get("VLLM_CPU_KVCACHE_SPACE", "")
+    if spec.engine != "vllm" or spec.uses_gpu or not space or "--kv-cache-memory-bytes" not in spec.argv:
+        return []
+    return [f"{spec.name}: VLLM_CPU_KVCACHE_SPACE={space} is set in this environment and would replace the plan's "
+            f"KV budget (--kv-cache-memory-bytes); unset it (`unset VLLM_CPU_KVCACHE_SPACE`)"]  # fmt: skip
+
+
 def preflight(
     plan: Plan,
     specs: list[LaunchSpec],
@@ -100,7 +110,7 @@ def preflight(
     problems += device_problems(plan, read_gpus() if isinstance(gpus, str) else gpus, host)
     problems += host_memory_problems(plan, psutil.virtual_memory().available, host)
     for spec in specs:
-        problems += spec_problems(plan, spec, port_free)
+        problems += spec_problems(plan, spec, port_free) + vllm_env_problems(spec, os.environ)
     if front_port is not None and not port_free(front_port):
         problems.append(f"front port {front_port} is already in use")
     if problems:

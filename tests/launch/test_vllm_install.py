@@ -127,6 +127,26 @@ def test_preflight_names_the_vllm_install_command(empty_cache, tmp_path):
         assert any("gpumix engines install vllm" in p for p in problems)
 
 
+def test_preflight_refuses_an_exported_vllm_cpu_kvcache_space(empty_cache, monkeypatch):
+    """vLLM 0.32's CPU platform lets VLLM_CPU_KVCACHE_SPACE replace --kv-cache-memory-bytes: `up` says so up front."""
+    from gpumix.launch.commands import render_plan
+    from gpumix.plan.result import Plan, PlannedDevice
+    from gpumix.run.preflight import preflight, vllm_env_problems
+
+    cpu = PlannedDevice(id="cpu0", index=-1, name="CPU", catalog_id="cpu", kind="cpu", memory_total_bytes=2**33,
+                        memory_free_bytes=2**33, memory_planned_bytes=2**20)  # fmt: skip
+    plan = Plan(feasible=True, devices=[cpu], services=[_service(devices=["cpu0"], threads=1)])
+    spec = render_plan(plan)[0]
+    budgeted = spec.model_copy(update={"argv": [*spec.argv, "--kv-cache-memory-bytes", "97320960"]})
+    assert vllm_env_problems(budgeted, {}) == [] and vllm_env_problems(budgeted, {"VLLM_CPU_KVCACHE_SPACE": ""}) == []
+    [problem] = vllm_env_problems(budgeted, {"VLLM_CPU_KVCACHE_SPACE": "4"})
+    assert problem.startswith("chat: VLLM_CPU_KVCACHE_SPACE=4") and "unset VLLM_CPU_KVCACHE_SPACE" in problem
+    assert vllm_env_problems(budgeted.model_copy(update={"gpu_ids": ["0"]}), {"VLLM_CPU_KVCACHE_SPACE": "4"}) == []
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")
+    with pytest.raises(GpumixError, match="VLLM_CPU_KVCACHE_SPACE=4 is set"):
+        preflight(plan, [budgeted], None, gpus=None, port_free=lambda _port: True)
+
+
 @pytest.mark.vllm
 def test_install_is_idempotent_and_listed():
     installed = vllm_install.find_vllm("cpu")
