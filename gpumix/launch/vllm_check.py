@@ -120,5 +120,8 @@ def check_vllm_commands(commands: list[VllmCommand], install: VllmInstall | None
 def _check_env() -> dict[str, str]:
     import os
 
-    # Offline (config-only directories; nothing to fetch) and quiet; no usage report from a check.
-    return os.environ | {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
+    # Offline (config-only directories; nothing to fetch) and quiet; no usage report from a check. The commands are
+    # checked with their own environment: an exported VLLM_CPU_KVCACHE_SPACE (which replaces --kv-cache-memory-bytes
+    # on the CPU build, and which `gpumix up` refuses) is not theirs.
+    inherited = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
+    return inherited | {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
