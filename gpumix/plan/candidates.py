@@ -248,9 +248,9 @@ def streams_held(opt: Option) -> int:
 def kv_bytes_per_token(opt: Option, process: int) -> dict[str, float]:
     """Bytes one more token of KV budget costs on each device of one process with a shared pool: the slope between
     `memory_least` and `memory_full` (device id → bytes per token)."""
-    if not opt.memory_least:
-        return {}
-    span = opt.kv_max_tokens[process] - opt.kv_least_tokens[process]
+    span = opt.kv_max_tokens[process] - opt.kv_least_tokens[process] if opt.memory_least else 0
+    if span <= 0:
+        return {}  # no pool, or one that cannot grow (a replica of one stream: one full context is its most)
     full, least = [m.total_bytes for m in opt.memory_full], [m.total_bytes for m in opt.memory_least]
     return {opt.devices[i].id: max(full[i] - least[i], 0) / span for i in opt.process_positions()[process]}
 

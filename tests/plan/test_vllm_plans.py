@@ -50,3 +50,22 @@ def test_the_gpu_vllm_examples():
     replicas = plan_file(EXAMPLES / "2x4090-8b-vllm-replicas.yaml")
     chat = replicas.service("chat")
     assert replicas.feasible and (chat.engine, chat.mode, chat.devices) == ("vllm", "replica", ["gpu0", "gpu1"])
+
+
+def test_replicas_with_uneven_streams_plan_and_launch_each_pool(tmp_path):
+    """3 streams over 2 vLLM replicas: one replica serves 1 stream, so its pool cannot grow past one full context
+    (it once divided by that zero span); each process gets its own streams and KV bytes."""
+    from gpumix.launch.commands import render_plan
+
+    path = tmp_path / "rep3.yaml"
+    path.write_text("devices:\n  - gpu: RTX 4090\n  - gpu: RTX 4090\nservices:\n  - {name: chat, model: llama-3.1-8b, "
+                    "quant: fp8, engine: vllm, context: 8192, concurrency: 3, replicas: 2, mode: replica}\n")  # fmt: skip
+    plan = plan_file(path)
+    chat = plan.service("chat")
+    assert plan.feasible and chat.mode == "replica"
+    assert sorted(chat.replica_concurrency) == [1, 2] and chat.max_full_context_sequences == 3
+    per_token = kv_cache_bytes_per_token(load_model("llama-3.1-8b"))
+    for spec, seqs, tokens in zip(render_plan(plan), chat.replica_concurrency, chat.replica_kv_cache_tokens, strict=True):
+        argv = spec.argv
+        assert argv[argv.index("--max-num-seqs") + 1] == str(seqs) and tokens == seqs * 8192
+        assert argv[argv.index("--kv-cache-memory-bytes") + 1] == str(int((tokens + 16) * per_token))  # + the null block
