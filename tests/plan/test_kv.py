@@ -128,7 +128,7 @@ def test_memory_default_forces_sd_servers_defaults_and_then_a_service_does_not_f
     text = (EXAMPLES / "hybrid-box-scenario.yaml").read_text()
     for name, model in (("images", "sdxl"), ("refiner", "sdxl-refiner")):
         text = text.replace(f"  - name: {name}\n    model: {model}\n", f"  - name: {name}\n    model: {model}\n    memory: default\n")
-    assert text.count("memory: default") == 2
+    assert text.count("    memory: default\n") == 2
     plan = _plan(text)
     assert not plan.feasible
     assert all(s.memory_setting in ("default", None) for s in plan.services)
