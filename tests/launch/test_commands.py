@@ -201,3 +201,26 @@ def test_image_service_in_its_low_memory_setting_gets_the_sd_server_flags(tmp_pa
     hand_made = plan.service("img2").model_copy(update={"model": "whisper-large-v3", "memory_setting": "low"})
     with pytest.raises(GpumixError, match="no flags"):
         render_plan(plan.model_copy(update={"services": [hand_made]}))
+
+
+def test_hybrid_box_scenario_renders_every_service_with_the_images_low_memory_flags(tmp_path, monkeypatch):
+    """Issue 9's hybrid box as written: all six services render (the refiner has its own weights file), both image
+    services carry the low-memory flags the plan chose, and the commands script quotes them as separate words."""
+    from pathlib import Path
+
+    from gpumix.launch.models import ENV_MODELS_DIR
+    from gpumix.plan.planner import plan_file
+
+    monkeypatch.setenv(ENV_MODELS_DIR, str(tmp_path))
+    plan = plan_file(Path(__file__).resolve().parents[2] / "examples" / "hybrid-box-scenario.yaml", advise=False)
+    specs = _by_name(plan)
+    assert set(specs) == {"chat", "images", "refiner", "transcribe", "embeddings", "guard"}
+    assert _flag(specs["refiner"].argv, "-m") == str(tmp_path / "sd_xl_refiner_1.0.safetensors")
+    for name in ("images", "refiner"):
+        assert plan.service(name).memory_setting == "low"
+        assert specs[name].argv[-3:] == ["--diffusion-fa", "--vae-tiling", "--vae-conv-direct"]
+    script = render_script(render_plan(plan))
+    (line,) = [ln for ln in script.splitlines() if "sd_xl_refiner_1.0.safetensors" in ln and "sd-server" in ln]
+    words = shlex.split(line)
+    assert words[words.index("--diffusion-fa"):words.index("--diffusion-fa") + 3] == ["--diffusion-fa", "--vae-tiling",
+                                                                                       "--vae-conv-direct"]  # fmt: skip
