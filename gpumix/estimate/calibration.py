@@ -123,6 +123,7 @@ _HBM = re.compile(r"GA100|GH1\d\d|GV100|GP100|GB1\d\d|Vega 20|CDNA|Instinct|Hopp
 _UNIFIED = re.compile(r"Apple|GB10\b|M\d (Pro|Max|Ultra)?", re.I)
 
 
+@lru_cache(maxsize=256)  # a pure function of a frozen catalog row; the fit calls it per row per step
 def memory_technology(spec: GpuSpec) -> str:
     if spec.kind == "cpu":
         return "dram"
@@ -134,6 +135,7 @@ def memory_technology(spec: GpuSpec) -> str:
     return "gddr"
 
 
+@lru_cache(maxsize=256)  # a pure function of a frozen catalog row; the fit calls it per row per step
 def default_backend(spec: GpuSpec) -> str:
     if spec.kind == "cpu":
         return "CPU"
@@ -158,6 +160,7 @@ _ARCH_FAMILIES = ("Kepler", "Maxwell", "Pascal", "Volta", "Turing", "Ampere", "A
                   "RDNA", "CDNA", "GCN", "Apple", "Xe")  # fmt: skip
 
 
+@lru_cache(maxsize=256)  # a pure function of a frozen catalog row; the fit calls it per row per step
 def arch_family(spec: GpuSpec) -> str:
     text = f"{spec.arch} {spec.name}"
     for family in _ARCH_FAMILIES:

@@ -92,12 +92,17 @@ def device_fixed_overhead_s(
     return n_layers_on_device * per_layer_overhead_s(device, calibration, backend)
 
 
-def kv_read_bytes_per_layer(model: ModelSpec, workload: Workload, depth_tokens: float, layer: int) -> float:
-    """K and V bytes attention reads for one token at this context depth (sliding-window layers cap it)."""
+def kv_read_bytes(model: ModelSpec, workload: Workload, depth_tokens: float, layer_ids: list[int]) -> float:
+    """K and V bytes attention reads for one token at this context depth over `layer_ids`: every layer reads its
+    cache up to the depth, a sliding-window layer at most its window. Counted per layer kind (not per layer):
+    the planner and the fit call this for every candidate placement."""
+    if depth_tokens <= 0 or not layer_ids:
+        return 0.0
     per_token = model.n_kv_heads * model.head_dim * 2 * kv_bytes_per_element(workload.kv_cache_dtype)
-    swa = bool(model.swa_layers) and layer < len(model.swa_layers) and model.swa_layers[layer]
-    depth = min(depth_tokens, model.sliding_window) if swa and model.sliding_window else depth_tokens
-    return per_token * depth
+    flags = model.swa_layers
+    n_swa = sum(1 for i in layer_ids if i < len(flags) and flags[i]) if flags else 0
+    window = min(depth_tokens, model.sliding_window) if model.sliding_window else depth_tokens
+    return per_token * (depth_tokens * (len(layer_ids) - n_swa) + window * n_swa)
 
 
 def decode_bytes_on_device(
@@ -107,7 +112,7 @@ def decode_bytes_on_device(
     layer_bytes = layer_weight_bytes(model, quant)
     frac = active_fraction(model)
     weights = sum(layer_bytes[i] for i in layer_ids) * frac
-    kv = sum(kv_read_bytes_per_layer(model, workload, depth, i) for i in layer_ids)
+    kv = kv_read_bytes(model, workload, depth, layer_ids)
     out = output_weight_bytes(model, quant) if holds_output else 0
     return weights + kv + out
 
