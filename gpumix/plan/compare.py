@@ -11,7 +11,7 @@ from gpumix.errors import GpumixError
 from gpumix.estimate import estimate
 from gpumix.estimate.calibration import Calibration
 from gpumix.estimate.memory import usable_bytes
-from gpumix.estimate.types import Placement
+from gpumix.estimate.types import Estimate, Placement
 from gpumix.hardware.spec import Device
 from gpumix.plan import planner
 from gpumix.plan import split as splitmod
@@ -98,6 +98,24 @@ class Alternative:
     memory_gb: list[float] = field(default_factory=list)
     chosen: bool = False
     note: str = ""
+    # 80 % ranges of the estimate (Estimate.*_low/_high); None without calibration bands.
+    decode_tokens_per_s_low: float | None = None
+    decode_tokens_per_s_high: float | None = None
+    aggregate_tokens_per_s_low: float | None = None
+    aggregate_tokens_per_s_high: float | None = None
+    ttft_s_low: float | None = None
+    ttft_s_high: float | None = None
+
+
+    def with_ranges(self, est: Estimate | None) -> Alternative:
+        """This alternative with the 80 % ranges of its estimate (none for a non-LLM option)."""
+        if est is not None:
+            self.decode_tokens_per_s_low, self.decode_tokens_per_s_high = (est.decode_tokens_per_s_low,
+                                                                           est.decode_tokens_per_s_high)
+            self.aggregate_tokens_per_s_low, self.aggregate_tokens_per_s_high = (est.aggregate_tokens_per_s_low,
+                                                                                 est.aggregate_tokens_per_s_high)
+            self.ttft_s_low, self.ttft_s_high = est.ttft_s_low, est.ttft_s_high
+        return self
 
 
 def explain(path: Path, service: str, objective: str | None = None, calibration: Calibration | None = None,
@@ -130,12 +148,13 @@ def _from_option(opt: Option, is_chosen: bool) -> Alternative:
     label = {"layer_split": "speed-aware layer split", "pipeline_parallel": "pipeline parallel (speed-aware)"}.get(
         opt.mode, opt.mode.replace("_", " ")
     )
-    return Alternative(
+    alternative = Alternative(
         label=label, mode=opt.mode, devices=[d.name for d in opt.devices], device_ids=[d.id for d in opt.devices], layers=list(opt.layers),
         fits=opt.fits(), decode_tokens_per_s=opt.decode, aggregate_tokens_per_s=opt.aggregate, ttft_s=opt.ttft_s,
         memory_gb=[round(m / 1e9, 2) for m in opt.memory_bytes], chosen=is_chosen,
         note="chosen" if is_chosen else ("" if opt.fits() else "does not fit (free − margin)"),
     )  # fmt: skip
+    return alternative.with_ranges(opt.est if opt.decode else None)
 
 
 def _default_splits(svc: Resolved, result: Planning) -> list[Alternative]:
@@ -160,5 +179,5 @@ def _default_splits(svc: Resolved, result: Planning) -> list[Alternative]:
                 decode_tokens_per_s=est.decode_tokens_per_s, aggregate_tokens_per_s=est.aggregate_tokens_per_s,
                 ttft_s=est.ttft_s, memory_gb=[round(d.memory_bytes / 1e9, 2) for d in est.devices],
                 note="" if fits else "does not fit (free − margin)",
-            ))  # fmt: skip
+            ).with_ranges(est))  # fmt: skip
     return out
