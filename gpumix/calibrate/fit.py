@@ -46,6 +46,7 @@ from gpumix.estimate.calibration import (
     arch_family,
     memory_technology,
     quant_class,
+    quant_factor,
 )
 from gpumix.estimate.eras import ERA_NAMES, GPUMIX_ERA, GPUMIX_LLAMA_CPP
 
@@ -61,10 +62,27 @@ SINGLE_GPU_WEIGHT = 1.5
 HOLDOUT_FOLDS = 5
 BAND_QUANTILES = (0.10, 0.90)  # an 80 % interval
 BAND_MIN_ROWS = 25  # held-out rows a backend needs for its own band; fewer -> the all-backend band
-# CPU backend: not in the published data. Decode is capped per thread (speed.CPU_GB_PER_S_PER_THREAD); prefill
-# reached ~58 t/s on one core for Gemma 3 270M (0.54 GFLOP/token) = 31 GFLOP/s of the 80 GFLOP/s AVX2 peak, measured
-# with `llama-bench -t 1 -p 128` on this project's VM (noisy, shared). `gpumix tune` replaces both per device.
-CPU_PARAMS = BackendParams(bandwidth_efficiency=0.5, per_layer_overhead_s=20e-6, compute_efficiency=0.39)
+# CPU backend: ../shared/calibration has no CPU rows (checked: every row's backend is CUDA, Metal, ROCm or Vulkan), so
+# its one bandwidth fraction comes from one cited llama.cpp CPU decode measurement: Apple M1 CPU, 7B Q4_0, >= 53.3 GB/s
+# of the 68.25 GB/s theoretical (128-bit LPDDR4X-4266), llama.cpp PR #1642 (comment by philipturner, 2023-06-04,
+# https://github.com/ggml-org/llama.cpp/pull/1642): 53.3 / 68.25 = 0.781 for Q4_0 weights, divided by the fitted
+# bandwidth factor of Q4_0's quant class (so a plain read, as for the GPU backends; capped at 1). With the era-free fit
+# of 2026-11-22 that was 0.781 / 0.901 = 0.867, in line with desktop DDR4 read benchmarks (AIDA64 memory read ~46 GB/s
+# of 51.2 on dual-channel DDR4-3200, Guru3D G.Skill Trident Z Royal DDR4-3200 review, p. 10,
+# https://www.guru3d.com/review/g-skill-tridentz-royal-ddr4-3200-mhz-review/page-10).
+# Decode is also capped per thread (speed.CPU_GB_PER_S_PER_THREAD). Prefill reached ~58 t/s on one core for Gemma 3
+# 270M (0.54 GFLOP/token) = 31 GFLOP/s of the 80 GFLOP/s AVX2 peak, measured with `llama-bench -t 1 -p 128` on this
+# project's VM (noisy, shared). `gpumix tune` replaces both per device.
+CPU_Q4_0_BANDWIDTH_FRACTION = 53.3 / 68.25
+CPU_PER_LAYER_OVERHEAD_S = 20e-6
+CPU_COMPUTE_EFFICIENCY = 0.39
+
+
+def cpu_params(quant_bandwidth_factor: dict[str, float]) -> BackendParams:
+    """The CPU backend's parameters: its bandwidth fraction is the M1 CPU measurement over the fitted Q4_0 factor."""
+    eff = min(1.0, CPU_Q4_0_BANDWIDTH_FRACTION / quant_factor(quant_bandwidth_factor, "q4_0"))
+    return BackendParams(bandwidth_efficiency=round(eff, 4), per_layer_overhead_s=CPU_PER_LAYER_OVERHEAD_S,
+                         compute_efficiency=CPU_COMPUTE_EFFICIENCY)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -108,12 +126,13 @@ def calibration_from_vector(x: Sequence[float] | np.ndarray, method: str = "", s
         )
         for b in BACKENDS
     }
-    backends["CPU"] = CPU_PARAMS
+    quant_bandwidth = {"float": 1.0} | {c: p[f"bw_factor.{c}"] for c in quant_classes if f"bw_factor.{c}" in p}
+    backends["CPU"] = cpu_params(quant_bandwidth)
     return Calibration(
         method=method,
         fit_stats=stats or {},
         backends=backends,
-        quant_bandwidth_factor={"float": 1.0} | {c: p[f"bw_factor.{c}"] for c in quant_classes if f"bw_factor.{c}" in p},
+        quant_bandwidth_factor=quant_bandwidth,
         quant_compute_factor={"float": 1.0}
         | {c: p[f"compute_factor.{c}"] for c in quant_classes if f"compute_factor.{c}" in p},
         hbm_bandwidth_factor=p["hbm_factor"],
@@ -362,6 +381,9 @@ def _method(args: argparse.Namespace, rows: int, caution: int) -> str:
         + " ".join(str(p) for p in args.csv) + (" --holdout" if args.holdout else "") + "`"
         + (f" (holdout_* = {HOLDOUT_FOLDS} folds by GPU model: fit without those GPUs, predict their rows; "
            "holdout_decode/prefill = single-GPU dense tg128-tg1024/pp512 rows)" if args.holdout else "")
+        + "; CPU backend (not fitted here: ../shared/calibration has no CPU rows): bandwidth_efficiency = one cited "
+        "llama.cpp CPU decode (Apple M1 CPU, 7B Q4_0, >= 53.3 of 68.25 GB/s theoretical, llama.cpp PR #1642, "
+        "2023-06-04) divided by the fitted Q4_0 bandwidth factor; see cpu_params in gpumix/calibrate/fit.py"
     )  # fmt: skip
 
 

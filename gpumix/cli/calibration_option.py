@@ -57,3 +57,17 @@ def plan_calibration(file: Path, explicit: Path | None) -> tuple[Calibration | N
             hint="re-plan with `gpumix plan FILE.yaml --calibration CAL -o plan.json`, or pass the YAML to `gpumix up`",
         )
     return None, None
+
+
+def recorded_calibration(plan_json: Path, recorded: str | None, explicit: Path | None) -> ChosenCalibration:
+    """The calibration to predict with beside a plan already made (a plan.json): the file the plan records, when
+    it is still there; else the packaged fit. --calibration is refused: the plan was made with its own."""
+    if explicit is not None:
+        raise GpumixError(
+            f"--calibration applies to a plan file (YAML); {plan_json} is already planned"
+            + (f" (with {recorded})" if recorded else ""),
+            hint="pass the plan file (YAML) with --calibration, or re-plan it: `gpumix plan FILE.yaml --calibration CAL -o plan.json`",
+        )
+    if recorded and Path(recorded).is_file():
+        return ChosenCalibration(load_calibration(Path(recorded)), Path(recorded))
+    return ChosenCalibration(load_calibration(None), None)

@@ -66,6 +66,15 @@ class HealthSettings:
 
 
 @dataclass(frozen=True)
+class DashboardSettings:
+    """The live dashboard at /ui (gpumix.gateway.dashboard)."""
+
+    interval_s: float = 2.0  # the sampler's period
+    history_s: float = 600.0  # how much history the page's charts get
+    run_dir: Path | None = None  # the `gpumix up` run directory: the supervisor's state.json
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     name: str
     urls: tuple[str, ...]
@@ -75,6 +84,7 @@ class ServiceConfig:
     gbp_per_million_tokens: float | None = None
     model_id: str | None = None
     health_path: str | None = None  # the engine's own (sd-server has no /health); None = HealthSettings.path
+    weights: tuple[float, ...] = ()  # per URL: the replica's planned share of the streams; () = equal
 
     def names(self) -> tuple[str, ...]:
         return (self.name, *self.aliases)
@@ -90,6 +100,8 @@ class GatewayConfig:
     access_log: Path | None = None
     redis_url: str | None = None
     async_endpoints: tuple[str, ...] = PROXIED_ENDPOINTS  # endpoints that honour `Prefer: respond-async`
+    plan: Plan | None = None  # the plan the services came from (the dashboard shows its predictions and cards)
+    dashboard: DashboardSettings | None = DashboardSettings()  # None: no /ui, /api/status, /api/events
 
     def service(self, name: str) -> ServiceConfig:
         for svc in self.services:
@@ -125,7 +137,10 @@ def _backend_urls(backends: list[str]) -> dict[str, list[str]]:
     return urls
 
 
-def _from_plan(plan: Plan, urls: dict[str, list[str]]) -> list[ServiceConfig]:
+BALANCE_MODES = ("shares", "least-outstanding")
+
+
+def _from_plan(plan: Plan, urls: dict[str, list[str]], balance: str = "shares") -> list[ServiceConfig]:
     unknown = sorted(set(urls) - {s.name for s in plan.services})
     if unknown:
         raise GpumixError(
@@ -139,10 +154,15 @@ def _from_plan(plan: Plan, urls: dict[str, list[str]]) -> list[ServiceConfig]:
             stem = Path(svc.model_path).stem
             if stem not in (svc.name, svc.model):
                 aliases.append(stem)
+        service_urls = tuple(urls.get(svc.name, ()))
+        # The plan's replica shares, when the backends are the service's replicas in plan order (`gpumix up` passes
+        # them so); a gateway for some of them (one host of several) balances them equally.
+        weights = tuple(svc.replica_shares) if balance == "shares" and len(svc.replica_shares) == len(service_urls) else ()
         services.append(
             ServiceConfig(
                 name=svc.name,
-                urls=tuple(urls.get(svc.name, ())),
+                urls=service_urls,
+                weights=weights,
                 endpoints=endpoints_for(svc),
                 aliases=tuple(aliases),
                 fallback=svc.fallback,
@@ -209,15 +229,20 @@ def build_config(
     api_keys: frozenset[str] = frozenset(),
     access_log: Path | None = None,
     redis_url: str | None = None,
+    balance: str = "shares",
+    dashboard: DashboardSettings | None = DashboardSettings(),
 ) -> GatewayConfig:
     """Services from the plan and/or `NAME=URL` backend pairs; the keywords are GatewayConfig's other fields
-    (None: its default)."""
+    (None: its default). `balance`: `shares` weights a service's replicas by the plan's replica_shares,
+    `least-outstanding` ignores them."""
+    if balance not in BALANCE_MODES:
+        raise GpumixError(f"unknown --balance {balance!r}", hint=f"use {' or '.join(BALANCE_MODES)}")
     urls = _backend_urls(list(backends))
     if plan is None and not urls:
         raise GpumixError(
             "the gateway needs a plan or at least one --backend", hint="--backend chat=http://127.0.0.1:8001"
         )
-    services = _from_plan(plan, urls) if plan is not None else _from_backends(urls)
+    services = _from_plan(plan, urls, balance) if plan is not None else _from_backends(urls)
     names = {s.name for s in services}
     for svc in services:
         if svc.fallback and svc.fallback not in names:
@@ -227,4 +252,5 @@ def build_config(
     return GatewayConfig(
         services=tuple(services), routes=_routes(list(routes), services), limits=limits or Limits(),
         health=health or HealthSettings(), api_keys=api_keys, access_log=access_log, redis_url=redis_url,
+        plan=plan, dashboard=dashboard,
     )  # fmt: skip

@@ -34,7 +34,8 @@ from gpumix.gateway.queue import JobQueue
 
 # Statuses that mean "this backend cannot answer now", so another replica may (llama-server answers 503 while loading).
 _RETRYABLE_STATUS = frozenset({502, 503, 504})
-_USAGE_OBJECT_RE = re.compile(rb'"usage"\s*:\s*(\{[^{}]*\})')
+# The `usage` object, which may hold one level of nested objects (llama-server adds "prompt_tokens_details": {...}).
+_USAGE_OBJECT_RE = re.compile(rb'"usage"\s*:\s*(\{(?:[^{}]|\{[^{}]*\})*\})')
 _FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "User-Agent")
 _MAX_FALLBACK_DEPTH = 4
 
@@ -61,7 +62,8 @@ class Gateway:
         self.config = config
         self.metrics = GatewayMetrics()
         self.pool = BackendPool(
-            {s.name: [Backend(s.name, url, config.limits, _health_for(s, config)) for url in s.urls]
+            {s.name: [Backend(s.name, url, config.limits, _health_for(s, config), weight=w)
+                      for url, w in zip(s.urls, s.weights or (1.0,) * len(s.urls), strict=True)]
              for s in config.services}  # fmt: skip
         )
         self._by_model: dict[str, ServiceConfig] = {}
@@ -79,6 +81,11 @@ class Gateway:
         self._rid_prefix = uuid.uuid4().hex[:12] + "-"  # request ids: unique per gateway run, cheap per request
         self._rid = itertools.count(1)
         self._urls: dict[tuple[str, str], URL] = {}
+        self.dashboard = None
+        if config.dashboard is not None:
+            from gpumix.gateway.dashboard import Dashboard
+
+            self.dashboard = Dashboard(self, config.dashboard, self.key_matches, bool(self._api_keys))
         self.app = self._make_app()
 
     # ---- application wiring -------------------------------------------------------------------------------
@@ -90,6 +97,8 @@ class Gateway:
         app.router.add_get("/v1/jobs/{job_id}", self.handle_job)
         app.router.add_get("/health", self.handle_health)
         app.router.add_get("/metrics", self.handle_metrics)
+        if self.dashboard is not None:
+            self.dashboard.add_routes(app)
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
         return app
@@ -112,6 +121,8 @@ class Gateway:
             ),
             asyncio.create_task(self._flush_loop()),
         ]
+        if self.dashboard is not None:  # its one background sampler; nothing of it runs on the request path
+            self._tasks.append(asyncio.create_task(self.dashboard.sampler.run()))
 
     async def _cleanup(self, _app: web.Application) -> None:
         for task in self._tasks:
@@ -221,14 +232,18 @@ class Gateway:
             return
         header = request.headers.get("Authorization", "")
         given = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("X-Api-Key", "")
+        if not self.key_matches(given):
+            message = "missing API key" if not given else "invalid API key"
+            raise ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    def key_matches(self, given: str) -> bool:
+        """Constant-time check against every key, without an early exit, so timing says nothing about which key
+        nearly matched."""
         given_bytes = given.encode()
-        # Compare against every key, without an early exit, so timing says nothing about which key nearly matched.
         matched = False
         for key in self._api_keys:
             matched |= hmac.compare_digest(given_bytes, key)
-        if not matched:
-            message = "missing API key" if not given else "invalid API key"
-            raise ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        return matched
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.config.limits.max_body_bytes

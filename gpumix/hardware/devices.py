@@ -75,8 +75,3 @@ def cpu_device(
 
 def default_cpu_bandwidth_gb_per_s() -> float:
     return resolve_gpu(DEFAULT_CPU_BANDWIDTH_ROW).mem_bandwidth_gb_per_s
-
-
-
-
-

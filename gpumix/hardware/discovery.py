@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from gpumix.errors import GpumixError
 from gpumix.hardware.catalog import match_by_name_and_memory
 from gpumix.hardware.devices import cpu_device, default_cpu_bandwidth_gb_per_s
-from gpumix.hardware.entries import LocalMachine, ThisMachine
+from gpumix.hardware.entries import LocalMachine, ThisMachine, this_machine_cpu_device
 from gpumix.hardware.spec import Device, GpuSpec
 
 INDEX_NOTE = (
@@ -30,6 +30,7 @@ INDEX_NOTE = (
     "in CUDA_VISIBLE_DEVICES"
 )
 MEMINFO_PATH = Path("/proc/meminfo")
+CPUINFO_PATH = Path("/proc/cpuinfo")
 NO_DRIVER_HINT = "describe the devices in a YAML file and pass --devices-file FILE (see `gpumix devices --help`)"
 # nvmlDeviceGetTopologyCommonAncestor levels -> nvidia-smi topo labels (engines.md section 9).
 TOPOLOGY_LABELS = {0: "BOARD", 10: "PIX", 20: "PXB", 30: "PHB", 40: "NODE", 50: "SYS"}
@@ -277,8 +278,10 @@ def _discover(nvml: ModuleType) -> DiscoveredMachine:
 
 
 def this_machine_gpus() -> list[Device]:
-    """This machine's GPUs as planner devices (what `gpumix plan` uses for a plan file without `devices:`)."""
+    """This machine's GPUs as planner devices."""
     return [g.device for g in discover_machine().gpus]
+
+
 # ---------------------------------------------------------------------------------------------- CPU and RAM
 
 
@@ -323,11 +326,30 @@ def this_machine_cpu(
     )
 
 
+def read_cpu_model_name(path: Path = CPUINFO_PATH) -> str | None:
+    """This machine's CPU as the OS names it (/proc/cpuinfo "model name", x86 Linux); None where it is not there."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "model name" and value.strip():
+            return value.strip()
+    return None
+
+
 def read_this_machine() -> ThisMachine:
-    """This machine's RAM (MemTotal, MemAvailable) and the threads this process may use."""
+    """This machine's RAM (MemTotal, MemAvailable), the threads this process may use, and its CPU model name."""
     total, available = read_meminfo()
-    return ThisMachine(total, available, usable_threads())
+    return ThisMachine(total, available, usable_threads(), read_cpu_model_name())
+
+
+def this_machine_devices() -> list[Device]:
+    """This machine's GPUs and its CPU + RAM (its own CPU model where the CPU catalog knows it, for CPU offload):
+    what `gpumix plan` and `gpumix up` use for a plan file without `devices:`."""
+    return [*this_machine_gpus(), this_machine_cpu_device(read_this_machine)]
 
 
 # What the CLI passes to the planner and the devices-file reader: the core never reads the machine itself.
-LOCAL_MACHINE = LocalMachine(gpus=this_machine_gpus, cpu=read_this_machine)
+LOCAL_MACHINE = LocalMachine(devices=this_machine_devices, cpu=read_this_machine)

@@ -44,8 +44,10 @@ def solve_assignment(
     load_capacity: float = 1.0,
     rel_gap: float = 0.0,
     time_limit_s: float = TIME_LIMIT_S,
+    unplaced_penalty: Sequence[float] | None = None,
 ) -> Assignment:
-    """Pick one choice per service (or none) minimising cost, with memory and load capacities per device."""
+    """Pick one choice per service (or none) minimising cost, with memory and load capacities per device.
+    `unplaced_penalty`: per service, the cost of leaving it out (default UNPLACED_PENALTY each)."""
     n_opt = len(choices)
     n_col = n_opt + n_services  # + one "unplaced" slack per service
     rows_lower: list[float] = []
@@ -78,7 +80,7 @@ def solve_assignment(
         for key, share in choice.load.items():
             if key in load_row and share:
                 cols[j].append((load_row[key], share))
-    costs = [c.cost for c in choices] + [UNPLACED_PENALTY] * n_services
+    costs = [c.cost for c in choices] + list(unplaced_penalty or [UNPLACED_PENALTY] * n_services)
 
     lp = highspy.HighsLp()
     lp.num_col_ = n_col

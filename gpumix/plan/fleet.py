@@ -43,12 +43,21 @@ def check_service_hosts(spec: PlanSpec, devices: Sequence[Device], source: str, 
                                 + did_you_mean(entry.host, hosts), hint=f"hosts: {', '.join(hosts) or 'none'}")  # fmt: skip
 
 
+def check_host_entries(spec: PlanSpec, devices: Sequence[Device], source: str, lines: SourceLines) -> None:
+    """Every `hosts:` entry names a host of the devices."""
+    hosts = sorted({d.host for d in devices if d.host is not None})
+    for name in spec.hosts:
+        if name not in hosts:
+            raise located_error(source, lines, ("hosts", name), f"no device is on host {name!r}"
+                                + did_you_mean(name, hosts), hint=f"hosts: {', '.join(hosts) or 'none (use psu_w: at the top level)'}")  # fmt: skip
+
+
 def discovered_devices(source: str, discover: Discover | None) -> list[Device]:
     if discover is None:
         raise GpumixError(f"{source}: the plan file has no `devices:`",
                           hint="add a `devices:` list, e.g. devices: [{gpu: RTX 4090}, {gpu: RTX 5060 Ti 16GB}]")  # fmt: skip
     try:
-        return list(discover.gpus())
+        return list(discover.devices())
     except GpumixError as exc:
         raise GpumixError(
             f"the plan file has no `devices:` and this machine's GPUs cannot be read: {exc.message}",
