@@ -10,8 +10,9 @@ Fitted: per backend (CUDA, Metal, Vulkan, ROCm) the achieved fraction of peak ba
 and the achieved fraction of peak FLOP/s; per quant class a bandwidth and a compute factor; one factor for HBM parts;
 one layer-split hop latency; per architecture family a compute and a bandwidth factor pulled toward 1 (so a family
 with little data stays near the backend's mean); and per llama.cpp era (gpumix.estimate.eras) a decode and a prefill
-efficiency factor relative to the era of the llama.cpp gpumix builds, which is fixed at 1. No per-GPU parameter
-exists. Each row is predicted for its own build's era (gpumix.calibrate.engine_notes). Least squares on
+efficiency factor relative to the era of the llama.cpp gpumix builds, which is fixed at 1; per quant class the
+ALU operations per weight of decode (a roofline beside bytes / bandwidth, against the matrix peak) and of prefill
+(added to the matrix time, against the plain FP32 ALU peak). No per-GPU parameter exists. Each row is predicted for its own build's era (gpumix.calibrate.engine_notes). Least squares on
 log(predicted/measured) over all mapped rows except those whose notes flag them as anomalous ("treat with caution"):
 those are left out of the fit and of every score, and `gpumix validate` still lists them.
 
@@ -109,6 +110,7 @@ PARAMS: tuple[Param, ...] = (
     *(Param(f"era_overhead.{e}", 1.0, 0.1, 10.0) for e in FITTED_ERAS),
     # Started where the ALU term binds on Apple parts, so the fit sees its gradient (a roofline max is flat elsewhere).
     *(Param(f"decode_ops.{c}", 30.0, 0.0, 300.0) for c in ("float", "q8", "legacy", "quantized")),
+    *(Param(f"prefill_ops.{c}", 0.5, 0.0, 50.0) for c in ("float", "q8", "legacy", "quantized")),
 )  # fmt: skip
 _NAMES = [p.name for p in PARAMS]
 _PRIORS = [i for i, n in enumerate(_NAMES) if n.startswith(("arch.", "arch_bw."))]
@@ -140,6 +142,7 @@ def calibration_from_vector(x: Sequence[float] | np.ndarray, method: str = "", s
         arch_compute_factor={f: p[f"arch.{f}"] for f in FAMILIES},
         arch_bandwidth_factor={f: p[f"arch_bw.{f}"] for f in FAMILIES},
         decode_ops_per_weight={c: p[f"decode_ops.{c}"] for c in ("float", *quant_classes) if f"decode_ops.{c}" in p},
+        prefill_ops_per_weight={c: p[f"prefill_ops.{c}"] for c in ("float", *quant_classes) if f"prefill_ops.{c}" in p},
         engine_era=GPUMIX_ERA,
         era_decode_factor={GPUMIX_ERA: 1.0} | {e: p[f"era_decode.{e}"] for e in FITTED_ERAS if f"era_decode.{e}" in p},
         era_prefill_factor={GPUMIX_ERA: 1.0} | {e: p[f"era_prefill.{e}"] for e in FITTED_ERAS if f"era_prefill.{e}" in p},
@@ -171,7 +174,7 @@ def params_of_row(row: MappedRow) -> set[str]:
     qclass = quant_class(row.quant.id)
     if qclass != "float":  # a legacy quant uses the "quantized" factors when no "legacy" ones are fitted
         names |= {f"{factor}.{c}" for factor in ("bw_factor", "compute_factor") for c in (qclass, "quantized")}
-    names |= {f"decode_ops.{c}" for c in (qclass, "quantized")}
+    names |= {f"{term}.{c}" for term in ("decode_ops", "prefill_ops") for c in (qclass, "quantized")}
     for device in row.devices:
         family = arch_family(device.spec)
         names |= {f"arch.{family}", f"arch_bw.{family}"}
@@ -374,7 +377,8 @@ def _method(args: argparse.Namespace, rows: int, caution: int) -> str:
         f"{', '.join(p.name for p in args.csv)} (all mapped tgN/ppN rows, single-GPU rows weighted "
         f"{SINGLE_GPU_WEIGHT}; family compute and bandwidth factors with a log-prior of weight {FAMILY_PRIOR_WEIGHT} "
         f"toward 1; {caution} rows whose notes say 'treat with caution'/'anomalous' left out of the fit and of every "
-        f"score, still listed by `gpumix validate`); each row predicted for the llama.cpp era of its own build "
+        f"score, still listed by `gpumix validate`; per quant class ALU operations per weight for decode, a roofline "
+        f"beside bytes/bandwidth, and for prefill, added to the matrix time against the FP32 ALU peak); each row predicted for the llama.cpp era of its own build "
         f"(gpumix.calibrate.engine_notes), era factors fitted for {eras} relative to '{GPUMIX_ERA}', the era of the "
         f"llama.cpp gpumix builds (b{GPUMIX_LLAMA_CPP.build}, {GPUMIX_LLAMA_CPP.commit}); fitted "
         f"{datetime.now(UTC).date().isoformat()} by `python -m gpumix.calibrate.fit "

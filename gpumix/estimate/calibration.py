@@ -86,6 +86,9 @@ class Calibration(BaseModel):
     # matrix peak (GpuSpec.matrix_tflops). Binding where FLOP/s per byte/s is low (Apple M-series, GCN): there a
     # k-quant decodes slower than its bytes allow. Empty = no ALU term.
     decode_ops_per_weight: dict[str, float] = Field(default_factory=dict)
+    # Prefill's ALU term: operations per weight per prompt token on the plain FP32 ALUs (GpuSpec.alu_tflops), per
+    # quant class, added to the matrix time. Empty = no ALU term.
+    prefill_ops_per_weight: dict[str, float] = Field(default_factory=dict)
     # 80 % prediction intervals, keyed "decode" / "prefill" (all backends) or "decode.Metal" etc. where the held-out
     # rows of one backend are enough; how they were derived is in `band_method`.
     bands: dict[str, PredictionBand] = Field(default_factory=dict)

@@ -25,6 +25,7 @@ from gpumix.estimate.speed import (
     layer_split_hop_s,
     link_gb_per_s,
     peak_bandwidth_gb_per_s,
+    prefill_alu_s,
 )
 from gpumix.estimate.types import DeviceEstimate, Estimate, Links, MemoryBreakdown, Placement, Workload
 from gpumix.hardware.spec import Device
@@ -203,6 +204,7 @@ def _prefill_s(
             flops += 2 * model.vocab_size * model.hidden_size / tp  # logits of the last token only
         peak = achieved_flops(device, quant, cal, backend)
         compute_s = flops / peak if peak > 0 else float("inf")
+        compute_s += prefill_alu_s(params, n, quant, device, cal)
         weight_bytes = decode_bytes_on_device(model, quant, ids, pos == last, workload, 0) / tp
         weights_s = weight_bytes / (achieved_bandwidth_gb_per_s(device, quant, cal, backend) * GB)
         here = compute_s + chunks * (weights_s + device_fixed_overhead_s(device, len(ids), workload, cal, backend))
@@ -399,7 +401,20 @@ def combine_replicas(singles: list[Estimate]) -> Estimate:
         ttft_s=max(s.ttft_s for s in singles),
         bandwidth_bound_tokens_per_s=max(s.bandwidth_bound_tokens_per_s for s in singles),
         notes=(f"{len(singles)} replicas; each stream runs on one",),
+        **_combined_ranges(singles),
     )
+
+
+def _combined_ranges(singles: list[Estimate]) -> dict[str, float | None]:
+    """The replicas' 80 % ranges combined as their speeds are (slowest stream, summed aggregate), end by end; none
+    when a replica has none."""
+    rules = {"decode_tokens_per_s": min, "aggregate_tokens_per_s": sum, "prefill_tokens_per_s": min, "ttft_s": max}
+    out: dict[str, float | None] = {}
+    for name, combine in rules.items():
+        for end in ("low", "high"):
+            values = [getattr(s, f"{name}_{end}") for s in singles]
+            out[f"{name}_{end}"] = None if any(v is None for v in values) else combine(values)
+    return out
 
 
 def _service_estimate(model: ModelSpec, placement: Placement) -> Estimate:

@@ -139,6 +139,20 @@ def decode_alu_s(
     return weights * ops / (peak_tflops * 1e12 * calibration.era_factors()[0])
 
 
+def prefill_alu_s(
+    weights: float, tokens: int, quant: QuantSpec, device: Device, calibration: Calibration
+) -> float:
+    """Time the device's plain FP32 ALUs spend on prefill's non-matrix work for `weights` weights over `tokens`
+    prompt tokens: weights x tokens x fitted operations per weight (per quant class) / (ALU peak x the era's prefill
+    efficiency). Added to the matrix time; 0 without the calibration term, on a CPU, for a device `gpumix tune`
+    measured, or for a card with no ALU figure (published or derived)."""
+    ops = quant_factor(calibration.prefill_ops_per_weight, quant.id) if calibration.prefill_ops_per_weight else 0.0
+    alu_tflops = device.spec.alu_tflops
+    if not ops or not alu_tflops or device.kind == "cpu" or calibration.measurement_for(device) is not None:
+        return 0.0
+    return weights * tokens * ops / (alu_tflops * 1e12 * calibration.era_factors()[1])
+
+
 def achieved_flops(device: Device, quant: QuantSpec, calibration: Calibration, backend: str | None = None) -> float:
     """FLOP/s prefill reaches: peak dense FP16 tensor (FP32 where no tensor figure, units × clock where neither is
     published: GpuSpec.matrix_tflops) × fitted efficiencies."""

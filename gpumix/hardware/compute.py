@@ -51,3 +51,32 @@ def derived_fp16_tflops(arch: str, compute_units: int, boost_clock_mhz: float) -
     if found is None or compute_units <= 0 or boost_clock_mhz <= 0:
         return None
     return compute_units * boost_clock_mhz * 1e6 * found[0] / 1e12
+
+
+# (pattern on the arch text, FP32 lanes per compute unit, source): the plain FP32 ALU rate = units x clock x lanes x
+# 2 (FMA). Prefill's non-matrix work (dequantizing/scaling quantized blocks, norms, RoPE, softmax) runs on these ALUs,
+# so a card whose tensor peak is many times its ALU peak (A100, A30, H100, MI210: 8-16x; GeForce: 4x) reaches a
+# smaller share of its tensor peak. First match wins.
+FP32_LANES_PER_UNIT: tuple[tuple[str, int, str], ...] = (
+    (r"GA100", 64, "NVIDIA A100 whitepaper: 64 FP32 cores per SM"),
+    (r"GH1\d\d|Hopper", 128, "NVIDIA H100 whitepaper: 128 FP32 cores per SM"),
+    (r"Volta|Turing", 64, "NVIDIA V100 / Turing whitepapers: 64 FP32 cores per SM"),
+    (r"Ampere|Ada|Blackwell", 128, "NVIDIA GA102 / Ada / RTX Blackwell whitepapers: 128 FP32 cores per SM"),
+    (r"Pascal|Maxwell", 128, "NVIDIA GP102 / GM200 whitepapers: 128 CUDA cores per SM"),
+    (r"Kepler", 192, "NVIDIA GK110/GK210 whitepaper: 192 CUDA cores per SMX"),
+    (r"RDNA [34]", 128, "AMD RDNA 3/4: 64 stream processors per CU, dual-issue FP32 (AMD's TFLOPS figures count 128)"),
+    (r"RDNA [12]|GCN|Vega|CDNA", 64, "AMD RDNA 1/2, GCN, CDNA ISA guides: 64 FP32 lanes per CU (CDNA 2's packed FP32 "
+                                   "needs packed instructions ggml does not emit)"),
+    (r"Xe2|Battlemage", 128, "Intel Xe2: 8 vector engines x 16 FP32 lanes per Xe core"),
+    (r"Apple", 128, "Apple GPU core: 128 FP32 ALUs"),
+)  # fmt: skip
+
+
+def derived_fp32_tflops(arch: str, compute_units: int, boost_clock_mhz: float) -> float | None:
+    """Plain FP32 ALU TFLOPS from units x clock x lanes x 2 (FMA), or None for an unknown architecture."""
+    for pattern, lanes, _source in FP32_LANES_PER_UNIT:
+        if re.search(pattern, arch, re.I):
+            if compute_units <= 0 or boost_clock_mhz <= 0:
+                return None
+            return compute_units * boost_clock_mhz * 1e6 * lanes * 2 / 1e12
+    return None

@@ -56,6 +56,17 @@ class GpuSpec(BaseModel):
         return self.fp16_tflops or self.fp32_tflops or self.fp16_tflops_derived
 
     @property
+    def alu_tflops(self) -> float | None:
+        """Plain FP32 ALU peak: published `fp32_tflops`, else units x clock x FP32 lanes (gpumix.hardware.compute)."""
+        if self.fp32_tflops:
+            return self.fp32_tflops
+        if self.compute_units and self.boost_clock_mhz:
+            from gpumix.hardware.compute import derived_fp32_tflops
+
+            return derived_fp32_tflops(self.arch, self.compute_units, self.boost_clock_mhz)
+        return None
+
+    @property
     def matrix_tflops_derived(self) -> bool:
         """True when `matrix_tflops` is the figure derived from units × clock (nothing published)."""
         return not (self.fp16_tflops or self.fp32_tflops) and bool(self.fp16_tflops_derived)

@@ -81,6 +81,8 @@ class SloCheck(_Frozen):
     predicted: float | None
     met: bool
     margin: float | None = None  # predicted/target - 1 (positive = headroom)
+    predicted_low: float | None = None  # the prediction's 80 % range (Estimate.*_low/_high), where it has one
+    predicted_high: float | None = None
 
 
 class PlannedDevice(_Frozen):

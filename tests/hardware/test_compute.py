@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gpumix.hardware.catalog import all_gpus, resolve_gpu
-from gpumix.hardware.compute import derived_fp16_tflops, flop_per_clock_per_unit
+from gpumix.hardware.compute import derived_fp16_tflops, derived_fp32_tflops, flop_per_clock_per_unit
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT.parent / "shared" / "reference" / "gpus.csv"
@@ -76,3 +76,23 @@ def test_build_script_reproduces_the_committed_catalog_byte_for_byte(tmp_path: P
     committed = ROOT / "gpumix" / "hardware" / "data" / "gpus.csv"
     assert out.read_bytes() == committed.read_bytes()
     assert re.search(r"^# compute_units .* fp16_tflops_derived", committed.read_text(), re.M)
+
+
+@pytest.mark.parametrize(
+    ("name", "published_fp32_tflops"),
+    # Vendor FP32 figures (NVIDIA A30 / RTX 3090 / RTX 4090 spec pages, AMD MI210 and RX 7900 XTX spec pages, Intel
+    # Arc B580 spec page). H100 PCIe is checked at the catalog's 1620 MHz (NVIDIA's 51.2 uses 1755 MHz).
+    [("A30", 10.3), ("RTX 3090", 35.6), ("RTX 4090", 82.6), ("Instinct MI210", 22.6), ("Radeon RX 7900 XTX", 61.4),
+     ("Arc B580", 13.7), ("H100 PCIe 80GB", 47.3)],
+)  # fmt: skip
+def test_derived_alu_rate_matches_the_vendors_fp32_figure(name: str, published_fp32_tflops: float) -> None:
+    assert resolve_gpu(name).alu_tflops == pytest.approx(published_fp32_tflops, rel=0.01)
+
+
+def test_every_catalog_gpu_has_an_alu_rate_and_apple_uses_its_published_one() -> None:
+    for gpu in all_gpus():
+        if gpu.kind == "gpu":
+            assert gpu.alu_tflops and 0 < gpu.alu_tflops <= gpu.matrix_tflops * 1.01, gpu.name  # type: ignore[operator]
+    m1 = resolve_gpu("Apple M1 Max (32-core GPU)")
+    assert m1.alu_tflops == m1.fp32_tflops
+    assert derived_fp32_tflops("Unknown", 10, 1000) is None
