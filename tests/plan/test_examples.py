@@ -32,8 +32,9 @@ def test_hybrid_box_puts_the_llm_on_the_4090_and_packs_services_on_the_5060ti():
     assert names[plan.service("chat").devices[0]] == "RTX 4090"
     assert plan.service("chat").mode == "single" and plan.service("chat").engine == "vllm"
     on_5060 = {s.name for s in plan.services if s.devices == ["gpu1"]}
-    # The 5060 Ti (16 GiB) holds what fits of the small services; SDXL (8 GB) can only go there next to the LLM's KV.
-    assert "images" in on_5060 and len(on_5060) >= 3
+    # The 5060 Ti (16 GiB) holds what fits of the small services (SDXL 8 GB + Whisper 6 GB, or SDXL + BGE-M3 +
+    # reranker: which pair depends on the predicted speeds); SDXL can only go there next to the LLM's KV.
+    assert "images" in on_5060 and len(on_5060) >= 2
     usable_5060 = plan.device("gpu1").memory_free_bytes - 2**30
     assert plan.device("gpu1").memory_planned_bytes > 0.8 * usable_5060
     for dev in plan.devices:
