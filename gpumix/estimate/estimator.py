@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from gpumix.errors import GpumixError
 from gpumix.estimate.calibration import Calibration, default_backend, default_calibration
@@ -401,19 +402,21 @@ def combine_replicas(singles: list[Estimate]) -> Estimate:
         ttft_s=max(s.ttft_s for s in singles),
         bandwidth_bound_tokens_per_s=max(s.bandwidth_bound_tokens_per_s for s in singles),
         notes=(f"{len(singles)} replicas; each stream runs on one",),
-        **_combined_ranges(singles),
-    )
+    ).model_copy(update=_combined_ranges(singles))
 
 
 def _combined_ranges(singles: list[Estimate]) -> dict[str, float | None]:
     """The replicas' 80 % ranges combined as their speeds are (slowest stream, summed aggregate), end by end; none
     when a replica has none."""
-    rules = {"decode_tokens_per_s": min, "aggregate_tokens_per_s": sum, "prefill_tokens_per_s": min, "ttft_s": max}
+    rules: dict[str, Callable[[list[float]], float]] = {
+        "decode_tokens_per_s": min, "aggregate_tokens_per_s": sum, "prefill_tokens_per_s": min, "ttft_s": max,
+    }  # fmt: skip
     out: dict[str, float | None] = {}
     for name, combine in rules.items():
         for end in ("low", "high"):
             values = [getattr(s, f"{name}_{end}") for s in singles]
-            out[f"{name}_{end}"] = None if any(v is None for v in values) else combine(values)
+            known = [v for v in values if v is not None]
+            out[f"{name}_{end}"] = combine(known) if len(known) == len(values) else None
     return out
 
 

@@ -69,4 +69,38 @@ def test_upper_bound_never_beats_the_bandwidth_ceiling(gpu, count, model, quant,
     assert est.prefill_tokens_per_s_low < est.prefill_tokens_per_s_high
     assert est.ttft_s_low is not None and est.ttft_s_high is not None and est.ttft_s_low < est.ttft_s_high
     if wide:  # the 5x band is cut at the ceiling, never passed through
-        assert est.decode_tokens_per_s_high == pytest.approx(est.bandwidth_bound_tokens_per_s)
+        expected = min(est.bandwidth_bound_tokens_per_s, 5.0 * est.decode_tokens_per_s)
+        assert est.decode_tokens_per_s_high == pytest.approx(expected)
+
+
+def test_replicas_combine_their_ranges_as_their_speeds() -> None:
+    """Replicas: the slowest replica's stream range, the summed aggregate range (so replica plans show ranges too)."""
+    from gpumix.estimate.estimator import combine_replicas
+
+    model, quant = LLMS[0], QUANTS[1]
+    singles = [estimate(model, quant, Placement(mode="single", devices=(device_from_spec(resolve_gpu(g), index=i),)),
+                        Workload(context=2048)) for i, g in enumerate(("RTX 4090", "RTX 3060 12GB"))]  # fmt: skip
+    both = combine_replicas(singles)
+    assert both.decode_tokens_per_s_low == min(s.decode_tokens_per_s_low for s in singles)  # type: ignore[type-var]
+    assert both.aggregate_tokens_per_s_high == pytest.approx(sum(s.aggregate_tokens_per_s_high for s in singles))  # type: ignore[misc]
+    assert both.ttft_s_high == max(s.ttft_s_high for s in singles)  # type: ignore[type-var]
+    no_bands = [s.model_copy(update={"decode_tokens_per_s_low": None}) for s in singles]
+    assert combine_replicas(no_bands).decode_tokens_per_s_low is None
+
+
+def test_prefill_alu_term_costs_more_where_the_tensor_peak_dwarfs_the_alus() -> None:
+    """The fitted prefill ALU term (ops per weight on the FP32 ALUs) lowers the share of tensor peak reached on an
+    A30 (tensor 16x its ALUs) more than on an RTX 3090 (4x); without the term both reach the same share."""
+    cal = default_calibration()
+    assert cal.prefill_ops_per_weight and max(cal.prefill_ops_per_weight.values()) > 0
+    model, quant = next(m for m in LLMS if m.id == "llama-2-7b"), resolve_quant("q4_0")
+    work = Workload(context=512, prompt_tokens=512)
+
+    def share(name: str, calibration) -> float:  # type: ignore[no-untyped-def]
+        spec = resolve_gpu(name)
+        placement = Placement(mode="single", devices=(device_from_spec(spec, index=0),))
+        est = estimate(model, quant, placement, work, calibration=calibration)
+        return est.prefill_tokens_per_s / (spec.matrix_tflops or 1)
+
+    without = cal.model_copy(update={"prefill_ops_per_weight": {}})
+    assert share("A30", cal) / share("RTX 3090", cal) < share("A30", without) / share("RTX 3090", without)
