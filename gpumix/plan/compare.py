@@ -5,7 +5,7 @@ service's placement (memory-proportional split vs the chosen split vs one card v
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gpumix.errors import GpumixError
@@ -108,16 +108,12 @@ class Alternative:
     ttft_s_low: float | None = None
     ttft_s_high: float | None = None
 
-
     def with_ranges(self, est: Estimate | None) -> Alternative:
         """This alternative with the 80 % ranges of its estimate (none for a non-LLM option)."""
-        if est is not None:
-            self.decode_tokens_per_s_low, self.decode_tokens_per_s_high = (est.decode_tokens_per_s_low,
-                                                                           est.decode_tokens_per_s_high)
-            self.aggregate_tokens_per_s_low, self.aggregate_tokens_per_s_high = (est.aggregate_tokens_per_s_low,
-                                                                                 est.aggregate_tokens_per_s_high)
-            self.ttft_s_low, self.ttft_s_high = est.ttft_s_low, est.ttft_s_high
-        return self
+        if est is None:
+            return self
+        names = ("decode_tokens_per_s", "aggregate_tokens_per_s", "ttft_s")
+        return replace(self, **{f"{n}_{end}": getattr(est, f"{n}_{end}") for n in names for end in ("low", "high")})
 
 
 def explain(path: Path, service: str, objective: str | None = None, calibration: Calibration | None = None,
