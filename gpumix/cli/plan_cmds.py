@@ -94,7 +94,8 @@ def print_plan(plan: Plan) -> None:
         decode = (_ranged(p.decode_tokens_per_s, p.decode_tokens_per_s_low, p.decode_tokens_per_s_high)
                   if p.throughput is None else f"{p.throughput:.2f} {p.throughput_unit}")  # fmt: skip
         add_row(
-            svc_table, svc.name, f"{svc.model} {svc.quant}", svc.engine, svc.mode,
+            svc_table, svc.name, f"{svc.model} {svc.quant}", svc.engine,
+            svc.mode + (" (low memory)" if svc.memory_setting == "low" else ""),
             ",".join(svc.devices) or styled("none", "red"), split, kv_text(svc), decode,
             _ranged(p.aggregate_tokens_per_s, p.aggregate_tokens_per_s_low, p.aggregate_tokens_per_s_high),
             _ranged(p.prefill_tokens_per_s, p.prefill_tokens_per_s_low, p.prefill_tokens_per_s_high, 0),

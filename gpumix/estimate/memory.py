@@ -14,7 +14,7 @@ from typing import Literal, NamedTuple
 from gpumix.errors import GpumixError
 from gpumix.estimate.types import MemoryBreakdown, Workload
 from gpumix.hardware.spec import Device
-from gpumix.kinds import DeviceKind
+from gpumix.kinds import DeviceKind, MemorySetting
 from gpumix.models.spec import BufferKind, ModelSpec, QuantSpec
 from gpumix.units import MiB
 
@@ -208,9 +208,13 @@ def kv_cache_bytes(model: ModelSpec, workload: Workload, layer_ids: Sequence[int
     """KV cache for the given layers under this workload (llama.cpp or vLLM semantics)."""
     per_layer_token = model.n_kv_heads * model.head_dim * 2 * kv_bytes_per_element(workload.kv_cache_dtype)
     if workload.engine == "vllm":
-        # vLLM pages hold the whole context of every sequence; sliding-window layers keep a window per sequence.
+        # vLLM pages hold the whole context of every sequence, from one pool of the process's KV budget. A
+        # sliding-window layer admits a request only with room for window - 1 + the tokens in flight (a prefill chunk of
+        # up to max_num_batched_tokens), capped at the context (vLLM 0.32 SlidingWindowSpec.max_memory_usage_bytes):
+        # the window saves memory only at long context.
         full = kv_tokens_held(workload)
-        swa = min(full, (model.sliding_window or full) * workload.parallel)
+        window = model.sliding_window or workload.context
+        swa = min(full, min(workload.context, window + VLLM_DEFAULT_BATCHED_TOKENS) * workload.parallel)
     else:
         full = kv_cells(workload)
         swa = swa_kv_cells(model, workload)
@@ -282,7 +286,9 @@ def memory_for_layers(
         weights += input_embedding_bytes(model, quant) / tensor_parallel
     if holds_output and not (embd_here and model.tied_embeddings):
         weights += output_weight_bytes(model, quant) / tensor_parallel
-    kv = kv_cache_bytes(model, workload, layer_ids) / tensor_parallel
+    # Tensor parallel shards the KV heads; with fewer KV heads than ranks vLLM replicates them, so a rank holds
+    # max(1, n_kv_heads / tp) heads (vLLM's num_kv_heads per partition = max(1, total // tp)).
+    kv = kv_cache_bytes(model, workload, layer_ids) / max(1, min(tensor_parallel, model.n_kv_heads or tensor_parallel))
     if workload.engine == "vllm":
         compute = vllm_activation_bytes(model, tensor_parallel) + VLLM_CUDA_GRAPH_BYTES
     elif workload.engine == "llama.cpp":
@@ -304,15 +310,16 @@ class ServicePart(NamedTuple):
     source: str
 
 
-def service_memory(model: ModelSpec, is_gpu: bool) -> MemoryBreakdown:
+def service_memory(model: ModelSpec, is_gpu: bool, setting: MemorySetting = "default") -> MemoryBreakdown:
     """Non-LLM services (diffusion on sd-server, whisper-server, embeddings/rerankers on TEI): what the process holds.
 
     weights = params_total × bytes of the type the engine holds them in (+ separate weight files, e.g. a VAE);
     kv = the engine's caches (whisper's self/cross attention KV); compute = its graph buffers from the catalog plus
     what follows from the model's shapes at the engine's defaults (TEI's activations for --max-batch-tokens);
     overhead = the CUDA context on a GPU. Each part is one of `service_memory_parts`, with its source.
+    `setting`: the engine's defaults, or its low-memory setting (the catalog's `low_memory`: other buffers).
     """
-    parts = service_memory_parts(model, is_gpu)
+    parts = service_memory_parts(model, is_gpu, setting)
 
     def total(kind: str) -> int:
         return sum(p.size_bytes for p in parts if p.kind == kind)
@@ -321,8 +328,9 @@ def service_memory(model: ModelSpec, is_gpu: bool) -> MemoryBreakdown:
                            overhead_bytes=total("overhead"))  # fmt: skip
 
 
-def service_memory_parts(model: ModelSpec, is_gpu: bool) -> list[ServicePart]:
-    """The parts `service_memory` adds up, each with its source (models.yaml `service_memory`, or the formula here)."""
+def service_memory_parts(model: ModelSpec, is_gpu: bool, setting: MemorySetting = "default") -> list[ServicePart]:
+    """The parts `service_memory` adds up, each with its source (models.yaml `service_memory`, or the formula here).
+    Raises GpumixError for `setting="low"` on a model without a low-memory setting (`has_low_memory_setting`)."""
     spec = model.service_memory
     if spec is None:
         raise GpumixError(
@@ -332,7 +340,13 @@ def service_memory_parts(model: ModelSpec, is_gpu: bool) -> list[ServicePart]:
     dtype = spec.weights_dtype if is_gpu or spec.cpu_weights_dtype is None else spec.cpu_weights_dtype
     weights = ServicePart("weights", f"weights: {int(model.params_total):,} params × {dtype_bytes(dtype):g} B ({dtype})",
                           int(model.params_total * dtype_bytes(dtype)), spec.source)  # fmt: skip
-    parts = [weights] + [ServicePart(b.kind, b.name, b.size_bytes, b.source) for b in spec.buffers]
+    buffers = spec.buffers
+    if setting == "low":
+        if spec.low_memory is None:
+            raise GpumixError(f"model '{model.id}' has no low-memory setting in the catalog",
+                              hint="use memory: default (or auto)")  # fmt: skip
+        buffers = spec.low_memory.buffers
+    parts = [weights] + [ServicePart(b.kind, b.name, b.size_bytes, b.source) for b in buffers]
     if spec.engine == "tei":
         parts.append(ServicePart("compute", f"TEI activations at --max-batch-tokens {TEI_DEFAULT_MAX_BATCH_TOKENS}",
                                  tei_activation_bytes(model, dtype),
@@ -341,6 +355,11 @@ def service_memory_parts(model: ModelSpec, is_gpu: bool) -> list[ServicePart]:
         parts.append(ServicePart("overhead", "CUDA context", CUDA_CONTEXT_BYTES,
                                  "gpumix.estimate.memory.CUDA_CONTEXT_BYTES (llama.cpp's 'unaccounted' memory)"))  # fmt: skip
     return parts
+
+
+def has_low_memory_setting(model: ModelSpec) -> bool:
+    """Whether the catalog gives the model's engine a low-memory setting (sd-server's flash attention + tiled VAE)."""
+    return model.service_memory is not None and model.service_memory.low_memory is not None
 
 
 def tei_activation_bytes(model: ModelSpec, dtype: str, max_batch_tokens: int = TEI_DEFAULT_MAX_BATCH_TOKENS) -> int:

@@ -42,7 +42,8 @@ def planned_service(svc: Resolved, opt: Option | None) -> PlannedService:
         memory_breakdown=list(opt.memory),
         predicted=_predicted(opt),
         slo=slo_checks(svc, opt),
-        **_layer_fields(svc, opt),
+        memory_setting=opt.memory_setting,
+        **_layer_fields(svc, opt, engine),
         **_kv_fields(svc, opt),
     )
 
@@ -64,7 +65,15 @@ def _kv_fields(svc: Resolved, opt: Option) -> dict[str, Any]:
     return out
 
 
-def _layer_fields(svc: Resolved, opt: Option) -> dict[str, Any]:
+def _layer_fields(svc: Resolved, opt: Option, engine: str) -> dict[str, Any]:
+    fields = _placement_fields(svc, opt)
+    if engine == "vllm" and fields.get("threads") is None and all(d.kind == "cpu" for d in opt.devices):
+        # OpenMP threads per CPU rank: every rank gets as many as the smallest CPU device has.
+        fields["threads"] = svc.entry.threads or min((d.threads for d in opt.devices if d.threads), default=None)
+    return fields
+
+
+def _placement_fields(svc: Resolved, opt: Option) -> dict[str, Any]:
     """layers / split / tensor_split (-ts) / n_gpu_layers (-ngl) / threads (-t) of an LLM placement."""
     layers = list(opt.layers)
     if opt.mode in SPLIT_MODES and layers:
