@@ -91,10 +91,16 @@ def _placement_fields(svc: Resolved, opt: Option) -> dict[str, Any]:
 
 
 def _predicted(opt: Option) -> Predicted:
+    est = opt.est if opt.decode else None  # LLM options carry the estimate and its 80 % ranges
+    ranges: dict[str, float | None] = {}
+    if est is not None:
+        for name in ("decode_tokens_per_s", "aggregate_tokens_per_s", "prefill_tokens_per_s", "ttft_s"):
+            for end in ("low", "high"):
+                ranges[f"{name}_{end}"] = _r(getattr(est, f"{name}_{end}"), 4 if name == "ttft_s" else 2)
     return Predicted(
         decode_tokens_per_s=_r(opt.decode), aggregate_tokens_per_s=_r(opt.aggregate),
         prefill_tokens_per_s=_r(opt.prefill), ttft_s=_r(opt.ttft_s, 4),
-        throughput=_r(opt.throughput), throughput_unit=opt.throughput_unit,
+        throughput=_r(opt.throughput), throughput_unit=opt.throughput_unit, **ranges,
         concurrency=sum(sequences_held(w) for w in opt.workloads) if opt.workloads else None,
     )  # fmt: skip
 
