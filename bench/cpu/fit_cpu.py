@@ -32,8 +32,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import least_squares
 
-from gpumix.estimate import Placement, Workload, estimate
-from gpumix.estimate import speed
+from gpumix.estimate import Placement, Workload, estimate, speed
 from gpumix.estimate.calibration import BackendParams, Calibration, default_calibration
 from gpumix.hardware.discovery import this_machine_cpu
 from gpumix.models.catalog import load_model, resolve_quant
