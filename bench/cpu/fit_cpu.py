@@ -95,7 +95,7 @@ def predict(model: ModelSpec, kind: str, cal: Calibration, threads: int = 1) -> 
     """The bench's prediction (run_cpu_bench.predict) for one model and test under `cal`."""
     device = this_machine_cpu(threads=threads)
     placement = Placement(mode="single", devices=(device,))
-    quant = resolve_quant(model.file_quant)
+    quant = resolve_quant(model.file_quant or "q4_k_m")  # every bench model is a GGUF with its quant
     context = N_GEN if kind == "decode" else N_PROMPT
     est = estimate(model, quant, placement, Workload(context=context, parallel=1, prompt_tokens=N_PROMPT),
                    calibration=cal)  # fmt: skip
@@ -119,7 +119,7 @@ def fit(points: list[Point], models: dict[str, ModelSpec], base: Calibration) ->
     x0 = np.log([10.0, 100e-6, 0.5])
     lower = np.log([1.0, 1e-6, 0.05])
     upper = np.log([100.0, 5e-3, 3.0])
-    result = least_squares(residuals, x0, bounds=(lower, upper), x_scale=1.0, diff_step=1e-3)
+    result = least_squares(residuals, x0, bounds=(lower, upper), x_scale=1.0, diff_step=[1e-3] * 3)
     return result.x
 
 
