@@ -52,6 +52,9 @@ def gateway(
     health_interval_s: Annotated[float, typer.Option(help="seconds between active health checks")] = 2.0,
     health_path: Annotated[str, typer.Option(help="backend health path (200 = ready)")] = "/health",
     cooldown_s: Annotated[float, typer.Option(help="how long a tripped circuit keeps a backend out")] = 5.0,
+    backends_file: Annotated[
+        Path | None, typer.Option(help='JSON {"services": {NAME: [URL, ...]}}, re-read when it changes (`up --ray`)')
+    ] = None,
 ) -> None:
     """Serve the plan's services behind one OpenAI-compatible port."""
     from gpumix.gateway.config import HealthSettings, Limits, build_config, load_api_keys, load_plan
@@ -66,6 +69,7 @@ def gateway(
     config = build_config(
         load_plan(plan) if plan else None, backend or [], route or [], limits=limits, health=health,
         api_keys=load_api_keys(api_keys_file, api_keys_env), access_log=access_log, redis_url=redis,
+        backends_file=backends_file,
     )  # fmt: skip
     serve(Gateway(config), host, port)
 

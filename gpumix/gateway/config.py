@@ -6,6 +6,7 @@ Built from a Plan, from `--backend NAME=URL` pairs, or both. Everything here is 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -90,6 +91,8 @@ class GatewayConfig:
     access_log: Path | None = None
     redis_url: str | None = None
     async_endpoints: tuple[str, ...] = PROXIED_ENDPOINTS  # endpoints that honour `Prefer: respond-async`
+    backends_file: Path | None = None  # JSON {"services": {name: [url, ...]}}, re-read when it changes
+    backends_poll_s: float = 0.5
 
     def service(self, name: str) -> ServiceConfig:
         for svc in self.services:
@@ -209,10 +212,13 @@ def build_config(
     api_keys: frozenset[str] = frozenset(),
     access_log: Path | None = None,
     redis_url: str | None = None,
+    backends_file: Path | None = None,
 ) -> GatewayConfig:
     """Services from the plan and/or `NAME=URL` backend pairs; the keywords are GatewayConfig's other fields
     (None: its default)."""
     urls = _backend_urls(list(backends))
+    if backends_file is not None:
+        urls |= read_backends_file(backends_file)
     if plan is None and not urls:
         raise GpumixError(
             "the gateway needs a plan or at least one --backend", hint="--backend chat=http://127.0.0.1:8001"
@@ -227,4 +233,38 @@ def build_config(
     return GatewayConfig(
         services=tuple(services), routes=_routes(list(routes), services), limits=limits or Limits(),
         health=health or HealthSettings(), api_keys=api_keys, access_log=access_log, redis_url=redis_url,
+        backends_file=backends_file,
     )  # fmt: skip
+
+
+MAX_BACKENDS_FILE_BYTES = 1_000_000
+
+
+def read_dead_backends(path: Path) -> frozenset[str]:
+    """The backends file's optional "dead" list: URLs whose host died (the gateway aborts requests waiting on them)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return frozenset()
+    dead = data.get("dead") if isinstance(data, dict) else None
+    return frozenset(u.rstrip("/") for u in dead if isinstance(u, str)) if isinstance(dead, list) else frozenset()
+
+
+def read_backends_file(path: Path) -> dict[str, list[str]]:
+    """A backends file: {"services": {"chat": ["http://10.0.0.2:8001", ...], ...}, "dead": [URL, ...]}
+    (`gpumix up --ray` writes it atomically; the gateway re-reads it when it changes). Every URL is checked; a bad
+    file is a GpumixError."""
+    try:
+        if path.stat().st_size > MAX_BACKENDS_FILE_BYTES:
+            raise GpumixError(f"backends file {path}: larger than {MAX_BACKENDS_FILE_BYTES} bytes")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise GpumixError(f"cannot read backends file {path}: {exc.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise GpumixError(f"backends file {path} is not JSON: {exc}") from None
+    services = data.get("services") if isinstance(data, dict) else None
+    if not isinstance(services, dict) or not all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(u, str) for u in v) for k, v in services.items()
+    ):
+        raise GpumixError(f"backends file {path}: expected {{\"services\": {{NAME: [URL, ...]}}}}")
+    return {name: [_check_url(url, name) for url in urls] for name, urls in services.items()}
