@@ -180,7 +180,7 @@ def parts_of_process(plan: Plan, deployment: str, specs: Sequence[LaunchSpec], n
             raise GpumixError(f"process {spec.name} has no host", hint="give the plan's devices `host:`")
         by_host.setdefault(spec.host_name, []).append(spec)
     main = bound[0]
-    group = f"{main.name}{suffix}" if len(by_host) > 1 else None
+    group = agent_actor_name(deployment, f"{main.name}{suffix}") if len(by_host) > 1 else None  # names its placement group
     out = []
     for host, host_specs in by_host.items():
         part_name = f"{host_specs[0].name}{suffix}"

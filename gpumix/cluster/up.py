@@ -871,7 +871,7 @@ def ray_status(run_dir: Path, live: bool = True) -> dict[str, Any] | None:
         elif report == _DIED:
             state_name = "dead"
         elif isinstance(report, dict):
-            serving = any(u in backends for u in part.urls)
+            serving = any(u in backends for u in part.urls) if part.urls else True  # an RPC worker serves its split
             state_name = "serving" if report["healthy"] and serving else ("healthy" if report["healthy"] else "starting")
         else:
             state_name = "dead" if part.host in run.dead_hosts else "unknown"
