@@ -551,8 +551,9 @@ class Controller:
         if not service.devices:
             reason = next((r for r in new.reasons if r.startswith(f"{item.name} ")), "no device can run it")
             if still:
-                d.event("degraded", f"{item.name}: {len(replicas)} of {max(1, original.replicas)} cop(ies) lost; still "
-                        f"served by {', '.join(still)}; no other surviving device can hold another copy ({reason})")  # fmt: skip
+                lost_names = ", ".join(p.part for p in parts)
+                d.event("degraded", f"{item.name}: {lost_names} lost with host {', '.join(sorted({p.host for p in parts}))}; "
+                        f"still served by {', '.join(still)}; no other surviving device can take another replica")  # fmt: skip
             else:
                 d.event("unplaced", f"{item.name}: could not be placed on the surviving hosts: {reason}")
             return

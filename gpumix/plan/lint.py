@@ -18,6 +18,7 @@
 | GPX014 | service-unplaced          | a service could not be placed (see the plan's reasons)                          |
 | GPX015 | device-oversubscribed     | the services on one card would need more than its bandwidth/compute if all busy at once (declare `load:`) |
 | GPX016 | price-unknown             | a card the plan uses has no £/month (catalog or `prices:`), so the plan gives no cost |
+| GPX017 | rpc-no-auth               | a llama.cpp split across hosts runs ggml-rpc-server, which has no authentication |
 """
 
 from __future__ import annotations
@@ -132,6 +133,11 @@ def _links(svc: Resolved, opt: Option, ctx: Planning) -> list[Warning_]:
         slow = _slow_link(devs, ctx)
         if slow:
             out.append(_w("GPX009", "slow-link-split", f"{name}: {slow}", name))
+        if svc.engine == "llama.cpp" and len({d.host for d in devs}) > 1:
+            out.append(_w("GPX017", "rpc-no-auth",
+                          f"{name}: the split reaches its other hosts through ggml-rpc-server, which has no "
+                          "authentication: anyone who reaches its port can run tensors on that device and read its "
+                          "memory; keep it on a private cluster network (`up --ray` binds it to the node address)", name))  # fmt: skip
     if opt.mode != "tensor_parallel":
         return out
     socks = {ctx.sockets.get(d.id) for d in devs} - {None}
