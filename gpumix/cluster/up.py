@@ -427,7 +427,9 @@ class Controller:
         self._hosts(alive)
         live = {p.name: d.handles[p.name] for p in run.parts
                 if not p.dropped and p.host in alive and p.name in d.handles and p.group not in d.down_groups}  # fmt: skip
-        reports = describe_many(d.ray, live, timeout_s=min(5.0, d.options.tick_s * 3), inflight=d.inflight)
+        # A short wait: an agent that does not answer in time keeps its state (its call stays in flight), and the
+        # next tick's look at Ray's node table must not wait on agents of a host that just died.
+        reports = describe_many(d.ray, live, timeout_s=d.options.tick_s, inflight=d.inflight)
         healthy = {n for n, r in reports.items() if isinstance(r, dict) and r["healthy"]}
         self._groups(alive, reports)
         self._lost(alive)
@@ -653,6 +655,10 @@ def prepare_run_dir(plan: Plan, options: RayUpOptions) -> Path | None:
     """The run dir with plan.json and (for re-planning) a copy of the plan file; returns the copy's path."""
     run_dir = options.run_dir
     refuse_if_running(run_dir)
+    from gpumix.netutil import port_is_free
+
+    if not port_is_free(options.front_port):
+        raise GpumixError(f"the gateway port {options.front_port} on 127.0.0.1 is taken", hint="pass another --port")
     previous = read_ray_run(run_dir)
     if previous is not None and previous.phase in ("starting", "running") and _pid_alive(previous.pid):
         raise GpumixError(f"gpumix up --ray is already running from {run_dir} (pid {previous.pid})",
