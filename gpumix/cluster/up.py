@@ -8,7 +8,7 @@ One process on the head machine (the gateway machine) does it all; `--detach` ru
    the parts of a split across hosts are reserved together (a placement group), RPC workers first;
 3. waits until every engine is healthy, writes the gateway's backends file and runs the gateway here under the
    local supervisor (requests go from the gateway straight to the engines: Ray is not in the request path);
-4. runs the **controller** (a thread of this process, every ~1 s): Ray's node table says which hosts are dead;
+4. runs the **controller** (a thread of this process): Ray's node table (read every 0.25 s) says which hosts are dead;
    their parts leave the backends file at once, the lost services are re-planned on the surviving hosts' free
    capacity (gpumix.plan.replan) and started, and what could not be placed is reported (ray.json events, log);
    a split whose part died is restarted as a whole; when a dead host comes back, its services return and their
@@ -91,7 +91,8 @@ class RayUpOptions:
     token_file: Path | None = None
     spec_file: Path | None = None  # the plan file, for re-planning (None: a dead host's services are not moved)
     agent_dir: str | None = None  # where agents keep run dirs and logs on each node
-    tick_s: float = 1.0  # controller period
+    tick_s: float = 1.0  # controller period: agents' reports, re-planning, returns
+    host_poll_s: float = 0.25  # how often Ray's node table is read (a dead host leaves the gateway at once)
     drain_s: float = 3.0  # a stand-in leaves the backends file this long before it is stopped
 
 
@@ -415,15 +416,21 @@ class Controller:
             self.d.say(f"re-planning is off: {exc.message}")
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.wait(self.d.options.tick_s):
+        """Ray's node table every host_poll_s (a dead host leaves the gateway within that of Ray saying so); the
+        agents' reports, re-planning and returns every tick_s."""
+        next_tick = time.monotonic() + self.d.options.tick_s
+        while not stop.wait(self.d.options.host_poll_s):
             try:
-                self.tick()
+                alive = alive_hosts(host_reports(self.d.ray))
+                self._hosts(alive)
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + self.d.options.tick_s
+                    self.tick(alive)
             except Exception as exc:  # one bad tick (a Ray hiccup) must not end the controller
                 self.d.say(f"controller: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}")
 
-    def tick(self) -> None:
+    def tick(self, alive: Mapping[str, HostReport]) -> None:
         d, run = self.d, self.d.run
-        alive = alive_hosts(host_reports(d.ray))
         self._hosts(alive)
         live = {p.name: d.handles[p.name] for p in run.parts
                 if not p.dropped and p.host in alive and p.name in d.handles and p.group not in d.down_groups}  # fmt: skip
