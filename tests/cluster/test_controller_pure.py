@@ -11,8 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 
-import gpumix.cluster.up as up
+import gpumix.cluster.controller as controller_module
+from gpumix.cluster.controller import Controller
 from gpumix.cluster.deploy import RayRun, parts_of_process, plan_parts
+from gpumix.cluster.deployment import Deployment, RayUpOptions
 from gpumix.cluster.status import HostReport
 from gpumix.launch.commands import render_plan
 from gpumix.plan.planner import plan_file
@@ -30,17 +32,17 @@ def controller(tmp_path, monkeypatch):
     run = RayRun(deployment="demo", address="127.0.0.254:1", front_port=8080, next_port=9004, parts=parts,
                  node_ips=IPS)  # fmt: skip
     said: list[str] = []
-    options = up.RayUpOptions(run_dir=tmp_path, drain_s=0.0)
-    d = up.Deployment(ray=SimpleNamespace(), run=run, plan=plan, options=options, run_dir=tmp_path, say=said.append)
+    options = RayUpOptions(run_dir=tmp_path, drain_s=0.0)
+    d = Deployment(ray=SimpleNamespace(), run=run, plan=plan, options=options, run_dir=tmp_path, say=said.append)
     d.handles = {p.name: f"handle:{p.name}" for p in parts}
     d.serving = {p.name for p in parts}
     d.write_backends()
     stopped: list[str] = []
-    monkeypatch.setattr(up, "stop_agents", lambda _ray, handles, timeout_s=30.0: stopped.extend(handles))
-    return SimpleNamespace(c=up.Controller(d, None), d=d, stopped=stopped, said=said, plan=plan)
+    monkeypatch.setattr(controller_module, "stop_agents", lambda _ray, handles, timeout_s=30.0: stopped.extend(handles))
+    return SimpleNamespace(c=Controller(d, None), d=d, stopped=stopped, said=said, plan=plan)
 
 
-def _backends(d: up.Deployment) -> dict:
+def _backends(d: Deployment) -> dict:
     return json.loads(d.backends_path.read_text())
 
 

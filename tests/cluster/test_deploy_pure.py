@@ -23,9 +23,9 @@ from gpumix.cluster.deploy import (
     write_backends,
     write_ray_run,
 )
+from gpumix.cluster.driver import alive_hosts, check_hosts, check_same_build
 from gpumix.cluster.names import HOST_LABEL
 from gpumix.cluster.status import HostReport
-from gpumix.cluster.up import alive_hosts, check_hosts, check_same_build
 from gpumix.errors import GpumixError
 from gpumix.gateway.config import read_backends_file, read_dead_backends
 from gpumix.launch.commands import render_plan
