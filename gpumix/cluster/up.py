@@ -259,6 +259,8 @@ class PartStatus:
     urls: list[str]
     state: str  # "serving" | "healthy" | "starting" | "dead" | "dropped" | "unknown"
     processes: list[dict[str, Any]] = field(default_factory=list)
+    node_ip: str | None = None  # where the agent runs, as it reports itself
+    resources: dict[str, float] = field(default_factory=dict)  # the device resources it holds there
 
 
 def ray_status(run_dir: Path, live: bool = True) -> dict[str, Any] | None:
@@ -289,8 +291,10 @@ def ray_status(run_dir: Path, live: bool = True) -> dict[str, Any] | None:
             state_name = "serving" if report["healthy"] and serving else ("healthy" if report["healthy"] else "starting")
         else:
             state_name = "dead" if part.host in run.dead_hosts else "unknown"
-        procs = report["processes"] if isinstance(report, dict) else []
-        parts.append(PartStatus(part.part, part.service, part.host, part.origin, part.urls, state_name, procs))
+        live_report = report if isinstance(report, dict) else {}
+        parts.append(PartStatus(part.part, part.service, part.host, part.origin, part.urls, state_name,
+                                live_report.get("processes", []), live_report.get("node_ip"),
+                                live_report.get("resources", {})))  # fmt: skip
     gateway = state.processes[0].model_dump(mode="json") if state is not None and state.processes else None
     return {
         "deployment": run.deployment, "address": run.address, "phase": run.phase, "error": run.error,

@@ -152,6 +152,9 @@ def test_a_split_over_two_hosts_starts_serves_and_restarts_together(local_cluste
         run = read_ray_run(run_dir)
         assert run is not None
         main, worker = run.part(f"{run.deployment}.split"), run.part(f"{run.deployment}.split-rpc0")
+        placed = parts_by_name(status(local_cluster, run_dir))
+        assert placed["split"]["node_ip"] == HOSTS["a"] and placed["split-rpc0"]["node_ip"] == HOSTS["b"]
+        assert list(placed["split-rpc0"]["resources"]) == ["gpumix.io/dev/b/cpu0"]
         assert (main.host, worker.host) == ("a", "b") and main.group == worker.group is not None
         worker_spec, main_spec = worker.specs[0], main.specs[0]
         assert worker_spec.argv[worker_spec.argv.index("-H") + 1] == HOSTS["b"]  # the cluster address, not 127.0.0.1
@@ -228,7 +231,9 @@ def test_the_fleet_keeps_serving_when_host_b_dies_and_returns(local_cluster, tmp
         report = status(local_cluster, run_dir)
         parts = parts_by_name(report)
         assert {n: p["host"] for n, p in parts.items()} == {"chat-0": "a", "chat-1": "b", "embed": "b"}
-        for part in parts.values():  # each engine on its own host's address only
+        for part in parts.values():  # each agent on its own host, holding its host's card; its engine listens there only
+            assert part["node_ip"] == HOSTS[part["host"]]
+            assert list(part["resources"]) == [f"gpumix.io/dev/{part['host']}/cpu0"] and 0 < part["resources"][f"gpumix.io/dev/{part['host']}/cpu0"] < 1
             [proc] = part["processes"]
             assert listening(proc["pid"]) == {HOSTS[part["host"]]}
             assert part["urls"] == [f"http://{HOSTS[part['host']]}:{proc['port']}"]
