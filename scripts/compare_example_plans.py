@@ -5,8 +5,8 @@
 
 Compares what a plan decides (feasible, reasons, cost, warning codes; per service: engine, mode, devices, layers,
 -ts, memory, predictions, SLOs; per device: planned memory, utilisation, price). Devices are compared by their
-plan-wide id (`gpu0`, `HOST/gpu0`), so plans of format 1 (bare indices) and 2 (ids) compare alike. Exit 1 when
-any example differs.
+plan-wide id (`gpu0`, `HOST/gpu0`), so plans of format 1 (bare indices) and 2 (ids) compare alike; keys added to a
+nested mapping since the save (a new `predicted` field) are not differences. Exit 1 when any example differs.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     for key in before:
         if key == "services":
             for old, new in zip(before[key], after[key], strict=False):
-                changed = {k: (old[k], new[k]) for k in old if old[k] != new[k]}
+                changed = {k: (old[k], new[k]) for k in old if _known(old[k], new[k]) != old[k]}
                 if changed:
                     out.append(f"service {old['name']}: {changed}")
             if len(before[key]) != len(after[key]):
@@ -69,6 +69,14 @@ def differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
         elif before[key] != after[key]:
             out.append(f"{key}: {before[key]} → {after[key]}")
     return out
+
+
+def _known(old: Any, new: Any) -> Any:
+    """`new` without the keys of a nested mapping that `old` does not have: a field added since the save (e.g. a new
+    `predicted` entry) is not a different decision."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return {k: _known(old[k], new[k]) if k in old else None for k in new if k in old}
+    return new
 
 
 def main() -> int:
@@ -83,6 +91,9 @@ def main() -> int:
         plan = plan_json(example)
         if args.action == "save":
             saved.write_text(json.dumps(plan, indent=2))
+            continue
+        if not saved.is_file():
+            print(f"{example.stem}: new (not in {args.directory})")
             continue
         diffs = differences(decisions(json.loads(saved.read_text())), decisions(plan))
         different += bool(diffs)

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # `make demo`: plan the hybrid box, then start the CPU demo (chat + embeddings on Gemma 3 270M), query it
-# through the front port, and stop it. Leaves nothing running, even when a step fails.
+# through the front port, and stop it; last, write the hybrid box's visual report. Leaves nothing running, even
+# when a step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GPUMIX="${GPUMIX:-.venv/bin/gpumix}"
 PY="${PYTHON:-.venv/bin/python}"
 PORT="${GPUMIX_DEMO_PORT:-8080}"
+REPORT="${GPUMIX_DEMO_REPORT:-gpumix-report-hybrid-box.html}"
 RUN_DIR="$(mktemp -d -t gpumix-demo.XXXXXX)"
 
 cleanup() {
@@ -18,7 +20,7 @@ echo "== 1. plan the hybrid box (RTX 4090 + RTX 5060 Ti) =="
 "$GPUMIX" plan examples/hybrid-box.yaml
 
 echo
-echo "== 2. start the CPU demo: gpumix up examples/cpu-demo.yaml --detach =="
+echo "== 2. start the CPU demo: gpumix up examples/cpu-demo.yaml --detach (dashboard at http://127.0.0.1:$PORT/ui) =="
 "$GPUMIX" up examples/cpu-demo.yaml --detach --port "$PORT" --run-dir "$RUN_DIR" --health-timeout-s 120
 
 echo
@@ -50,3 +52,8 @@ echo
 echo "== 4. status and stop =="
 "$GPUMIX" status --run-dir "$RUN_DIR" || true
 "$GPUMIX" down --run-dir "$RUN_DIR"
+
+echo
+echo "== 5. the hybrid box as a picture: gpumix report examples/hybrid-box.yaml -o $REPORT =="
+"$GPUMIX" report examples/hybrid-box.yaml -o "$REPORT"
+echo "open $(cd "$(dirname "$REPORT")" && pwd)/$(basename "$REPORT") in a browser (one file, works offline)"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages gpumix's tests and demo drive for real, only where they are missing.
+# chromium: the browser tests (Playwright drives Debian's chromium; nothing is downloaded by Playwright).
 set -euo pipefail
 need=()
-for pair in redis-server:redis-server caddy:caddy nginx:nginx cmake:cmake g++:g++; do
+for pair in redis-server:redis-server caddy:caddy nginx:nginx cmake:cmake g++:g++ chromium:chromium; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done

@@ -1,27 +1,31 @@
-"""`gpumix estimate` and `gpumix validate`: thin wrappers over gpumix.estimate."""
+"""`gpumix estimate` and `gpumix validate`: thin wrappers over gpumix.estimate and gpumix.calibrate.validate."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
+from gpumix.calibrate.validate import ValidationReport, validate_file
+from gpumix.cli.calibration_option import CALIBRATION_HELP, cli_calibration
 from gpumix.cli.output import add_row, esc, say, show, styled
 from gpumix.cli.params import choice
 from gpumix.errors import GpumixError
-from gpumix.estimate import Calibration, Estimate, Placement, Workload, estimate, load_calibration
-from gpumix.estimate.validate import ValidationReport, validate_file
+from gpumix.estimate import Calibration, Estimate, Placement, Workload, estimate
 from gpumix.hardware.catalog import parse_device_list
-from gpumix.hardware.devices import device_from_spec, this_machine_cpu
-from gpumix.hardware.entries import load_devices_file
+from gpumix.hardware.devices import device_from_spec
+from gpumix.hardware.discovery import read_this_machine
+from gpumix.hardware.entries import load_devices_file, this_machine_cpu_device
 from gpumix.hardware.spec import Device
-from gpumix.kinds import LLM_ENGINES, PlacementMode
+from gpumix.kinds import LLM_ENGINES, Engine, PlacementMode
 from gpumix.models.catalog import load_model, resolve_quant
 from gpumix.models.spec import ModelSpec, QuantSpec
+from gpumix.plan.result import Plan
 from gpumix.units import GiB
 
 
@@ -33,7 +37,7 @@ def _devices(gpus: list[str], cpu: bool, devices_file: Path | None = None) -> li
     specs = [spec for name in gpus for spec in parse_device_list(name)]
     devices = [device_from_spec(spec, index=i) for i, spec in enumerate(specs)]
     if cpu:
-        devices.insert(0, this_machine_cpu())  # llama.cpp keeps the first layers on the CPU when offloading
+        devices.insert(0, this_machine_cpu_device(read_this_machine))  # llama.cpp keeps the first layers on the CPU when offloading
     if not devices:
         raise GpumixError("no device given", hint='add --gpu "RTX 3090" (repeatable) and/or --cpu')
     return devices
@@ -41,7 +45,7 @@ def _devices(gpus: list[str], cpu: bool, devices_file: Path | None = None) -> li
 
 def _file_devices(path: Path) -> list[Device]:
     """The devices of a devices file (one host); a CPU, if any, goes first (llama.cpp offloads the first layers)."""
-    devices = load_devices_file(path)
+    devices = load_devices_file(path, read_this_machine)
     if len({d.host for d in devices}) > 1:
         raise GpumixError(f"{path}: devices on several hosts; `gpumix estimate` places one model on one machine",
                           hint="keep one host's devices in the file, or use `gpumix plan` for a fleet")  # fmt: skip
@@ -155,8 +159,10 @@ def estimate_cmd(
     engine: str = typer.Option("llama.cpp", "--engine", help="llama.cpp | vllm"),
     kv_type: str = typer.Option("f16", "--cache-type", help="KV cache type (f16, q8_0, fp8...)."),
     prompt: int = typer.Option(512, "--prompt", min=1, help="Prompt tokens for prefill and TTFT."),
-    calibration: Path | None = typer.Option(None, "--calibration", help="Machine calibration from `gpumix tune`."),
+    calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    suggest: bool = typer.Option(True, "--advice/--no-advice",
+                                 help="When it does not fit: re-plan smaller quants, CPU offload and cards that fix it."),
 ) -> None:
     """Memory per device, fit, and predicted decode/prefill speed and TTFT for a model on GPUs."""
     split = choice(split, ("layer", "row", "tensor", "none"), "--split")
@@ -171,27 +177,85 @@ def estimate_cmd(
     workload = Workload(
         context=ctx, parallel=parallel, engine=engine_name, kv_cache_dtype=kv_type, prompt_tokens=prompt,
     )  # fmt: skip
-    cal = load_calibration(calibration)
+    cal = cli_calibration(calibration).calibration
     ts = _parse_tensor_split(tensor_split, len(devices))
-    placement, how = _placement(spec, qspec, devices, workload, split, ts, cal)
+    try:
+        placement, how = _placement(spec, qspec, devices, workload, split, ts, cal)
+    except GpumixError as exc:  # no split holds it at all: say so, and what would
+        if not suggest:
+            raise
+        _no_split(exc, _advice_plan(model, qspec, engine_name, workload, devices, cal), as_json)
+        raise typer.Exit(1) from None
     result = estimate(spec, qspec, placement, workload, calibration=cal)
+    plan = None if result.fits or not suggest else _advice_plan(model, qspec, engine_name, workload, devices, cal)
     if as_json:
-        print(json.dumps(_estimate_json(spec, qspec, result, how, workload), indent=2))
+        data = _estimate_json(spec, qspec, result, how, workload)
+        if plan is not None:
+            data["suggestions"] = [s.model_dump() for s in plan.suggestions]
+        print(json.dumps(data, indent=2))
     else:
         _print_estimate(spec, qspec, result, how, workload)
+        for device in devices:
+            if device.assumed:
+                say(Text(f"  {device.id} assumed: {device.assumed}"))
+        if plan is not None:
+            _print_advice(plan)
     if not result.fits:
         raise typer.Exit(1)
 
 
+def _advice_plan(model: str, quant: QuantSpec, engine: str, workload: Workload, devices: list[Device],
+                 calibration: Calibration) -> Plan:  # fmt: skip
+    """The planner's plan for this one model on these devices: its `suggestions` (gpumix.plan.advice) say what would
+    make it fit, each change re-planned."""
+    from gpumix.plan.planner import plan_services
+    from gpumix.plan.spec import PlanSpec, ServiceEntry
+
+    kv = None if workload.kv_cache_dtype == "f16" else workload.kv_cache_dtype
+    service = ServiceEntry(name=_service_name(model), model=model, quant=quant.id, engine=cast(Engine, engine),
+                           context=workload.context, concurrency=workload.parallel, kv_cache_dtype=kv)  # fmt: skip
+    return plan_services(PlanSpec(services=[service]), calibration=calibration, devices=devices)
+
+
+def _service_name(model: str) -> str:
+    """A plan service name (lower-case slug) for the model the estimate was asked about."""
+    slug = re.sub(r"[^a-z0-9_.-]+", "-", Path(model).stem.lower() if model.endswith((".gguf", ".json")) else model.lower())
+    return slug.strip("-._")[:63] or "model"
+
+
+def _no_split(exc: GpumixError, plan: Plan, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"fits": False, "error": exc.message, "reasons": plan.reasons,
+                          "suggestions": [s.model_dump() for s in plan.suggestions]}, indent=2))  # fmt: skip
+        return
+    say(Text(f"does not fit: {exc.message}", style="red"))
+    for reason in plan.reasons:
+        say(Text(f"  {reason}"))
+    _print_advice(plan)
+
+
+def _print_advice(plan: Plan) -> None:
+    from gpumix.cli.plan_cmds import print_suggestions
+
+    if plan.feasible:  # the planner found a placement the estimate's split/mode did not try
+        placed = plan.services[0]
+        say(Text(f"gpumix plan would place it: {placed.mode} on {', '.join(placed.devices)} "
+                 f"({', '.join(map(str, placed.layers))} layers) → {placed.predicted.decode_tokens_per_s} tok/s"))  # fmt: skip
+    elif plan.suggestions:
+        print_suggestions(plan.suggestions)
+    else:
+        say("no change gpumix tries makes it fit: " + esc("; ".join(plan.reasons)))
+
+
 def validate_cmd(
     csv_file: Path = typer.Argument(..., help="measurements.csv or multigpu.csv format."),
-    calibration: Path | None = typer.Option(None, "--calibration", help="Machine calibration to use."),
+    calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
     headline: bool = typer.Option(False, "--headline", help="Only dense tg128-tg1024 and pp512 rows."),
     show_rows: bool = typer.Option(False, "--rows", help="Print every row's prediction."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Predict every row of a measurement CSV and report the mean absolute percentage error."""
-    report = validate_file(csv_file, load_calibration(calibration), headline_only=headline)
+    report = validate_file(csv_file, cli_calibration(calibration).calibration, headline_only=headline)
     if as_json:
         print(report.model_dump_json(indent=2))
         return

@@ -52,12 +52,25 @@ def gateway(
     health_interval_s: Annotated[float, typer.Option(help="seconds between active health checks")] = 2.0,
     health_path: Annotated[str, typer.Option(help="backend health path (200 = ready)")] = "/health",
     cooldown_s: Annotated[float, typer.Option(help="how long a tripped circuit keeps a backend out")] = 5.0,
+    ui: Annotated[bool, typer.Option("--ui/--no-ui", help="serve the live dashboard at /ui (+ /api/status, /api/events)")] = True,
+    ui_interval_s: Annotated[
+        float, typer.Option(help="dashboard sampling period", envvar="GPUMIX_UI_INTERVAL_S", min=0.1, max=60.0)
+    ] = 2.0,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="`gpumix up` run directory: the dashboard shows its processes and cards")
+    ] = None,
+    balance: Annotated[
+        str, typer.Option(help="replicas: `shares` (in-flight requests in proportion to the plan's replica shares) "
+                          "or `least-outstanding`")  # fmt: skip
+    ] = "shares",
     backends_file: Annotated[
-        Path | None, typer.Option(help='JSON {"services": {NAME: [URL, ...]}}, re-read when it changes (`up --ray`)')
+        Path | None,
+        typer.Option(help='JSON {"services": {NAME: [URL, ...]}, "weights": {NAME: [STREAMS, ...]}}, re-read when '
+                     "it changes (`up --ray` writes it)"),  # fmt: skip
     ] = None,
 ) -> None:
     """Serve the plan's services behind one OpenAI-compatible port."""
-    from gpumix.gateway.config import HealthSettings, Limits, build_config, load_api_keys, load_plan
+    from gpumix.gateway.config import DashboardSettings, HealthSettings, Limits, build_config, load_api_keys, load_plan
     from gpumix.gateway.server import Gateway, serve
 
     limits = Limits(
@@ -68,7 +81,8 @@ def gateway(
     health = HealthSettings(path=health_path, interval_s=health_interval_s, cooldown_s=cooldown_s)
     config = build_config(
         load_plan(plan) if plan else None, backend or [], route or [], limits=limits, health=health,
-        api_keys=load_api_keys(api_keys_file, api_keys_env), access_log=access_log, redis_url=redis,
+        api_keys=load_api_keys(api_keys_file, api_keys_env), access_log=access_log, redis_url=redis, balance=balance,
+        dashboard=DashboardSettings(interval_s=ui_interval_s, run_dir=run_dir) if ui else None,
         backends_file=backends_file,
     )  # fmt: skip
     serve(Gateway(config), host, port)

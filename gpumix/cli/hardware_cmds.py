@@ -1,10 +1,10 @@
-"""`gpumix devices` (what this machine has) and `gpumix gpus` (the catalog)."""
+"""`gpumix devices` (what this machine has), `gpumix gpus` and `gpumix cpus` (the catalogs)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
@@ -13,10 +13,14 @@ from rich.text import Text
 from gpumix.cli.output import add_row, esc, say, show, styled
 from gpumix.errors import GpumixError
 from gpumix.hardware.catalog import all_gpus, gpu_candidates, load_catalog
-from gpumix.hardware.discovery import INDEX_NOTE, DiscoveredMachine, discover_machine
+from gpumix.hardware.discovery import INDEX_NOTE, DiscoveredMachine, discover_machine, read_this_machine
 from gpumix.hardware.entries import load_devices_file
+from gpumix.hardware.names import Named, NameIndex
+from gpumix.hardware.platforms import board_catalog, cpu_catalog
 from gpumix.hardware.spec import Device, GpuSpec
 from gpumix.units import GiB
+
+T = TypeVar("T", bound=Named)
 
 DEVICES_FILE_HELP = (
     "YAML list describing the devices instead of asking the driver, e.g. "
@@ -133,7 +137,7 @@ def devices_cmd(
     Without an NVIDIA driver, describe the devices in a file and pass --devices-file.
     """
     if devices_file is not None:
-        report = _file_json(devices_file, load_devices_file(devices_file))
+        report = _file_json(devices_file, load_devices_file(devices_file, read_this_machine))
     else:
         report = _machine_json(discover_machine())
     if as_json:
@@ -198,6 +202,55 @@ def gpus_cmd(
     show(table)
 
 
+def _matching(query: str | None, index: NameIndex[T], what: str, command: str) -> list[T]:
+    if not query:
+        return list(index.items)
+    found = index.candidates(query)
+    if not found:
+        close = index.suggestions(query)
+        raise GpumixError(f"no catalog {what} matches {query!r}" + (f"; closest: {', '.join(close)}" if close else ""),
+                          hint=f"run `gpumix {command}` without a query to see all")  # fmt: skip
+    return found
+
+
+def cpus_cmd(
+    query: Annotated[str | None, typer.Argument(help="Part of a name, e.g. '5800X', 'EPYC 9654', 'M2 Max'.")] = None,
+    boards: Annotated[bool, typer.Option("--boards", help="List the board (chipset) slot layouts instead.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the CPU catalog (names for `cpu: {model: ...}` in plan files) or, with --boards, the board layouts."""
+    if boards:
+        rows = _matching(query, board_catalog(), "board", "cpus --boards")
+        if as_json:
+            print(json.dumps([b.model_dump() for b in rows], indent=2))
+            return
+        table = Table(title=f"board layouts ({len(rows)}): the slot each GPU gets, by number of GPUs")
+        for col in ("board", "socket", "layouts", "chipset link"):
+            table.add_column(col)
+        for b in rows:
+            layouts = "; ".join(f"{n}: {' + '.join(s.label for s in slots)}" for n, slots in sorted(b.layouts.items()))
+            add_row(table, b.name, b.socket, layouts, b.chipset_link or "-")
+        show(table)
+        return
+    cpus = _matching(query, cpu_catalog(), "CPU", "cpus")
+    if as_json:
+        print(json.dumps([c.model_dump() for c in cpus], indent=2))
+        return
+    table = Table(title=f"CPU catalog ({len(cpus)}): RAM GB/s = channels x MT/s x 8 B at the official speed")
+    for col in ("name", "cores/threads", "memory", "channels", "RAM GB/s", "PCIe (CPU)", "power W", "socket"):
+        table.add_column(col)
+    for c in cpus:
+        fastest = c.memory[0]
+        add_row(
+            table, c.name, f"{c.cores}/{c.threads}", ", ".join(m.label for m in c.memory), str(c.memory_channels),
+            f"{c.memory_channels * fastest.mts * 8 / 1000:.1f}",
+            f"gen{c.pcie_gen} x{c.pcie_lanes_usable}" if c.pcie_gen else "-",
+            _fmt(c.max_power_w, ".0f"), c.socket or "-",
+        )  # fmt: skip
+    show(table)
+
+
 def register(app: typer.Typer) -> None:
     app.command("devices")(devices_cmd)
     app.command("gpus")(gpus_cmd)
+    app.command("cpus")(cpus_cmd)

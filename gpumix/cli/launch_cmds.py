@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from gpumix.cli.calibration_option import CALIBRATION_HELP, plan_calibration
 from gpumix.cli.output import add_row, say, show, stdout_console
 from gpumix.cli.params import choice
 from gpumix.errors import GpumixError
@@ -72,17 +73,19 @@ def engines_install(
 
 def export(
     fmt: Annotated[str, typer.Argument(help="compose | caddy | nginx | litellm | systemd | commands")],
-    plan_path: Annotated[Path, typer.Option("--plan", "-p", help="plan.json from `gpumix plan`")],
+    plan_path: Annotated[Path, typer.Option("--plan", "-p", help="plan.json from `gpumix plan` (or a plan file, planned first)")],
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="directory to write into (default: print)")] = None,
     base_port: int = typer.Option(8001, "--base-port", help="first backend port; the rest follow in plan order"),
     front_port: int = typer.Option(8080, "--port", help="front port of the caddy/nginx proxy"),
     stagger_s: float = typer.Option(10.0, "--stagger-s", help="seconds between GPU service starts"),
+    calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
 ) -> None:
     """Write launch artifacts for a plan: compose, caddy, nginx, litellm, systemd or a commands script."""
     from gpumix.launch.export import render_export, write_export
     from gpumix.run.up import load_plan
 
-    files = render_export(load_plan(plan_path), fmt, base_port=base_port, front_port=front_port, stagger_s=stagger_s)
+    plan = load_plan(plan_path, *plan_calibration(plan_path, calibration))
+    files = render_export(plan, fmt, base_port=base_port, front_port=front_port, stagger_s=stagger_s)
     if out_dir is None:
         for name, content in files.items():
             if len(files) > 1:

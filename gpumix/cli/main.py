@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "gpumix.cli.models_cmds",
     "gpumix.cli.estimate_cmds",
     "gpumix.cli.plan_cmds",
+    "gpumix.cli.report_cmds",
     "gpumix.cli.launch_cmds",
     "gpumix.cli.run_cmds",
     "gpumix.cli.gateway_cmds",

@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
+from gpumix.cli.calibration_option import CALIBRATION_HELP, plan_calibration
 from gpumix.cli.output import add_row, esc, say, show
 from gpumix.run.state import default_run_dir
 from gpumix.units import fmt_gib
+
+if TYPE_CHECKING:
+    from gpumix.plan.result import Plan
 
 _RUN_DIR = typer.Option("--run-dir", help="where state.json, plan.json and logs live (default ~/.cache/gpumix/run/default)")
 
@@ -31,6 +35,7 @@ def up(
     host: Annotated[
         str | None, typer.Option("--host", help="the plan host to run here (required when the plan spans several)")
     ] = None,
+    calibration: Annotated[Path | None, typer.Option("--calibration", help=CALIBRATION_HELP)] = None,
     ray: Annotated[
         str | None, typer.Option("--ray", help="run every host's services on a Ray cluster: `auto` (the one "
                                  "`gpumix cluster head/local` started here) or the head's IP:PORT")  # fmt: skip
@@ -50,15 +55,18 @@ def up(
     """Start every service of a plan pinned to its devices and supervise them (Ctrl-C stops all)."""
     from gpumix.run.up import UpOptions, load_plan, run_foreground, start_detached
 
+    cal, cal_name = plan_calibration(file, calibration)
     if ray is not None:
-        _up_ray(file, ray, detach, port, base_port, health_timeout_s, no_return, name, cluster_dir, token_file,
+        plan = load_plan(file, cal, cal_name)
+        _up_ray(file, plan, ray, detach, port, base_port, health_timeout_s, no_return, name, cluster_dir, token_file,
                 agent_dir, spec_file, run_dir)  # fmt: skip
         return
     options = UpOptions(run_dir=(run_dir or default_run_dir()).resolve(), front_port=port, stagger_s=stagger_s,
                         health_timeout_s=health_timeout_s, gateway=gateway, host=host)  # fmt: skip
     if not detach:
-        sys.exit(run_foreground(load_plan(file), options, say=lambda text: print(text, flush=True)))
-    state = start_detached(file, options)
+        plan = load_plan(file, cal, cal_name)
+        sys.exit(run_foreground(plan, options, say=lambda text: print(text, flush=True)))
+    state = start_detached(file, options, calibration=cal, calibration_name=cal_name)
     for proc in state.processes:
         say(Text(f"{proc.name}: healthy at {proc.url} (pid {proc.pid})"))
     if state.message:
@@ -66,13 +74,11 @@ def up(
     say(Text(f"supervisor pid {state.supervisor_pid}; `gpumix status` / `gpumix down` (run dir {options.run_dir})"))
 
 
-def _up_ray(file: Path, ray: str, detach: bool, port: int, base_port: int, health_timeout_s: float, no_return: bool,
+def _up_ray(file: Path, plan: Plan, ray: str, detach: bool, port: int, base_port: int, health_timeout_s: float, no_return: bool,
             name: str | None, cluster_dir: Path | None, token_file: Path | None, agent_dir: str | None,
             spec_file: Path | None, run_dir: Path | None) -> None:  # fmt: skip
     from gpumix.cluster.up import RayUpOptions, run_ray, start_ray_detached
-    from gpumix.run.up import load_plan
 
-    plan = load_plan(file)
     spec = spec_file or (file if file.suffix in (".yaml", ".yml") else Path(plan.source) if plan.source else None)
     options = RayUpOptions(run_dir=(run_dir or default_run_dir()).resolve(), ray=ray, front_port=port,
                            base_port=base_port, health_timeout_s=health_timeout_s, no_return=no_return, name=name,

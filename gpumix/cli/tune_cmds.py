@@ -48,7 +48,8 @@ def tune_cmd(
 ) -> None:
     """Measure splits on the real devices (each alone, then the ones the fitted model points to) and write
     this machine's calibration."""
-    from gpumix.tune.calibration_file import save_machine_calibration
+    from gpumix.calibrate.files import save_machine_calibration
+    from gpumix.cli.calibration_option import cli_calibration_out
     from gpumix.tune.session import BenchSettings, tune_machine
     from gpumix.tune.tuner import TunePoint
 
@@ -83,7 +84,7 @@ def tune_cmd(
         )  # fmt: skip
     written = None
     if not no_calibration and cal.devices:
-        written = save_machine_calibration(cal, calibration_out)
+        written = save_machine_calibration(cal, cli_calibration_out(calibration_out))
     if plot:
         from gpumix.tune.plot import plot_tune
 

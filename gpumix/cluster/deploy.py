@@ -28,7 +28,7 @@ from gpumix.cluster.agent import DeviceClaim, bind_to_node
 from gpumix.cluster.auth import auth_env
 from gpumix.cluster.names import agent_actor_name, check_host_name
 from gpumix.errors import GpumixError
-from gpumix.launch.commands import process_devices, render_processes
+from gpumix.launch.commands import process_devices, process_kv, render_processes
 from gpumix.launch.spec import LaunchSpec
 from gpumix.plan.result import Plan, PlannedService
 
@@ -61,6 +61,7 @@ class Part(BaseModel):
     origin: PartOrigin = "plan"
     replaces: list[str] = Field(default_factory=list)  # moved: the plan parts (names) it stands in for
     dropped: bool = False  # a plan part given up for good (`--no-return` after its service moved)
+    streams: int = 1  # the streams its server takes (-np / --max-num-seqs): the gateway balances by them
 
     @property
     def urls(self) -> list[str]:
@@ -128,11 +129,14 @@ def read_ray_run(run_dir: Path) -> RayRun | None:
     return RayRun.model_validate_json(path.read_text())
 
 
-def write_backends(path: Path, table: Mapping[str, list[str]], dead: Iterable[str] = ()) -> None:
-    """The gateway's backends file (gpumix gateway --backends-file), replaced atomically. `dead`: URLs on hosts
-    Ray declared dead (the gateway fails requests waiting on them over at once)."""
+def write_backends(path: Path, table: Mapping[str, list[str]], dead: Iterable[str] = (),
+                   weights: Mapping[str, list[float]] | None = None) -> None:  # fmt: skip
+    """The gateway's backends file (gpumix gateway --backends-file; gpumix.gateway.config.BackendsFile), replaced
+    atomically. `weights`: per service, one per URL, the streams each replica takes (the gateway's `--balance
+    shares`); `dead`: URLs on hosts Ray declared dead (the gateway fails requests waiting on them over at once)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    body = {"services": {name: list(urls) for name, urls in table.items()}, "dead": sorted(set(dead))}
+    body = {"services": {name: list(urls) for name, urls in table.items()},
+            "weights": {name: list(w) for name, w in (weights or {}).items()}, "dead": sorted(set(dead))}  # fmt: skip
     tmp.write_text(json.dumps(body, indent=2))
     os.replace(tmp, path)
 
@@ -192,6 +196,7 @@ def parts_of_process(plan: Plan, deployment: str, specs: Sequence[LaunchSpec], n
             name=agent_actor_name(deployment, part_name), part=part_name, service=main.service, replica=main.replica,
             host=host, devices=devices, shares={d: device_share(memory[d], plan.device(d).memory_total_bytes) for d in devices},
             memory_bytes=memory, specs=host_specs, group=group, origin=origin, replaces=list(replaces),
+            streams=process_kv(plan.service(main.service), main.replica)[0],
         ))  # fmt: skip
     return out
 
@@ -264,8 +269,32 @@ def ray_env_for(address: str, token_file: str | None) -> dict[str, str]:
 
 def backend_table(services: Iterable[str], parts: Iterable[Part], serving: set[str]) -> dict[str, list[str]]:
     """The gateway's backends: for every service, the URLs of its parts in `serving` (names), in part order."""
-    table: dict[str, list[str]] = {name: [] for name in services}
+    return {name: [u for u, _ in pairs] for name, pairs in _served(services, parts, serving).items()}
+
+
+def backend_weights(services: Iterable[str], parts: Iterable[Part], serving: set[str]) -> dict[str, list[float]]:
+    """backend_table's weights: each URL's part's streams (a stand-in re-planned for the streams of the replica it
+    replaces weighs what that replica did)."""
+    return {name: [float(w) for _, w in pairs] for name, pairs in _served(services, parts, serving).items()}
+
+
+def _served(services: Iterable[str], parts: Iterable[Part], serving: set[str]) -> dict[str, list[tuple[str, int]]]:
+    table: dict[str, list[tuple[str, int]]] = {name: [] for name in services}
     for part in parts:
         if part.name in serving and part.service in table:
-            table[part.service] += part.urls
+            table[part.service] += [(url, part.streams) for url in part.urls]
     return table
+
+
+def as_replica(plan: Plan, service: str, index: int, replica: int) -> Plan:
+    """`plan` with process `index` of `service` moved to position `replica` of its per-replica lists (streams, KV,
+    shares): a stand-in re-planned as replica 0 of its own plan is rendered, named and sized as the replica
+    `replica` it replaces (gpumix.launch.commands.process_kv reads those lists by the replica's number)."""
+    svc = plan.service(service)
+    update: dict[str, list[object]] = {}
+    for field_name in ("replica_concurrency", "replica_kv_cache_tokens", "replica_shares"):
+        values = list(getattr(svc, field_name))
+        if index < len(values):
+            update[field_name] = [values[index]] * (replica + 1)
+    moved = svc.model_copy(update=update)
+    return plan.model_copy(update={"services": [moved if s.name == service else s for s in plan.services]})

@@ -17,6 +17,7 @@ from gpumix.cluster.deploy import (
     Part,
     RayRun,
     backend_table,
+    backend_weights,
     plan_parts,
     ray_env_for,
     write_backends,
@@ -80,7 +81,7 @@ class Deployment:
     down_groups: set[str] = field(default_factory=set)  # groups stopped because a host of theirs died
     inflight: dict[str, Any] = field(default_factory=dict)
     moves: int = 0
-    _backends: tuple[dict[str, list[str]], list[str]] | None = None
+    _backends: tuple[dict[str, list[str]], dict[str, list[float]], list[str]] | None = None
 
     @property
     def backends_path(self) -> Path:
@@ -180,11 +181,13 @@ class Deployment:
 
     # ---- the gateway's table -----------------------------------------------------------------------------
     def write_backends(self) -> None:
-        table = backend_table([s.name for s in self.plan.services], self.run.parts, self.serving)
+        names = [s.name for s in self.plan.services]
+        table = backend_table(names, self.run.parts, self.serving)
+        weights = backend_weights(names, self.run.parts, self.serving)
         dead = sorted({u for p in self.run.parts if p.host in self.run.dead_hosts for u in p.urls})
-        if (table, dead) != self._backends:
-            write_backends(self.backends_path, table, dead)
-            self._backends = (table, dead)
+        if (table, weights, dead) != self._backends:
+            write_backends(self.backends_path, table, dead, weights)
+            self._backends = (table, weights, dead)
 
     # ---- stop ----------------------------------------------------------------------------------------------
     def stop_everything(self) -> None:

@@ -309,7 +309,7 @@ def _read_backends(run_dir: Path) -> set[str]:
     from gpumix.gateway.config import read_backends_file
 
     try:
-        return {u for urls in read_backends_file(run_dir / BACKENDS_FILE).values() for u in urls}
+        return {u for urls in read_backends_file(run_dir / BACKENDS_FILE).services.values() for u in urls}
     except GpumixError:
         return set()
 

@@ -1,6 +1,10 @@
-"""Estimate memory and speed of a model on devices (pure: no I/O beyond reading packaged data)."""
+"""Estimate memory and speed of a model on devices (pure: no I/O beyond reading packaged data).
 
-from gpumix.estimate.calibration import Calibration, default_calibration, load_calibration
+The calibration to use is an argument (`Calibration`); `default_calibration()` is the packaged fit. Machine
+calibration files are read by the calibration stage (`gpumix.calibrate.files.load_calibration`) and the CLI.
+"""
+
+from gpumix.estimate.calibration import Calibration, default_calibration
 from gpumix.estimate.estimator import estimate, layers_for, proportional_layers
 from gpumix.estimate.types import DeviceEstimate, Estimate, Links, Placement, Workload
 
@@ -14,6 +18,5 @@ __all__ = [
     "default_calibration",
     "estimate",
     "layers_for",
-    "load_calibration",
     "proportional_layers",
 ]

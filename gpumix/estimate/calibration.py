@@ -1,29 +1,32 @@
-"""Efficiency parameters of the speed model, fitted on measured llama.cpp throughput.
+"""Efficiency parameters of the speed model, fitted on measured llama.cpp throughput (pure: no environment,
+home directory or file reads beyond the packaged data/calibration.json).
 
 Two layers:
 - `Calibration` — a few physical parameters per backend (achieved fraction of peak bandwidth, per-layer launch
   overhead, achieved fraction of peak FLOP/s), per quant class and per memory technology, fitted by
-  `gpumix.estimate.fit` on ../shared/calibration/*.csv and stored in data/calibration.json with how they were fitted.
-- Per-device measurements of *this machine* written by `gpumix tune` (gpumix.tune.calibration_file): where a
-  device matches, its measured achieved bandwidth and per-token overhead replace the catalog peak × efficiency.
+  `gpumix.calibrate.fit` on ../shared/calibration/*.csv and stored in data/calibration.json with how they were fitted.
+- Per-device measurements of *this machine* written by `gpumix tune`: where a device matches, its measured achieved
+  bandwidth and per-token overhead replace the catalog peak × efficiency. Reading those files, and deciding which
+  one applies (`--calibration`, $GPUMIX_CALIBRATION, ~/.config/gpumix/calibration.json), is the calibration
+  stage's job (`gpumix.calibrate.files`); the core only receives a `Calibration`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gpumix.errors import GpumixError
 from gpumix.hardware.spec import Device, GpuSpec
 
-ENV_CALIBRATION = "GPUMIX_CALIBRATION"
-DEFAULT_MACHINE_CALIBRATION = Path.home() / ".config" / "gpumix" / "calibration.json"
+# Version of the fitted-calibration JSON (data/calibration.json, `python -m gpumix.calibrate.fit -o FILE`).
+CALIBRATION_FORMAT_VERSION = 1
 
 
 class BackendParams(BaseModel):
@@ -48,7 +51,7 @@ class DeviceMeasurement(BaseModel):
 class Calibration(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    format_version: int = 1
+    format_version: int = CALIBRATION_FORMAT_VERSION
     method: str = ""
     fit_stats: dict[str, float | int | str] = Field(default_factory=dict)
     backends: dict[str, BackendParams]
@@ -74,38 +77,43 @@ class Calibration(BaseModel):
         return None
 
 
-@lru_cache(maxsize=1)
-def default_calibration() -> Calibration:
-    text = resources.files("gpumix.estimate").joinpath("data/calibration.json").read_text()
-    return Calibration.model_validate_json(text)
+def check_format_version(data: Mapping[str, Any], supported: int, where: str, hint: str) -> None:
+    """A one-line error naming `where` and the field unless data's `format_version` is the one this gpumix reads."""
+    if "format_version" not in data:
+        raise GpumixError(f"{where}: missing field 'format_version' (this gpumix reads version {supported})", hint=hint)
+    version = data["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise GpumixError(
+            f"{where}: format_version {version!r} is not a version number (this gpumix reads {supported})", hint=hint
+        )
+    if version > supported:
+        raise GpumixError(
+            f"{where}: format_version {version} is newer than this gpumix reads ({supported})",
+            hint=f"upgrade gpumix, or {hint}",
+        )
+    if version < supported:
+        raise GpumixError(f"{where}: format_version {version} is older than this gpumix reads ({supported})", hint=hint)
 
 
-def load_calibration(path: Path | str | None = None) -> Calibration:
-    """The fitted defaults, plus this machine's measurements from `path`, $GPUMIX_CALIBRATION or the default file."""
-    base = default_calibration()
-    chosen = Path(path) if path else (Path(os.environ[ENV_CALIBRATION]) if os.environ.get(ENV_CALIBRATION) else None)
-    if chosen is None:
-        chosen = DEFAULT_MACHINE_CALIBRATION if DEFAULT_MACHINE_CALIBRATION.is_file() else None
-        if chosen is None:
-            return base
-    elif not chosen.is_file():
-        raise GpumixError(f"calibration file {chosen} does not exist", hint="run `gpumix tune` to create one")
-    return base.model_copy(update={"measurements": read_measurements(chosen)})
-
-
-def read_measurements(path: Path) -> tuple[DeviceMeasurement, ...]:
+def calibration_from_json(data: Any, where: str, hint: str) -> Calibration:
+    """A fitted calibration from parsed JSON, its format_version checked; errors name `where` and the field."""
+    if not isinstance(data, dict):
+        raise GpumixError(f"{where}: not a calibration (a JSON object with 'backends')", hint=hint)
+    check_format_version(data, CALIBRATION_FORMAT_VERSION, where, hint)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GpumixError(f"{path}: not a readable JSON calibration file ({exc})", hint="re-run `gpumix tune`") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("devices"), list):
-        raise GpumixError(f"{path}: missing field 'devices' (a list)", hint="re-run `gpumix tune` to rewrite it")
-    try:
-        return tuple(DeviceMeasurement.model_validate(item) for item in data["devices"])
+        return Calibration.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise GpumixError(f"{path}: devices[].{field}: {first['msg']}", hint="re-run `gpumix tune`") from exc
+        raise GpumixError(f"{where}: field '{field}': {first['msg']}", hint=hint) from exc
+
+
+@lru_cache(maxsize=1)
+def default_calibration() -> Calibration:
+    """The fitted parameters shipped with gpumix (gpumix/estimate/data/calibration.json), no machine measurements."""
+    text = resources.files("gpumix.estimate").joinpath("data/calibration.json").read_text()
+    where = "gpumix/estimate/data/calibration.json (packaged)"
+    return calibration_from_json(json.loads(text), where, "reinstall gpumix; the packaged calibration is damaged")
 
 
 # Memory technology decides how much of the peak bandwidth single-stream kernels reach. Derived from the

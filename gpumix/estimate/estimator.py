@@ -6,7 +6,14 @@ import math
 
 from gpumix.errors import GpumixError
 from gpumix.estimate.calibration import Calibration, default_calibration
-from gpumix.estimate.memory import layer_params, memory_for_layers, non_layer_params, service_memory, usable_bytes
+from gpumix.estimate.memory import (
+    layer_params,
+    memory_for_layers,
+    non_layer_params,
+    sequences_held,
+    service_memory,
+    usable_bytes,
+)
 from gpumix.estimate.speed import (
     GB,
     achieved_bandwidth_gb_per_s,
@@ -254,9 +261,9 @@ def _pipelined_aggregate(
     backend: str | None,
     used: list[int],
 ) -> float:
-    """Tokens/s over `parallel` sequences. With several stages, micro-batches pipeline: the slowest stage sets
+    """Tokens/s over the sequences the KV holds (`sequences_held`). With several stages, micro-batches pipeline: the slowest stage sets
     the pace (VISION.md: the best split for many streams balances stage times)."""
-    batch = max(workload.parallel, 1)
+    batch = sequences_held(workload)
     depth = workload.context / 2
     stages = max(len(used), 1)
     micro = max(batch // stages, 1) if stages > 1 and batch >= stages else batch
@@ -303,7 +310,7 @@ def _tensor_parallel(
         per_device.append(_device_estimate(device, model.n_layers, memory, step, dev_bound))
     comm_1 = 2 * model.n_layers * allreduce_s(model, links, tp, 1, range(tp))
     token_s = max(steps_1) + comm_1 + cal.fixed_overhead_s
-    batch = max(workload.parallel, 1)
+    batch = sequences_held(workload)
     batch_steps = []
     for device in devices:
         full = decode_bytes_on_device(model, quant, ids, True, workload, depth)
@@ -333,16 +340,22 @@ def _replicas(
     cal: Calibration,
     backend: str | None,
 ) -> Estimate:
-    """One full copy per device; requests spread over them. A stream runs on one replica."""
+    """One full copy per device, each serving `workload` (the planner gives each replica its own share of the
+    concurrency and its own KV: `combine_replicas`)."""
     singles = [
         _layer_pipeline(model, quant, Placement(mode="single", devices=(d,)), workload, links, cal, backend)
         for d in placement.devices
     ]
-    per_device = tuple(s.devices[0] for s in singles)
+    return combine_replicas(singles)
+
+
+def combine_replicas(singles: list[Estimate]) -> Estimate:
+    """Replicas, each a one-device estimate with its own share of the streams: a stream runs on one replica, so
+    one stream is as fast as the slowest replica and the aggregate is the sum of the replicas' aggregates."""
     return Estimate(
         fits=all(s.fits for s in singles),
         mode="replica",
-        devices=per_device,
+        devices=tuple(s.devices[0] for s in singles),
         decode_tokens_per_s=min(s.decode_tokens_per_s for s in singles),
         aggregate_tokens_per_s=sum(s.aggregate_tokens_per_s for s in singles),
         prefill_tokens_per_s=min(s.prefill_tokens_per_s for s in singles),

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from gpumix.estimate.types import MemoryBreakdown, Workload
 from gpumix.hardware.spec import Device
+from gpumix.kinds import DeviceKind
 from gpumix.models.spec import ModelSpec, QuantSpec
 from gpumix.units import MiB
 
@@ -55,8 +56,13 @@ CPU_MARGIN_BYTES = 4096 * MiB
 
 def margin_bytes(device: Device) -> int:
     """Memory kept free on `device` (see GPU_MARGIN_BYTES)."""
-    if device.kind == "cpu":
-        return min(CPU_MARGIN_BYTES, device.memory_total_bytes // 4)
+    return kind_margin_bytes(device.kind, device.memory_total_bytes)
+
+
+def kind_margin_bytes(kind: DeviceKind, memory_total_bytes: int) -> int:
+    """The margin of a device of this kind and size (views of a plan.json have no `Device` to ask)."""
+    if kind == "cpu":
+        return min(CPU_MARGIN_BYTES, memory_total_bytes // 4)
     return GPU_MARGIN_BYTES
 
 
@@ -145,10 +151,27 @@ def _is_file_quant(model: ModelSpec, quant: QuantSpec) -> bool:
     return model.file_quant is None or model.file_quant.lower() == quant.id.lower()
 
 
+def shares_kv_pool(workload: Workload) -> bool:
+    """One KV pool serves all sequences: vLLM's paged KV cache, llama.cpp's unified KV (`--kv-unified`)."""
+    return workload.engine == "vllm" or workload.kv_unified
+
+
+def kv_tokens_held(workload: Workload) -> int:
+    """Tokens of KV the process holds: its budget where sequences share one pool, else context × parallel."""
+    if workload.kv_tokens is not None and shares_kv_pool(workload):
+        return workload.kv_tokens
+    return workload.context * workload.parallel
+
+
+def sequences_held(workload: Workload) -> int:
+    """Sequences that decode together: the concurrency, capped by how many full-`context` sequences the KV holds
+    (a request may grow to `context` tokens; beyond that count vLLM preempts and llama.cpp fails requests)."""
+    return max(1, min(workload.parallel, kv_tokens_held(workload) // workload.context))
+
+
 def kv_cells(workload: Workload) -> int:
-    """llama.cpp KV cells for full-attention layers: n_ctx (= context × slots) rounded up to 256."""
-    total = workload.context * workload.parallel
-    return _round_up(total, LLAMA_KV_CELL_ROUNDING)
+    """llama.cpp KV cells for full-attention layers: n_ctx (the KV budget, or context × slots) rounded up to 256."""
+    return _round_up(kv_tokens_held(workload), LLAMA_KV_CELL_ROUNDING)
 
 
 def swa_kv_cells(model: ModelSpec, workload: Workload) -> int:
@@ -174,7 +197,7 @@ def kv_cache_bytes(model: ModelSpec, workload: Workload, layer_ids: Sequence[int
     per_layer_token = model.n_kv_heads * model.head_dim * 2 * kv_bytes_per_element(workload.kv_cache_dtype)
     if workload.engine == "vllm":
         # vLLM pages hold the whole context of every sequence; sliding-window layers keep a window per sequence.
-        full = workload.context * workload.parallel
+        full = kv_tokens_held(workload)
         swa = min(full, (model.sliding_window or full) * workload.parallel)
     else:
         full = kv_cells(workload)

@@ -28,8 +28,11 @@ class MemoryBreakdown(_Frozen):
 class Workload(_Frozen):
     """How the model is run: context, parallel sequences, engine and its knobs."""
 
-    context: int = 4096  # tokens of KV per sequence
-    parallel: int = 1  # sequences held in KV at once (llama.cpp -np, vLLM max-num-seqs)
+    context: int = 4096  # tokens of KV per sequence (the longest a request may grow)
+    parallel: int = 1  # concurrent sequences (llama.cpp -np slots, vLLM max-num-seqs)
+    # The KV budget: tokens of KV the process holds, shared by its sequences (vLLM's paged KV; llama.cpp's unified
+    # KV). None = context × parallel. Ignored by llama.cpp without a unified KV (each slot holds `context` cells).
+    kv_tokens: int | None = Field(default=None, ge=1)
     engine: Engine = "llama.cpp"
     kv_cache_dtype: str = "f16"  # f32 | f16 | bf16 | q8_0 | q4_0 | fp8 ...
     ubatch: int = 512  # llama.cpp -ub: sets the compute buffer

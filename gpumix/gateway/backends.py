@@ -25,6 +25,7 @@ class Backend:
     limits: Limits
     health: HealthSettings
     outstanding: int = 0  # admitted and waiting-for-slot requests
+    weight: float = 1.0  # share of the service's streams the plan gives this replica (1 each without shares)
     healthy: bool = True  # last active check (optimistic until the first one)
     consecutive_failures: int = 0
     open_until: float = 0.0  # monotonic time the circuit stays open until
@@ -92,7 +93,8 @@ class Backend:
 
 
 class BackendPool:
-    """All backends, grouped by service; picks the least-loaded available replica."""
+    """All backends, grouped by service; picks the least-loaded available replica, load weighted by the replica's
+    planned share (`weight`)."""
 
     def __init__(self, by_service: dict[str, list[Backend]]) -> None:
         self.by_service = by_service
@@ -110,18 +112,25 @@ class BackendPool:
         return [u for u in urls if u not in old], [u for u in old if u not in urls]
 
     def pick(self, service: str, exclude: set[str]) -> Backend | None:
-        """Least outstanding requests among the service's available backends; ties rotate."""
+        """The available backend whose outstanding requests, with this one, are the smallest multiple of its weight
+        ((outstanding + 1) / weight): with equal weights, least outstanding requests; with the plan's replica shares,
+        in-flight requests in proportion to them (a replica sized for 2 of 16 streams gets 2 while the other has
+        14). Ties rotate."""
         now = time.monotonic()
         candidates = [b for b in self.by_service.get(service, ()) if b.url not in exclude and b.available(now)]
         if not candidates:
             return None
-        low = min(b.outstanding for b in candidates)
-        tied = [b for b in candidates if b.outstanding == low]
+        low = min(_load(b) for b in candidates)
+        tied = [b for b in candidates if _load(b) <= low * (1 + 1e-9)]
         return tied[next(self._tiebreak) % len(tied)]
 
     def any_available(self, service: str) -> bool:
         now = time.monotonic()
         return any(b.available(now) for b in self.by_service.get(service, ()))
+
+
+def _load(backend: Backend) -> float:
+    return (backend.outstanding + 1) / backend.weight if backend.weight > 0 else float("inf")
 
 
 async def check_once(session: aiohttp.ClientSession, backend: Backend) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -67,6 +67,15 @@ class HealthSettings:
 
 
 @dataclass(frozen=True)
+class DashboardSettings:
+    """The live dashboard at /ui (gpumix.gateway.dashboard)."""
+
+    interval_s: float = 2.0  # the sampler's period
+    history_s: float = 600.0  # how much history the page's charts get
+    run_dir: Path | None = None  # the `gpumix up` run directory: the supervisor's state.json
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     name: str
     urls: tuple[str, ...]
@@ -76,6 +85,7 @@ class ServiceConfig:
     gbp_per_million_tokens: float | None = None
     model_id: str | None = None
     health_path: str | None = None  # the engine's own (sd-server has no /health); None = HealthSettings.path
+    weights: tuple[float, ...] = ()  # per URL: the replica's planned share of the streams; () = equal
 
     def names(self) -> tuple[str, ...]:
         return (self.name, *self.aliases)
@@ -91,7 +101,10 @@ class GatewayConfig:
     access_log: Path | None = None
     redis_url: str | None = None
     async_endpoints: tuple[str, ...] = PROXIED_ENDPOINTS  # endpoints that honour `Prefer: respond-async`
-    backends_file: Path | None = None  # JSON {"services": {name: [url, ...]}}, re-read when it changes
+    plan: Plan | None = None  # the plan the services came from (the dashboard shows its predictions and cards)
+    dashboard: DashboardSettings | None = DashboardSettings()  # None: no /ui, /api/status, /api/events
+    balance: str = "shares"  # BALANCE_MODES: how a backends file's weights are used
+    backends_file: Path | None = None  # JSON (BackendsFile), re-read when it changes (`gpumix up --ray`)
     backends_poll_s: float = 0.5
 
     def service(self, name: str) -> ServiceConfig:
@@ -128,7 +141,10 @@ def _backend_urls(backends: list[str]) -> dict[str, list[str]]:
     return urls
 
 
-def _from_plan(plan: Plan, urls: dict[str, list[str]]) -> list[ServiceConfig]:
+BALANCE_MODES = ("shares", "least-outstanding")
+
+
+def _from_plan(plan: Plan, urls: dict[str, list[str]], balance: str = "shares") -> list[ServiceConfig]:
     unknown = sorted(set(urls) - {s.name for s in plan.services})
     if unknown:
         raise GpumixError(
@@ -142,10 +158,15 @@ def _from_plan(plan: Plan, urls: dict[str, list[str]]) -> list[ServiceConfig]:
             stem = Path(svc.model_path).stem
             if stem not in (svc.name, svc.model):
                 aliases.append(stem)
+        service_urls = tuple(urls.get(svc.name, ()))
+        # The plan's replica shares, when the backends are the service's replicas in plan order (`gpumix up` passes
+        # them so); a gateway for some of them (one host of several) balances them equally.
+        weights = tuple(svc.replica_shares) if balance == "shares" and len(svc.replica_shares) == len(service_urls) else ()
         services.append(
             ServiceConfig(
                 name=svc.name,
-                urls=tuple(urls.get(svc.name, ())),
+                urls=service_urls,
+                weights=weights,
                 endpoints=endpoints_for(svc),
                 aliases=tuple(aliases),
                 fallback=svc.fallback,
@@ -212,18 +233,26 @@ def build_config(
     api_keys: frozenset[str] = frozenset(),
     access_log: Path | None = None,
     redis_url: str | None = None,
+    balance: str = "shares",
+    dashboard: DashboardSettings | None = DashboardSettings(),
     backends_file: Path | None = None,
 ) -> GatewayConfig:
     """Services from the plan and/or `NAME=URL` backend pairs; the keywords are GatewayConfig's other fields
-    (None: its default)."""
+    (None: its default). `balance`: `shares` weights a service's replicas by the plan's replica_shares,
+    `least-outstanding` ignores them."""
+    if balance not in BALANCE_MODES:
+        raise GpumixError(f"unknown --balance {balance!r}", hint=f"use {' or '.join(BALANCE_MODES)}")
     urls = _backend_urls(list(backends))
-    if backends_file is not None:
-        urls |= read_backends_file(backends_file)
+    from_file = read_backends_file(backends_file) if backends_file is not None else None
+    if from_file is not None:
+        urls |= from_file.services
     if plan is None and not urls:
         raise GpumixError(
             "the gateway needs a plan or at least one --backend", hint="--backend chat=http://127.0.0.1:8001"
         )
-    services = _from_plan(plan, urls) if plan is not None else _from_backends(urls)
+    services = _from_plan(plan, urls, balance) if plan is not None else _from_backends(urls)
+    if from_file is not None and balance == "shares":
+        services = [_with_file_weights(s, from_file) for s in services]
     names = {s.name for s in services}
     for svc in services:
         if svc.fallback and svc.fallback not in names:
@@ -233,27 +262,40 @@ def build_config(
     return GatewayConfig(
         services=tuple(services), routes=_routes(list(routes), services), limits=limits or Limits(),
         health=health or HealthSettings(), api_keys=api_keys, access_log=access_log, redis_url=redis_url,
-        backends_file=backends_file,
+        plan=plan, dashboard=dashboard, balance=balance, backends_file=backends_file,
     )  # fmt: skip
+
+
+def _with_file_weights(svc: ServiceConfig, table: BackendsFile) -> ServiceConfig:
+    """The service with the backends file's weights, when the file gives one per URL (it lists the replicas of a
+    deployment whose parts may have moved, so the plan's own shares may no longer line up with its URLs)."""
+    weights = table.weights_of(svc.name)
+    return replace(svc, weights=weights) if weights and len(weights) == len(svc.urls) else svc
 
 
 MAX_BACKENDS_FILE_BYTES = 1_000_000
 
 
-def read_dead_backends(path: Path) -> frozenset[str]:
-    """The backends file's optional "dead" list: URLs whose host died (the gateway aborts requests waiting on them)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return frozenset()
-    dead = data.get("dead") if isinstance(data, dict) else None
-    return frozenset(u.rstrip("/") for u in dead if isinstance(u, str)) if isinstance(dead, list) else frozenset()
+@dataclass(frozen=True)
+class BackendsFile:
+    """A backends file, as `gpumix up --ray` writes it and the gateway follows it:
+    `{"services": {NAME: [URL, ...]}, "weights": {NAME: [W, ...]}, "dead": [URL, ...]}`.
+    `weights` (optional, one per URL): each replica's streams (its planned -np / --max-num-seqs), which the gateway
+    balances in-flight requests by under `--balance shares`; `dead`: URLs whose host died (requests waiting on them
+    are failed over at once)."""
+
+    services: dict[str, list[str]]
+    weights: dict[str, list[float]] = field(default_factory=dict)
+    dead: frozenset[str] = frozenset()
+
+    def weights_of(self, service: str) -> tuple[float, ...]:
+        """The service's weights, one per URL; () when the file gives none or not one per URL."""
+        weights = self.weights.get(service, [])
+        return tuple(weights) if len(weights) == len(self.services.get(service, [])) else ()
 
 
-def read_backends_file(path: Path) -> dict[str, list[str]]:
-    """A backends file: {"services": {"chat": ["http://10.0.0.2:8001", ...], ...}, "dead": [URL, ...]}
-    (`gpumix up --ray` writes it atomically; the gateway re-reads it when it changes). Every URL is checked; a bad
-    file is a GpumixError."""
+def read_backends_file(path: Path) -> BackendsFile:
+    """Read and check a backends file (every URL, every weight > 0); a bad file is a GpumixError naming the field."""
     try:
         if path.stat().st_size > MAX_BACKENDS_FILE_BYTES:
             raise GpumixError(f"backends file {path}: larger than {MAX_BACKENDS_FILE_BYTES} bytes")
@@ -267,4 +309,17 @@ def read_backends_file(path: Path) -> dict[str, list[str]]:
         isinstance(k, str) and isinstance(v, list) and all(isinstance(u, str) for u in v) for k, v in services.items()
     ):
         raise GpumixError(f"backends file {path}: expected {{\"services\": {{NAME: [URL, ...]}}}}")
-    return {name: [_check_url(url, name) for url in urls] for name, urls in services.items()}
+    weights = data.get("weights", {})
+    if not isinstance(weights, dict) or not all(
+        isinstance(v, list) and all(isinstance(w, int | float) and not isinstance(w, bool) and w > 0 for w in v)
+        for v in weights.values()
+    ):
+        raise GpumixError(f"backends file {path}: \"weights\" must be {{NAME: [NUMBER > 0, ...]}}")
+    dead = data.get("dead", [])
+    if not isinstance(dead, list) or not all(isinstance(u, str) for u in dead):
+        raise GpumixError(f"backends file {path}: \"dead\" must be a list of URLs")
+    return BackendsFile(
+        services={name: [_check_url(url, name) for url in urls] for name, urls in services.items()},
+        weights={str(name): [float(w) for w in ws] for name, ws in weights.items()},
+        dead=frozenset(u.rstrip("/") for u in dead),
+    )

@@ -34,18 +34,19 @@ from gpumix.gateway.backends import Backend, BackendPool, QueueFull, check_all, 
 from gpumix.gateway.config import (
     PROXIED_ENDPOINTS,
     TRANSCRIPTIONS,
+    BackendsFile,
     GatewayConfig,
     HealthSettings,
     ServiceConfig,
     read_backends_file,
-    read_dead_backends,
 )
 from gpumix.gateway.metrics import AccessLog, GatewayMetrics, StreamUsage, Usage, usage_from_json
 from gpumix.gateway.queue import JobQueue
 
 # Statuses that mean "this backend cannot answer now", so another replica may (llama-server answers 503 while loading).
 _RETRYABLE_STATUS = frozenset({502, 503, 504})
-_USAGE_OBJECT_RE = re.compile(rb'"usage"\s*:\s*(\{[^{}]*\})')
+# The `usage` object, which may hold one level of nested objects (llama-server adds "prompt_tokens_details": {...}).
+_USAGE_OBJECT_RE = re.compile(rb'"usage"\s*:\s*(\{(?:[^{}]|\{[^{}]*\})*\})')
 _FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "User-Agent")
 _MAX_FALLBACK_DEPTH = 4
 T = TypeVar("T")
@@ -73,7 +74,8 @@ class Gateway:
         self.config = config
         self.metrics = GatewayMetrics()
         self.pool = BackendPool(
-            {s.name: [Backend(s.name, url, config.limits, _health_for(s, config)) for url in s.urls]
+            {s.name: [Backend(s.name, url, config.limits, _health_for(s, config), weight=w)
+                      for url, w in zip(s.urls, s.weights or (1.0,) * len(s.urls), strict=True)]
              for s in config.services}  # fmt: skip
         )
         self._by_model: dict[str, ServiceConfig] = {}
@@ -91,6 +93,11 @@ class Gateway:
         self._rid_prefix = uuid.uuid4().hex[:12] + "-"  # request ids: unique per gateway run, cheap per request
         self._rid = itertools.count(1)
         self._urls: dict[tuple[str, str], URL] = {}
+        self.dashboard = None
+        if config.dashboard is not None:
+            from gpumix.gateway.dashboard import Dashboard
+
+            self.dashboard = Dashboard(self, config.dashboard, self.key_matches, bool(self._api_keys))
         self.app = self._make_app()
 
     # ---- application wiring -------------------------------------------------------------------------------
@@ -102,6 +109,8 @@ class Gateway:
         app.router.add_get("/v1/jobs/{job_id}", self.handle_job)
         app.router.add_get("/health", self.handle_health)
         app.router.add_get("/metrics", self.handle_metrics)
+        if self.dashboard is not None:
+            self.dashboard.add_routes(app)
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
         return app
@@ -126,6 +135,8 @@ class Gateway:
         ]
         if self.config.backends_file is not None:
             self._tasks.append(asyncio.create_task(self._watch_backends_file(self.config.backends_file)))
+        if self.dashboard is not None:  # its one background sampler; nothing of it runs on the request path
+            self._tasks.append(asyncio.create_task(self.dashboard.sampler.run()))
 
     async def _cleanup(self, _app: web.Application) -> None:
         for task in self._tasks:
@@ -155,30 +166,36 @@ class Gateway:
                 continue
             seen = key
             try:
-                table, dead = read_backends_file(path), read_dead_backends(path)
+                table = read_backends_file(path)
             except GpumixError as exc:
                 print(f"gpumix gateway: keeping the current backends: {exc.message}", flush=True)
                 continue
-            self.apply_backends(table, dead)
+            self.apply_backends(table)
 
-    def apply_backends(self, table: dict[str, list[str]], dead: frozenset[str] = frozenset()) -> None:
-        """Each service named in `table` gets exactly those backend URLs (others keep theirs). Requests waiting on
-        a backend in `dead` (its host died) are failed over at once instead of waiting for a timeout."""
+    def apply_backends(self, table: BackendsFile) -> None:
+        """Each service named in `table` gets exactly those backend URLs (others keep theirs), weighted by the
+        file's weights under `--balance shares` (equal otherwise). Requests waiting on a backend in `table.dead`
+        (its host died) are failed over at once instead of waiting for a timeout."""
+        dead = table.dead
         for backend in self.pool.all():
             if backend.url in dead:
                 aborted = backend.abort_inflight()
                 if aborted:
                     print(f"gpumix gateway: {backend.url} is dead: {aborted} request(s) retried elsewhere", flush=True)
         for svc in self.config.services:
-            if svc.name not in table:
+            urls = table.services.get(svc.name)
+            if urls is None:
                 continue
-            added, removed = self.pool.set_urls(svc.name, table[svc.name], self._backend_maker(svc))
+            added, removed = self.pool.set_urls(svc.name, urls, self._backend_maker(svc))
+            weights = table.weights_of(svc.name) if self.config.balance == "shares" else ()
+            weight_of = dict(zip(urls, weights, strict=True)) if weights else {}
             for backend in self.pool.by_service[svc.name]:
                 backend.dead = backend.dead and backend.url in dead  # listed and not dead: its host is back
+                backend.weight = weight_of.get(backend.url, 1.0)
             for url in removed:
                 self.metrics.forget(self.metrics.healthy, url)
             if added or removed:
-                print(f"gpumix gateway: {svc.name}: backends {', '.join(table[svc.name]) or 'none'}", flush=True)
+                print(f"gpumix gateway: {svc.name}: backends {', '.join(urls) or 'none'}", flush=True)
         self._publish_health()
 
     def _backend_maker(self, svc: ServiceConfig) -> Callable[[str], Backend]:
@@ -276,14 +293,18 @@ class Gateway:
             return
         header = request.headers.get("Authorization", "")
         given = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("X-Api-Key", "")
+        if not self.key_matches(given):
+            message = "missing API key" if not given else "invalid API key"
+            raise ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    def key_matches(self, given: str) -> bool:
+        """Constant-time check against every key, without an early exit, so timing says nothing about which key
+        nearly matched."""
         given_bytes = given.encode()
-        # Compare against every key, without an early exit, so timing says nothing about which key nearly matched.
         matched = False
         for key in self._api_keys:
             matched |= hmac.compare_digest(given_bytes, key)
-        if not matched:
-            message = "missing API key" if not given else "invalid API key"
-            raise ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        return matched
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.config.limits.max_body_bytes

@@ -11,134 +11,57 @@ free memory is lower still, so plans on a real machine use discovered numbers (s
 from __future__ import annotations
 
 import csv
-import difflib
 import functools
 import io
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
 from gpumix.errors import GpumixError
+from gpumix.hardware.names import NameIndex, NameRules
 from gpumix.hardware.spec import GpuSpec
 from gpumix.kinds import DeviceKind
 from gpumix.units import gib_to_bytes
 
 CATALOG_PATH = Path(__file__).parent / "data" / "gpus.csv"
 
-# Words that never tell two cards apart: dropped from queries and names alike.
-_NOISE_TOKENS = frozenset({"nvidia", "geforce", "amd", "intel"})
-# Brand words a user may leave out ("4090" for "RTX 4090") without that making the name ambiguous.
-_OPTIONAL_TOKENS = frozenset({"rtx", "gtx", "radeon", "rx", "tesla", "instinct"})
-_TOKEN_RE = re.compile(r"[a-z]+|\d+")
-_MAX_SUGGESTIONS = 6
-
-
-def _tokens(text: str) -> list[str]:
-    """'NVIDIA GeForce RTX 5060 Ti 16GB' -> ['rtx', '5060', 'ti', '16', 'gb'] (letters and digits split apart)."""
-    return [t for t in _TOKEN_RE.findall(text.lower()) if t not in _NOISE_TOKENS]
-
-
-def _key(text: str) -> str:
-    return "".join(_tokens(text))
-
-
-def _optional_extras(tokens: list[str]) -> set[int]:
-    """Positions of tokens that may be left out: brand words and a memory size ('12', 'gb')."""
-    optional = {i for i, tok in enumerate(tokens) if tok in _OPTIONAL_TOKENS}
-    for i in range(len(tokens) - 1):
-        if tokens[i].isdigit() and tokens[i + 1] == "gb":
-            optional |= {i, i + 1}
-    return optional
-
-
-def _significant_extras(query: Counter[str], name_tokens: list[str]) -> int | None:
-    """None if the query is not contained in the name; else how many distinguishing words the query left out."""
-    if query - Counter(name_tokens):
-        return None
-    unmatched = query.copy()
-    significant = 0
-    optional = _optional_extras(name_tokens)
-    for i, tok in enumerate(name_tokens):
-        if unmatched[tok] > 0:
-            unmatched[tok] -= 1
-        elif i not in optional:
-            significant += 1
-    return significant
+# Words that never tell two cards apart: dropped from queries and names alike. Brand words a user may leave out
+# ("4090" for "RTX 4090") without that making the name ambiguous; a memory size ("12GB") may be left out too.
+GPU_NAME_RULES = NameRules(
+    what="GPU",
+    list_hint="`gpumix gpus` lists the catalog",
+    noise=frozenset({"nvidia", "geforce", "amd", "intel"}),
+    optional=frozenset({"rtx", "gtx", "radeon", "rx", "tesla", "instinct"}),
+    unknown_hint="`gpumix gpus` lists the catalog; a card not there can be described in a devices file",
+)
 
 
 @dataclass(frozen=True)
 class GpuCatalog:
-    """All catalog rows plus an index from normalised names/aliases/ids to ids."""
+    """All catalog rows plus an index from normalised names/aliases/ids to ids (gpumix.hardware.names)."""
 
     specs: tuple[GpuSpec, ...]
     path: Path
 
     @functools.cached_property
+    def _index(self) -> NameIndex[GpuSpec]:
+        return NameIndex(items=self.specs, rules=GPU_NAME_RULES)
+
+    @property
     def by_id(self) -> dict[str, GpuSpec]:
-        return {spec.id: spec for spec in self.specs}
-
-    @functools.cached_property
-    def _names(self) -> list[tuple[str, list[str]]]:
-        """(id, tokens) for every way a card is written: display name, id and aliases."""
-        return [(spec.id, _tokens(label)) for spec in self.specs for label in (spec.name, spec.id, *spec.aliases)]
-
-    @functools.cached_property
-    def _exact(self) -> dict[str, set[str]]:
-        index: dict[str, set[str]] = {}
-        for spec_id, toks in self._names:
-            index.setdefault("".join(toks), set()).add(spec_id)
-        return index
+        return self._index.by_id
 
     def candidates(self, query: str) -> list[GpuSpec]:
         """Cards the query could mean, best first; one element when the name is unambiguous."""
-        key = _key(query)
-        if not key:
-            return []
-        exact = self._exact.get(key)
-        if exact:
-            return [self.by_id[i] for i in sorted(exact)]
-        wanted = Counter(_tokens(query))
-        best: dict[str, int] = {}
-        for spec_id, toks in self._names:
-            extras = _significant_extras(wanted, toks)
-            if extras is not None:
-                best[spec_id] = min(extras, best.get(spec_id, extras))
-        perfect = [i for i, extras in best.items() if extras == 0]
-        if len(perfect) == 1:
-            return [self.by_id[perfect[0]]]
-        return [self.by_id[i] for i in sorted(best, key=lambda i: (best[i], i))]
+        return self._index.candidates(query)
 
     def suggestions(self, query: str) -> list[str]:
-        keys = list(self._exact)
-        close = difflib.get_close_matches(_key(query), keys, n=_MAX_SUGGESTIONS * 2, cutoff=0.5)
-        names: list[str] = []
-        for key in close:
-            for spec_id in sorted(self._exact[key]):
-                name = self.by_id[spec_id].name
-                if name not in names:
-                    names.append(name)
-        return names[:_MAX_SUGGESTIONS]
+        return self._index.suggestions(query)
 
     def resolve(self, query: str) -> GpuSpec:
-        if not _key(query):
-            raise GpumixError(f"empty GPU name {query!r}", hint="`gpumix gpus` lists the catalog")
-        found = self.candidates(query)
-        if len(found) == 1:
-            return found[0]
-        if found:
-            listed = ", ".join(repr(spec.name) for spec in found[:10])
-            raise GpumixError(
-                f"GPU name {query!r} is ambiguous: it matches {listed}",
-                hint="write the full name (see `gpumix gpus QUERY`)",
-            )
-        close = self.suggestions(query)
-        raise GpumixError(
-            f"unknown GPU {query!r}" + (f"; closest: {', '.join(repr(n) for n in close)}" if close else ""),
-            hint="`gpumix gpus` lists the catalog; a card not there can be described in a devices file",
-        )
+        return self._index.resolve(query)
 
 
 # ---------------------------------------------------------------------------------------------- loading the CSV

@@ -3,9 +3,6 @@ through gpumix.hardware.entries, which calls these."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from gpumix.errors import GpumixError
 from gpumix.hardware.catalog import resolve_gpu
 from gpumix.hardware.spec import Device, GpuSpec
@@ -14,7 +11,6 @@ from gpumix.units import GiB
 # Default CPU/RAM bandwidth when nothing better is known: the catalog's dual-channel DDR4-3200 row, 51.2 GB/s
 # (JEDEC JESD79-4: 3200 MT/s x 8 B x 2 channels). A conservative desktop figure; override with bandwidth_gb_per_s.
 DEFAULT_CPU_BANDWIDTH_ROW = "CPU DDR4-3200 dual-channel"
-MEMINFO_PATH = Path("/proc/meminfo")
 
 
 def device_from_spec(
@@ -79,44 +75,3 @@ def cpu_device(
 
 def default_cpu_bandwidth_gb_per_s() -> float:
     return resolve_gpu(DEFAULT_CPU_BANDWIDTH_ROW).mem_bandwidth_gb_per_s
-
-
-def usable_threads() -> int:
-    """CPUs this process may run on (respects taskset/cgroup affinity), not the machine's total."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def read_meminfo(path: Path = MEMINFO_PATH) -> tuple[int, int]:
-    """(MemTotal, MemAvailable) in bytes from /proc/meminfo (whose 'kB' means KiB)."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise GpumixError(
-            f"cannot read {path} to size this machine's RAM: {exc.strerror}",
-            hint="describe the CPU in a devices file: `- cpu: {ram_gb: 64, bandwidth_gbs: 51.2}`",
-        ) from None
-    fields: dict[str, int] = {}
-    for line in text.splitlines():
-        name, _, rest = line.partition(":")
-        parts = rest.split()
-        if parts and parts[0].isdigit():
-            fields[name.strip()] = int(parts[0]) * 1024
-    if "MemTotal" not in fields:
-        raise GpumixError(f"{path} has no MemTotal line")
-    return fields["MemTotal"], fields.get("MemAvailable", fields.get("MemFree", fields["MemTotal"]))
-
-
-def this_machine_cpu(
-    bandwidth_gb_per_s: float | None = None, threads: int | None = None, meminfo_path: Path = MEMINFO_PATH
-) -> Device:
-    """This machine's CPU and RAM: total = MemTotal, free = MemAvailable; bandwidth defaults to DDR4-3200 x2."""
-    total, available = read_meminfo(meminfo_path)
-    return cpu_device(
-        ram_bytes=total,
-        bandwidth_gb_per_s=bandwidth_gb_per_s or default_cpu_bandwidth_gb_per_s(),
-        threads=threads or usable_threads(),
-        free_bytes=available,
-    )

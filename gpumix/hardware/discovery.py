@@ -1,4 +1,6 @@
-"""Discover this machine's NVIDIA GPUs through NVML (package nvidia-ml-py, module `pynvml`).
+"""Discover this machine: its NVIDIA GPUs through NVML (package nvidia-ml-py, module `pynvml`), its CPU and RAM
+(/proc/meminfo, CPU affinity). The one module of the core that reads the machine it runs on; the planner and the
+estimator never import it — the CLI discovers and passes `Device`s in.
 
 Indices: CUDA numbers GPUs fastest-first unless CUDA_DEVICE_ORDER=PCI_BUS_ID; NVML and nvidia-smi list them in PCI bus
 order. Every index gpumix prints is the PCI-bus-order rank, i.e. what CUDA_VISIBLE_DEVICES means under
@@ -11,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -18,12 +21,16 @@ from pydantic import BaseModel, ConfigDict
 
 from gpumix.errors import GpumixError
 from gpumix.hardware.catalog import match_by_name_and_memory
+from gpumix.hardware.devices import cpu_device, default_cpu_bandwidth_gb_per_s
+from gpumix.hardware.entries import LocalMachine, ThisMachine, this_machine_cpu_device
 from gpumix.hardware.spec import Device, GpuSpec
 
 INDEX_NOTE = (
     "indices are PCI bus order (as nvidia-smi): use them with CUDA_DEVICE_ORDER=PCI_BUS_ID, or use the UUIDs, "
     "in CUDA_VISIBLE_DEVICES"
 )
+MEMINFO_PATH = Path("/proc/meminfo")
+CPUINFO_PATH = Path("/proc/cpuinfo")
 NO_DRIVER_HINT = "describe the devices in a YAML file and pass --devices-file FILE (see `gpumix devices --help`)"
 # nvmlDeviceGetTopologyCommonAncestor levels -> nvidia-smi topo labels (engines.md section 9).
 TOPOLOGY_LABELS = {0: "BOARD", 10: "PIX", 20: "PXB", 30: "PHB", 40: "NODE", 50: "SYS"}
@@ -271,5 +278,78 @@ def _discover(nvml: ModuleType) -> DiscoveredMachine:
 
 
 def this_machine_gpus() -> list[Device]:
-    """This machine's GPUs as planner devices (what `gpumix plan` uses for a plan file without `devices:`)."""
+    """This machine's GPUs as planner devices."""
     return [g.device for g in discover_machine().gpus]
+
+
+# ---------------------------------------------------------------------------------------------- CPU and RAM
+
+
+def usable_threads() -> int:
+    """CPUs this process may run on (respects taskset/cgroup affinity), not the machine's total."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def read_meminfo(path: Path = MEMINFO_PATH) -> tuple[int, int]:
+    """(MemTotal, MemAvailable) in bytes from /proc/meminfo (whose 'kB' means KiB)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise GpumixError(
+            f"cannot read {path} to size this machine's RAM: {exc.strerror}",
+            hint="describe the CPU in a devices file: `- cpu: {ram_gb: 64, bandwidth_gbs: 51.2}`",
+        ) from None
+    fields: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            fields[name.strip()] = int(parts[0]) * 1024
+    if "MemTotal" not in fields:
+        raise GpumixError(f"{path} has no MemTotal line")
+    return fields["MemTotal"], fields.get("MemAvailable", fields.get("MemFree", fields["MemTotal"]))
+
+
+def this_machine_cpu(
+    bandwidth_gb_per_s: float | None = None, threads: int | None = None, meminfo_path: Path = MEMINFO_PATH
+) -> Device:
+    """This machine's CPU and RAM: total = MemTotal, free = MemAvailable; bandwidth defaults to DDR4-3200 x2."""
+    total, available = read_meminfo(meminfo_path)
+    return cpu_device(
+        ram_bytes=total,
+        bandwidth_gb_per_s=bandwidth_gb_per_s or default_cpu_bandwidth_gb_per_s(),
+        threads=threads or usable_threads(),
+        free_bytes=available,
+    )
+
+
+def read_cpu_model_name(path: Path = CPUINFO_PATH) -> str | None:
+    """This machine's CPU as the OS names it (/proc/cpuinfo "model name", x86 Linux); None where it is not there."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "model name" and value.strip():
+            return value.strip()
+    return None
+
+
+def read_this_machine() -> ThisMachine:
+    """This machine's RAM (MemTotal, MemAvailable), the threads this process may use, and its CPU model name."""
+    total, available = read_meminfo()
+    return ThisMachine(total, available, usable_threads(), read_cpu_model_name())
+
+
+def this_machine_devices() -> list[Device]:
+    """This machine's GPUs and its CPU + RAM (its own CPU model where the CPU catalog knows it, for CPU offload):
+    what `gpumix plan` and `gpumix up` use for a plan file without `devices:`."""
+    return [*this_machine_gpus(), this_machine_cpu_device(read_this_machine)]
+
+
+# What the CLI passes to the planner and the devices-file reader: the core never reads the machine itself.
+LOCAL_MACHINE = LocalMachine(devices=this_machine_devices, cpu=read_this_machine)

@@ -16,12 +16,20 @@
       total_gb: 24             #   fp16_tflops and compute_capability (these replace a catalog card's figures)
       bandwidth_gbs: 600
     - cpu: {ram_gb: 64, bandwidth_gbs: 51.2, threads: 8}   # system RAM as a (slow) device for CPU offload
+    - cpu: {model: Ryzen 7 5800X, ram_gb: 64, ram_type: DDR4-3600, ram_channels: 2, board: B550}
+                               # a catalog CPU (`gpumix cpus`): threads = its cores, bandwidth = channels x MT/s x 8 B;
+                               #   board: a chipset layout that sets each GPU's PCIe link (gpumix.hardware.platforms)
 
 Units: a key's suffix says its unit: `_gb` = 10^9 bytes, `_gib` = 2^30 bytes, `_gbs` = 10^9 bytes/s.
 
 Indices: a GPU without `index:` gets the next free index on its host; CPUs are -1, -2, ... per host (their plan
 ids cpu0, cpu1). A CPU without `ram_gb` is this machine's (only where the caller can read this machine: a devices
-file; a plan file may be for another machine, so it needs `ram_gb`).
+file; a plan file may be for another machine, so it needs `ram_gb`); without `model:` it is then this machine's own CPU
+model (/proc/cpuinfo) where the catalog knows it. Every CPU device says what was assumed (`Device.assumed`).
+
+Precedence: `bandwidth_gbs` > the RAM of `model`/`ram_type`/`ram_channels` > `memory` (a catalog RAM row) > dual-channel
+DDR4-3200; `threads` > the model's cores (llama.cpp's default -t is the physical cores) > this process's CPUs. A GPU
+entry's `pcie_gen`/`pcie_lanes` > the board's slot > the card's own link (the plan's `links:` still override all).
 """
 
 from __future__ import annotations
@@ -37,11 +45,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gpumix.errors import GpumixError
 from gpumix.hardware.catalog import resolve_gpu
 from gpumix.hardware.devices import (
+    DEFAULT_CPU_BANDWIDTH_ROW,
     cpu_device,
     default_cpu_bandwidth_gb_per_s,
     device_from_spec,
-    read_meminfo,
-    usable_threads,
+)
+from gpumix.hardware.platforms import (
+    CpuModel,
+    RamConfig,
+    board_slots,
+    cpu_assumption,
+    cpu_from_os_name,
+    cpu_spec,
+    ram_config,
+    resolve_board,
+    resolve_cpu,
+    slot_link,
 )
 from gpumix.hardware.spec import HOST_PATTERN, Device, GpuSpec
 from gpumix.units import GB, GiB
@@ -84,6 +103,12 @@ class CpuEntry(_Strict):
     bandwidth_gbs: float | None = Field(default=None, gt=0, le=100000)
     memory: str | None = Field(default=None, max_length=64)  # a catalog RAM row, e.g. "DDR5-4800 8-channel"
     threads: int | None = Field(default=None, ge=1, le=4096)
+    model: str | None = Field(default=None, min_length=1, max_length=128)  # a catalog CPU (data/cpus.csv)
+    ram_type: str | None = Field(default=None, pattern=r"(?i)^(LP)?DDR\dX?([- ]?\d{3,5})?$")  # DDR4-3600, DDR5-6000
+    ram_channels: int | None = Field(default=None, ge=1, le=24)  # populated 64-bit memory channels
+    board: str | None = Field(default=None, min_length=1, max_length=64)  # a chipset layout (data/boards.csv)
+
+    _text = field_validator("model", "board", mode="before")(text_or_number)
 
     @model_validator(mode="before")
     @classmethod
@@ -173,11 +198,18 @@ class ThisMachine:
     ram_total_bytes: int
     ram_available_bytes: int
     threads: int
+    cpu_model: str | None = None  # as the OS names it (/proc/cpuinfo "model name")
 
 
-def read_this_machine() -> ThisMachine:
-    total, available = read_meminfo()
-    return ThisMachine(total, available, usable_threads())
+
+
+@dataclass(frozen=True)
+class LocalMachine:
+    """How to read the machine gpumix runs on, passed in by the CLI (gpumix.hardware.discovery.LOCAL_MACHINE):
+    the core never reads NVML, /proc or the CPU affinity itself."""
+
+    devices: Callable[[], Sequence[Device]]  # this machine's GPUs and its CPU, for a plan file without `devices:`
+    cpu: Callable[[], ThisMachine]  # its RAM, usable threads and CPU model, for a `cpu:` entry that leaves them out
 
 
 @dataclass
@@ -192,14 +224,24 @@ def devices_from_entries(entries: Sequence[DeviceEntry], source: str, lines: Sou
     `this_machine` sizes a CPU entry without `ram_gb` (None: such an entry is an error)."""
     out = EntryDevices()
     taken: set[tuple[str | None, int]] = set()
+    explicit_links: set[str] = set()  # GPUs whose entry gives pcie_gen/pcie_lanes: a board does not change them
+    boards: dict[str | None, tuple[int, CpuModel | None]] = {}  # host → (position of its CPU entry, its model)
     for position, entry in enumerate(entries):
         loc = ("devices", position)
         if entry.cpu is not None:
             index = -1 - sum(1 for host, i in taken if host == entry.host and i < 0)
-            new = [_cpu(entry, entry.cpu, index, loc, source, lines, this_machine)]
+            device, model = _cpu(entry, entry.cpu, index, loc, source, lines, this_machine)
+            new = [device]
+            if entry.cpu.board is not None:
+                if entry.host in boards:
+                    raise located_error(source, lines, (*loc, "cpu", "board"), "a host has one board; another CPU "
+                                        "entry of this host already names one")  # fmt: skip
+                boards[entry.host] = (position, model)
         else:
             next_index = 1 + max((i for host, i in taken if host == entry.host and i >= 0), default=-1)
             new = _gpus(entry, next_index, loc, source, lines)
+            if entry.pcie_gen is not None or entry.pcie_lanes is not None:
+                explicit_links |= {d.id for d in new}
         for device in new:
             if (device.host, device.index) in taken:
                 where = f" on host {device.host!r}" if device.host else ""
@@ -208,7 +250,26 @@ def devices_from_entries(entries: Sequence[DeviceEntry], source: str, lines: Sou
             out.devices.append(device)
             if entry.socket is not None:
                 out.sockets[device.id] = entry.socket
+    for position, model in boards.values():
+        _seat_gpus(out, entries[position], model, explicit_links, ("devices", position), source, lines)
     return out
+
+
+def _seat_gpus(out: EntryDevices, entry: DeviceEntry, model: CpuModel | None, explicit: set[str],
+               loc: tuple[str | int, ...], source: str, lines: SourceLines) -> None:  # fmt: skip
+    """Each GPU of the board's host in its slot (device index order): the slot sets the link the entry left open."""
+    assert entry.cpu is not None and entry.cpu.board is not None
+    gpus = sorted((d for d in out.devices if d.host == entry.host and d.kind == "gpu"), key=lambda d: d.index)
+    if not gpus:
+        return
+    try:
+        board = resolve_board(entry.cpu.board)
+        slots = board_slots(board, len(gpus), model)
+    except GpumixError as exc:
+        raise located_error(source, lines, (*loc, "cpu", "board"), exc.message, exc.hint) from None
+    seated = {gpu.id: slot_link(gpu, slot, i, board) for i, (gpu, slot) in enumerate(zip(gpus, slots, strict=True))
+              if gpu.id not in explicit}  # fmt: skip
+    out.devices = [seated.get(d.id, d) for d in out.devices]
 
 
 def _gpus(entry: DeviceEntry, next_index: int, loc: tuple[str | int, ...], source: str, lines: SourceLines) -> list[Device]:
@@ -263,21 +324,72 @@ def _custom_card(entry: DeviceEntry, name: str, loc: tuple[str | int, ...], sour
 
 
 def _cpu(entry: DeviceEntry, cpu: CpuEntry, index: int, loc: tuple[str | int, ...], source: str, lines: SourceLines,
-         this_machine: Callable[[], ThisMachine] | None) -> Device:  # fmt: skip
-    ram, free, threads = cpu.ram_bytes, cpu.free_bytes, cpu.threads
+         this_machine: Callable[[], ThisMachine] | None) -> tuple[Device, CpuModel | None]:  # fmt: skip
+    """The CPU + RAM device of a `cpu:` entry, and the catalog CPU it names (or this machine's, when sized from it)."""
+    ram, free = cpu.ram_bytes, cpu.free_bytes
+    machine: ThisMachine | None = None
     if ram is None:
         if entry.host is not None or this_machine is None:
             why = "for a CPU on another host" if entry.host is not None else "(the plan may be for another machine)"
             raise located_error(source, lines, (*loc, "cpu", "ram_gb"), f"ram_gb is required {why}",
-                                hint="e.g. cpu: {ram_gb: 64, bandwidth_gbs: 60}")  # fmt: skip
+                                hint="e.g. cpu: {model: Ryzen 7 5800X, ram_gb: 64, ram_type: DDR4-3600}")  # fmt: skip
         machine = this_machine()
         ram, free = machine.ram_total_bytes, machine.ram_available_bytes if free is None else free
-        threads = threads or machine.threads
-    bandwidth = cpu.bandwidth_gbs or _ram_row_bandwidth(cpu, loc, source, lines) or default_cpu_bandwidth_gb_per_s()
+    model = _cpu_model(cpu, machine, loc, source, lines)
     try:
-        return cpu_device(ram, bandwidth, threads or usable_threads(), free, index=index, host=entry.host)
+        ram_cfg, how = ram_config(model, cpu.ram_type, cpu.ram_channels)
+    except GpumixError as exc:
+        key = "ram_type" if cpu.ram_type is not None else "ram_channels" if cpu.ram_channels is not None else "model"
+        raise located_error(source, lines, (*loc, "cpu", key), exc.message, exc.hint) from None
+    bandwidth, bandwidth_source = _bandwidth(cpu, ram_cfg, loc, source, lines)
+    if bandwidth_source:
+        how.append(bandwidth_source)
+    # The model's physical cores (llama.cpp's default -t), on this machine no more than this process may use.
+    cores = model.cores if model else None
+    usable = machine.threads if machine else None
+    threads = cpu.threads or (min(cores, usable) if cores and usable else cores or usable)
+    if threads is None:
+        if entry.host is not None or this_machine is None:
+            raise located_error(source, lines, (*loc, "cpu", "threads"), "threads is required (the plan may be for "
+                                "another machine)", hint="give threads, or the CPU: cpu: {model: Ryzen 7 5800X, "
+                                "ram_gb: 64}")  # fmt: skip
+        threads = this_machine().threads
+        how.append(f"threads not given: {threads} (the CPUs this gpumix process may use)")
+    try:
+        device = cpu_device(ram, bandwidth, threads, free, index=index, host=entry.host)
     except GpumixError as exc:
         raise located_error(source, lines, (*loc, "cpu"), exc.message, exc.hint) from None
+    update: dict[str, Any] = {"assumed": cpu_assumption(model, ram_cfg, ram, bandwidth, threads, how)}
+    if model is not None or ram_cfg is not None:
+        spec = cpu_spec(model, ram_cfg, bandwidth, threads, bandwidth_source or "channels x MT/s x 8 B")
+        update["spec"] = spec.model_copy(update={"vram_bytes": ram})
+    return device.model_copy(update=update), model
+
+
+def _cpu_model(cpu: CpuEntry, machine: ThisMachine | None, loc: tuple[str | int, ...], source: str,
+               lines: SourceLines) -> CpuModel | None:  # fmt: skip
+    """The entry's catalog CPU; without `model:`, this machine's own CPU when the entry describes this machine."""
+    if cpu.model is not None:
+        try:
+            return resolve_cpu(cpu.model)
+        except GpumixError as exc:
+            raise located_error(source, lines, (*loc, "cpu", "model"), exc.message, exc.hint) from None
+    if machine is not None and machine.cpu_model:
+        return cpu_from_os_name(machine.cpu_model)
+    return None
+
+
+def _bandwidth(cpu: CpuEntry, ram: RamConfig | None, loc: tuple[str | int, ...], source: str,
+               lines: SourceLines) -> tuple[float, str | None]:  # fmt: skip
+    """RAM bandwidth (GB/s) by precedence, and a note when it did not come from the RAM configuration."""
+    if cpu.bandwidth_gbs:
+        return cpu.bandwidth_gbs, "bandwidth_gbs given in the file"
+    if ram is not None:
+        return ram.theoretical_gb_per_s, None
+    row = _ram_row_bandwidth(cpu, loc, source, lines)
+    if row is not None:
+        return row, f"catalog RAM row {cpu.memory}"
+    return default_cpu_bandwidth_gb_per_s(), f"RAM not described: default {DEFAULT_CPU_BANDWIDTH_ROW.removeprefix('CPU ')}"
 
 
 def _ram_row_bandwidth(cpu: CpuEntry, loc: tuple[str | int, ...], source: str, lines: SourceLines) -> float | None:
@@ -289,10 +401,16 @@ def _ram_row_bandwidth(cpu: CpuEntry, loc: tuple[str | int, ...], source: str, l
         raise located_error(source, lines, (*loc, "cpu", "memory"), exc.message, exc.hint) from None
 
 
+def this_machine_cpu_device(this_machine: Callable[[], ThisMachine]) -> Device:
+    """This machine's CPU and RAM as the CPU entry `cpu: {}` of a devices file gives it: its own CPU model where the
+    catalog knows it (threads and RAM bandwidth from there), else the defaults; `assumed` says which."""
+    return devices_from_entries([DeviceEntry(cpu=CpuEntry())], "this machine", SourceLines(), this_machine).devices[0]
+
+
 # ---------------------------------------------------------------------------------------------- devices file
 
 
-def load_devices_file(path: str | Path, this_machine: Callable[[], ThisMachine] | None = read_this_machine) -> list[Device]:
+def load_devices_file(path: str | Path, this_machine: Callable[[], ThisMachine] | None = None) -> list[Device]:
     """Devices described in a YAML file (a list, or a mapping with a `devices:` list such as a plan file); errors
     name the file, line, item and field."""
     path = Path(path)

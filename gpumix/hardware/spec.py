@@ -95,6 +95,9 @@ class Device(BaseModel):
     pcie_width: int | None = None
     driver_version: str | None = None
     threads: int | None = None  # CPU devices: cores used
+    # What the plan assumed about this device where the file did not say it (the host's CPU and RAM, the board slot
+    # a GPU sits in): one sentence, shown in the plan (gpumix.hardware.platforms).
+    assumed: str | None = None
 
     @property
     def name(self) -> str:

@@ -238,14 +238,36 @@ def _tensor_split(service: PlannedService, gpu_positions: list[int]) -> list[str
     return []
 
 
+def process_kv(service: PlannedService, replica: int) -> tuple[int, int | None]:
+    """(streams, tokens of KV) of one engine process: a replica's own share and KV, else the service's. Tokens are
+    None in a plan written without them (every stream then gets its full context)."""
+    if service.mode == "replica" and replica < len(service.replica_concurrency):
+        tokens = service.replica_kv_cache_tokens[replica] if replica < len(service.replica_kv_cache_tokens) else None
+        return max(1, service.replica_concurrency[replica]), tokens
+    return max(1, service.concurrency), service.kv_cache_tokens
+
+
+def _llama_kv_args(service: PlannedService, slots: int, tokens: int | None) -> list[str]:
+    """-c/-np and the KV layout (engines.md §1.1; `llama-server --help` of build 0c1e570). With the plan's KV pool:
+    one unified KV of `tokens` cells (-c) shared by the -np slots (--kv-unified; an explicit -np turns it off by
+    default), each slot capped at the request context (--kv-unified-per-slot, "context limit per parallel slot").
+    Without one (`kv_unified: false`, or an older plan): every slot keeps its own `context` cells (-c = context ×
+    slots, not unified)."""
+    if tokens is None or service.kv_unified is False:
+        args = ["-c", str(service.context * slots), "-np", str(slots)]
+        return args + (["--no-kv-unified"] if service.kv_unified is False and slots > 1 else [])
+    args = ["-c", str(tokens), "-np", str(slots)]
+    if slots > 1:  # one slot: the pool is its context either way
+        args += ["--kv-unified", "--kv-unified-per-slot", str(service.context)]
+    return args
+
+
 def _llama_server(plan: Plan, proc: Process, port: int) -> tuple[list[str], list[str], int]:
     service = proc.service
     model = resolve_model_file(service.name, service.model, service.model_path, gguf_quant=service.quant)
-    slots = max(1, service.concurrency)
-    # With an explicit -np the KV cache is not unified, so each slot gets n_ctx/np cells (engines.md §1.1):
-    # -c = per-request context × slots gives every slot the planned context.
+    slots, tokens = process_kv(service, proc.replica)
     argv = [engine_binary("llama.cpp"), "-m", str(model), "-a", service.name, "--host", LOOPBACK, "--port", str(port),
-            "--metrics", "-c", str(service.context * slots), "-np", str(slots)]  # fmt: skip
+            "--metrics", *_llama_kv_args(service, slots, tokens)]  # fmt: skip
     if service.threads:
         argv += ["-t", str(service.threads)]
     if service.kv_cache_dtype:
@@ -312,9 +334,10 @@ def _vllm(plan: Plan, proc: Process, port: int) -> tuple[list[str], list[str], i
     repo = resolve_hf_repo(service.name, service.model, service.model_path)
     n_gpus = max(1, len(_gpu_positions(plan, devices)))
     tp, pp = (n_gpus, 1) if service.mode == "tensor_parallel" else (1, n_gpus) if n_gpus > 1 else (1, 1)
+    seqs, _ = process_kv(service, proc.replica)
     argv = [engine_binary("vllm"), "serve", repo, "--host", LOOPBACK, "--port", str(port),
             "--served-model-name", service.name, "--tensor-parallel-size", str(tp), "--pipeline-parallel-size", str(pp),
-            "--max-model-len", str(service.context), "--max-num-seqs", str(max(1, service.concurrency))]  # fmt: skip
+            "--max-model-len", str(service.context), "--max-num-seqs", str(seqs)]  # fmt: skip
     argv += _vllm_memory_args(plan, service, devices) + _vllm_quant_args(service, repo)
     if service.kv_cache_dtype:
         argv += ["--kv-cache-dtype", service.kv_cache_dtype]
@@ -324,10 +347,14 @@ def _vllm(plan: Plan, proc: Process, port: int) -> tuple[list[str], list[str], i
 
 
 def _vllm_memory_args(plan: Plan, service: PlannedService, devices: list[str]) -> list[str]:
-    kv = [b.kv_cache_bytes for b in service.memory_breakdown if b.kv_cache_bytes > 0]
-    if kv and len(kv) == len(service.memory_breakdown):
-        # Per-GPU KV budget; vLLM caps KV by the smallest GPU anyway (VISION.md, asymmetric pair).
-        return ["--kv-cache-memory-bytes", str(min(kv))]
+    """--kv-cache-memory-bytes: the plan's KV per GPU of this process. vLLM gives every worker that many bytes, then
+    cuts every worker to the fewest blocks any of them got (vllm/v1/core/kv_cache_utils.py get_kv_cache_configs),
+    so the stage holding the most layers sets the tokens: pass its bytes and the lighter stages shrink to the same
+    token count (their planned KV)."""
+    mine = [b for device_id, b in zip(service.devices, service.memory_breakdown, strict=False) if device_id in devices]
+    kv = [b.kv_cache_bytes for b in mine if b.kv_cache_bytes > 0]
+    if kv and len(kv) == len(mine):
+        return ["--kv-cache-memory-bytes", str(max(kv))]
     shares = [
         service.memory_bytes[pos] / _device(plan, device_id).memory_total_bytes
         for pos, device_id in enumerate(service.devices)

@@ -21,6 +21,7 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from gpumix.errors import GpumixError
+from gpumix.models.files import user_path
 from gpumix.models.gguf_file import GGUF_MAGIC, expand_swa_pattern, read_gguf
 from gpumix.models.hf_config import read_hf_config
 from gpumix.models.spec import ComputeDtype, ModelSpec, QuantSpec
@@ -173,7 +174,7 @@ def _gguf_in_folder(folder: Path) -> Path | None:
 def load_model(ref: str | Path) -> ModelSpec:
     """A ModelSpec from a catalog id/alias, a .gguf path, a config.json path, or a model folder."""
     text = str(ref)
-    path = Path(text).expanduser()
+    path = user_path(text)
     if path.is_dir():
         if (path / "config.json").is_file():
             return read_hf_config(path)

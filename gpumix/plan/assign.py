@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import highspy
 import numpy as np
 
-SOLVER_NAME = f"HiGHS {highspy.Highs().version()}" if hasattr(highspy.Highs(), "version") else "HiGHS"
+# highspy's Highs() constructor carries no annotations (its stubs type the methods only).
+_HIGHS = highspy.Highs()  # type: ignore[no-untyped-call]
+SOLVER_NAME = f"HiGHS {_HIGHS.version()}" if hasattr(_HIGHS, "version") else "HiGHS"
 UNPLACED_PENALTY = 1e6  # far above any option's cost: placing a service always beats leaving it out
 TIME_LIMIT_S = 20.0
 
@@ -42,8 +44,10 @@ def solve_assignment(
     load_capacity: float = 1.0,
     rel_gap: float = 0.0,
     time_limit_s: float = TIME_LIMIT_S,
+    unplaced_penalty: Sequence[float] | None = None,
 ) -> Assignment:
-    """Pick one choice per service (or none) minimising cost, with memory and load capacities per device."""
+    """Pick one choice per service (or none) minimising cost, with memory and load capacities per device.
+    `unplaced_penalty`: per service, the cost of leaving it out (default UNPLACED_PENALTY each)."""
     n_opt = len(choices)
     n_col = n_opt + n_services  # + one "unplaced" slack per service
     rows_lower: list[float] = []
@@ -76,7 +80,7 @@ def solve_assignment(
         for key, share in choice.load.items():
             if key in load_row and share:
                 cols[j].append((load_row[key], share))
-    costs = [c.cost for c in choices] + [UNPLACED_PENALTY] * n_services
+    costs = [c.cost for c in choices] + list(unplaced_penalty or [UNPLACED_PENALTY] * n_services)
 
     lp = highspy.HighsLp()
     lp.num_col_ = n_col
@@ -98,7 +102,7 @@ def solve_assignment(
     lp.a_matrix_.value_ = np.asarray(value, dtype=float)
     lp.integrality_ = [highspy.HighsVarType.kInteger] * n_col
 
-    h = highspy.Highs()
+    h = highspy.Highs()  # type: ignore[no-untyped-call]  # untyped constructor, as above
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", time_limit_s)
     h.setOptionValue("mip_rel_gap", rel_gap)

@@ -3,19 +3,23 @@ what each card costs per month."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from gpumix.errors import GpumixError
 from gpumix.estimate.types import Links
-from gpumix.hardware.entries import devices_from_entries
+from gpumix.hardware.entries import LocalMachine, devices_from_entries
 from gpumix.hardware.spec import Device
 from gpumix.plan.spec import LinksEntry, PlanSpec
 from gpumix.yaml_input import SourceLines, did_you_mean, located_error
 
-Discover = Callable[[], Sequence[Device]]  # this machine's devices (NVML); the CLI passes it, the core never reads
+Discover = LocalMachine  # this machine's GPUs and CPU, read by the CLI (hardware.discovery.LOCAL_MACHINE), never here
 
 
-def device_class(device: Device) -> tuple:
+# What makes two devices plan alike: catalog id, kind, free bytes, PCIe generation and width, threads.
+DeviceClass = tuple[str, str, int, int | None, int | None, int | None]
+
+
+def device_class(device: Device) -> DeviceClass:
     """What makes two devices plan alike (identical cards of a fleet share estimates)."""
     return (device.spec.id, device.kind, device.memory_free_bytes, device.pcie_gen, device.pcie_width, device.threads)
 
@@ -26,7 +30,7 @@ def build_devices(spec: PlanSpec, source: str, lines: SourceLines,
     `discover`), and each device's CPU socket when the file gives it."""
     if spec.devices is None:
         return discovered_devices(source, discover), {}
-    found = devices_from_entries(spec.devices, source, lines)
+    found = devices_from_entries(spec.devices, source, lines, None if discover is None else discover.cpu)
     return found.devices, found.sockets
 
 
@@ -39,12 +43,21 @@ def check_service_hosts(spec: PlanSpec, devices: Sequence[Device], source: str, 
                                 + did_you_mean(entry.host, hosts), hint=f"hosts: {', '.join(hosts) or 'none'}")  # fmt: skip
 
 
+def check_host_entries(spec: PlanSpec, devices: Sequence[Device], source: str, lines: SourceLines) -> None:
+    """Every `hosts:` entry names a host of the devices."""
+    hosts = sorted({d.host for d in devices if d.host is not None})
+    for name in spec.hosts:
+        if name not in hosts:
+            raise located_error(source, lines, ("hosts", name), f"no device is on host {name!r}"
+                                + did_you_mean(name, hosts), hint=f"hosts: {', '.join(hosts) or 'none (use psu_w: at the top level)'}")  # fmt: skip
+
+
 def discovered_devices(source: str, discover: Discover | None) -> list[Device]:
     if discover is None:
         raise GpumixError(f"{source}: the plan file has no `devices:`",
                           hint="add a `devices:` list, e.g. devices: [{gpu: RTX 4090}, {gpu: RTX 5060 Ti 16GB}]")  # fmt: skip
     try:
-        return list(discover())
+        return list(discover.devices())
     except GpumixError as exc:
         raise GpumixError(
             f"the plan file has no `devices:` and this machine's GPUs cannot be read: {exc.message}",

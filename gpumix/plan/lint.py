@@ -18,7 +18,14 @@
 | GPX014 | service-unplaced          | a service could not be placed (see the plan's reasons)                          |
 | GPX015 | device-oversubscribed     | the services on one card would need more than its bandwidth/compute if all busy at once (declare `load:`) |
 | GPX016 | price-unknown             | a card the plan uses has no £/month (catalog or `prices:`), so the plan gives no cost |
-| GPX017 | rpc-no-auth               | a llama.cpp split across hosts runs ggml-rpc-server, which has no authentication |
+| GPX017 | kv-below-concurrency      | an LLM's KV pool holds fewer full-context sequences than its concurrency: concurrency × context > kv_cache_tokens (predictions use what it holds) |
+| GPX018 | psu-undersized            | a host's GPUs (board power) + CPU + rest exceed its declared `psu_w`, steady or with GPU transients (x1.33) |
+| GPX019 | driver-too-old            | a card's `driver:` is older than the first CUDA toolkit for its architecture needs (Blackwell >= 570.26) |
+| GPX020 | cuda-rocm-split           | one split over CUDA and ROCm (or Metal) cards: one llama.cpp build / vLLM process runs one backend |
+| GPX021 | duplicate-model-crowds-out | two services serve the same model on different cards of a host while another service found no room |
+| GPX022 | rpc-no-auth               | a llama.cpp split across hosts runs ggml-rpc-server, which has no authentication |
+
+GPX018-GPX021 live in gpumix.plan.lint_platform.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from gpumix.estimate.memory import usable_bytes
 from gpumix.estimate.speed import pcie_gb_per_s
 from gpumix.estimate.types import Links
 from gpumix.hardware.spec import Device
+from gpumix.plan import lint_platform
 from gpumix.plan.candidates import Option, llm_option
 from gpumix.plan.fleet import device_pcie
 from gpumix.plan.planning import Planning
@@ -59,7 +67,9 @@ def lint(ctx: Planning) -> list[Warning_]:
                           "(see reasons)", name, "error"))  # fmt: skip
             continue
         out.extend(_service_checks(svc, opt, ctx))
+        out.extend(lint_platform.service_checks(svc, opt))
     out.extend(_device_checks(ctx))
+    out.extend(lint_platform.plan_checks(ctx))
     unpriced = sorted({d.name for d in plan.devices if d.kind == "gpu" and d.memory_planned_bytes > 0
                        and d.gbp_per_month is None})  # fmt: skip
     if unpriced:
@@ -82,7 +92,40 @@ def _service_checks(svc: Resolved, opt: Option, ctx: Planning) -> list[Warning_]
         *_offload(svc, opt, ctx),
         *_slo(svc, opt),
         *_co_location(svc, opt, ctx),
+        *_kv_below_concurrency(svc, opt),
     ]
+
+
+def _kv_below_concurrency(svc: Resolved, opt: Option) -> list[Warning_]:
+    """GPX017: the KV pool(s) hold fewer full-context sequences than the streams they serve."""
+    if svc.model.kind != "llm" or not opt.kv_tokens:
+        return []
+    context = svc.workload.context
+    short = [(p, held, n) for p, (tokens, n) in enumerate(zip(opt.kv_tokens, opt.streams, strict=True))
+             if (held := tokens // context) < n]  # fmt: skip
+    if not short:
+        return []
+    name = svc.entry.name
+    if opt.mode == "replica":
+        parts = [f"the replica on {opt.devices[p].id} holds {held} of its {n} streams" for p, held, n in short]
+        what = "; ".join(parts) + f" at {context:,} tokens each"
+    else:
+        (_, held, n), tokens = short[0], opt.kv_tokens[0]
+        what = (f"KV for {tokens:,} tokens holds {held} sequence{'s' if held != 1 else ''} of {context:,} tokens at "
+                f"once, not the {n} its concurrency asks ({n} × {context:,} = {n * context:,} tokens)")  # fmt: skip
+    engine = opt.workloads[0].engine
+    if engine == "vllm":
+        then = "longer together, vLLM preempts and re-queues requests"
+    else:
+        then = ("longer together, llama-server fails the running requests ('Context size has been exceeded'); "
+                "`kv_unified: false` reserves every slot's context instead")  # fmt: skip
+    held_total = sum(min(t // context, n) for t, n in zip(opt.kv_tokens, opt.streams, strict=True))
+    cards = ", ".join(dict.fromkeys(d.id for d in opt.devices))
+    return [_w("GPX017", "kv-below-concurrency",
+               f"{name}: {what}. Predictions use {held_total} stream{'s' if held_total != 1 else ''}. Shorter requests "
+               "share the pool; when they grow "
+               f"{then}. More KV: free memory on {cards} (move a service off it), a shorter context, or a smaller "
+               "kv_cache_dtype", name)]  # fmt: skip
 
 
 def _card_mix(svc: Resolved, opt: Option) -> list[Warning_]:
@@ -126,7 +169,7 @@ def _split_of_one_card(svc: Resolved, opt: Option, ctx: Planning) -> list[Warnin
 
 
 def _links(svc: Resolved, opt: Option, ctx: Planning) -> list[Warning_]:
-    """GPX009 / GPX011: a split over a slow link or the network; tensor parallel over PCIe or across sockets."""
+    """GPX009 / GPX011 / GPX022: a split over a slow link or the network (RPC without authentication); tensor parallel over PCIe or across sockets."""
     out: list[Warning_] = []
     name, devs = svc.entry.name, list(opt.devices)
     if opt.mode in ("layer_split", "pipeline_parallel", "tensor_parallel", "cpu_offload") and len(devs) > 1:
@@ -134,7 +177,7 @@ def _links(svc: Resolved, opt: Option, ctx: Planning) -> list[Warning_]:
         if slow:
             out.append(_w("GPX009", "slow-link-split", f"{name}: {slow}", name))
         if svc.engine == "llama.cpp" and len({d.host for d in devs}) > 1:
-            out.append(_w("GPX017", "rpc-no-auth",
+            out.append(_w("GPX022", "rpc-no-auth",
                           f"{name}: the split reaches its other hosts through ggml-rpc-server, which has no "
                           "authentication: anyone who reaches its port can run tensors on that device and read its "
                           "memory; keep it on a private cluster network (`up --ray` binds it to the node address)", name))  # fmt: skip
@@ -223,9 +266,10 @@ def _co_location(svc: Resolved, opt: Option, ctx: Planning) -> list[Warning_]:
 
 
 def _fits_beside(option: Option, ctx: Planning) -> bool:
-    """Would `option` fit next to what the plan already put on its devices?"""
+    """Would `option` fit next to what the plan already put on its devices? (LLM KV pools as the assignment placed
+    them, before they grew into the cards' leftover.)"""
     used: dict[str, int] = {}
-    for o in ctx.chosen:
+    for o in ctx.assigned or ctx.chosen:
         if o is None:
             continue
         for d, m in zip(o.devices, o.memory_bytes, strict=True):

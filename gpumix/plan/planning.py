@@ -22,8 +22,9 @@ class Planning:
     sockets: Mapping[str, int | None]  # device id → CPU socket / NUMA node, when the plan file says
     services: tuple[Resolved, ...]
     options: tuple[tuple[Option, ...], ...]  # per service: every placement considered (fitting or not)
-    chosen: tuple[Option | None, ...]  # per service: the placement the assignment picked, None = unplaced
+    chosen: tuple[Option | None, ...]  # per service: the placement the plan runs (KV grown), None = unplaced
     calibration: Calibration
+    assigned: tuple[Option | None, ...] = ()  # per service: the option (of `options`) the assignment picked
 
     def index_of(self, service: str) -> int:
         for svc in self.services:

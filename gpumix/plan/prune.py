@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from gpumix.hardware.spec import Device
 from gpumix.plan.assign import Choice
 from gpumix.plan.candidates import Option
-from gpumix.plan.fleet import device_class
+from gpumix.plan.fleet import DeviceClass, device_class
+
+HostClass = tuple[DeviceClass, ...]  # the sorted device classes of one host: identical machines plan alike
 
 MAX_CHOICES = 4000  # above this many fitting candidates they are pruned
 PRUNED_PER_CLASS = 3  # hosts kept per service and kind of placement
@@ -18,22 +20,22 @@ HOSTS_PER_CLASS = 2
 SINGLES_PER_CLASS = 2  # one-card candidates per identical card type per host
 
 
-def host_classes(devs: Sequence[Device]) -> dict[tuple, list[str | None]]:
+def host_classes(devs: Sequence[Device]) -> dict[HostClass, list[str | None]]:
     """Hosts grouped by their set of device classes (identical machines plan alike)."""
-    by_host: dict[str | None, list[tuple]] = {}
+    by_host: dict[str | None, list[DeviceClass]] = {}
     for d in devs:
         by_host.setdefault(d.host, []).append(device_class(d))
-    classes: dict[tuple, list[str | None]] = {}
+    classes: dict[HostClass, list[str | None]] = {}
     for host, members in by_host.items():
         classes.setdefault(tuple(sorted(members, key=repr)), []).append(host)
     return classes
 
 
-def too_many_hosts(classes: dict[tuple, list[str | None]]) -> bool:
+def too_many_hosts(classes: dict[HostClass, list[str | None]]) -> bool:
     return sum(len(hosts) for hosts in classes.values()) > MAX_HOSTS_PER_SERVICE
 
 
-def candidate_devices(devs: Sequence[Device], classes: dict[tuple, list[str | None]], service: int) -> list[Device]:
+def candidate_devices(devs: Sequence[Device], classes: dict[HostClass, list[str | None]], service: int) -> list[Device]:
     """A service is offered HOSTS_PER_CLASS hosts of each kind of machine, rotated by service so that services
     spread over the fleet."""
     chosen: set[str | None] = set()
@@ -46,9 +48,9 @@ def candidate_devices(devs: Sequence[Device], classes: dict[tuple, list[str | No
 def prune_choices(choices: list[Choice], option_of: list[Option]) -> tuple[list[Choice], list[Option]]:
     """Keep, per service and per kind of placement (mode + card types), PRUNED_PER_CLASS candidates on different
     hosts — rotated by service so that services sharing a card type are offered different hosts."""
-    groups: dict[tuple, list[int]] = {}
+    groups: dict[tuple[int, str, tuple[DeviceClass, ...], tuple[int, ...], tuple[int, ...]], list[int]] = {}
     for j, (c, opt) in enumerate(zip(choices, option_of, strict=True)):
-        signature = (c.service, opt.mode, tuple(device_class(d) for d in opt.devices), opt.layers)
+        signature = (c.service, opt.mode, tuple(device_class(d) for d in opt.devices), opt.layers, opt.kv_tokens)
         groups.setdefault(signature, []).append(j)
     keep: list[int] = []
     for (service, *_), js in groups.items():

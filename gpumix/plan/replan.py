@@ -26,6 +26,7 @@ class LostService:
     name: str  # the plan file's service name
     replicas: int = 1  # processes of it to place again (a split counts as one)
     avoid: tuple[str, ...] = ()  # device ids that still serve a copy of it
+    concurrency: int | None = None  # the streams the lost processes served (None: the plan file's concurrency)
 
 
 def remaining_devices(devices: Sequence[Device], dead_hosts: Collection[str],
@@ -44,7 +45,8 @@ def remaining_devices(devices: Sequence[Device], dead_hosts: Collection[str],
 def lost_entry(entry: ServiceEntry, lost: LostService, devices: Sequence[Device]) -> ServiceEntry:
     """The plan-file entry of a lost service as re-planned: pinned to the surviving devices it may use (the old
     pins and the devices already serving a copy left out), `replicas` = what was lost, no fallback (the gateway
-    keeps the plan's)."""
+    keeps the plan's), sized for the streams the lost processes served (a lost replica of two took half the
+    service's streams; its stand-in needs KV for that half, not for all of them)."""
     pinned = {str(p) for p in entry.devices or []}
     allowed = [
         d.id for d in devices
@@ -53,8 +55,9 @@ def lost_entry(entry: ServiceEntry, lost: LostService, devices: Sequence[Device]
     if pinned and not allowed:  # every pinned device is gone: any surviving device will do
         allowed = [d.id for d in devices if d.id not in lost.avoid]
     mode = entry.mode if lost.replicas > 1 or entry.mode != "replica" else "auto"
+    concurrency = entry.concurrency if lost.concurrency is None else max(1, lost.concurrency)
     return entry.model_copy(update={"host": None, "devices": allowed, "replicas": lost.replicas, "mode": mode,
-                                    "fallback": None})  # fmt: skip
+                                    "fallback": None, "concurrency": concurrency})  # fmt: skip
 
 
 def replan_services(spec: PlanSpec, lost: Sequence[LostService], devices: Sequence[Device], *,
@@ -71,5 +74,7 @@ def replan_services(spec: PlanSpec, lost: Sequence[LostService], devices: Sequen
         raise GpumixError("no surviving device to re-plan on")
     entries = [lost_entry(by_name[item.name], item, devices) for item in lost]
     sub = spec.model_copy(update={"services": entries})
+    # No buying advice: it re-plans many what-ifs (seconds) while the service is down, and a dead host is not a
+    # shopping question.
     return plan_services(sub, calibration=calibration, calibration_name=calibration_name, source=source,
-                         devices=list(devices))  # fmt: skip
+                         devices=list(devices), advise=False)  # fmt: skip

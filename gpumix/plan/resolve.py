@@ -47,7 +47,7 @@ def resolve_service(
         quant=quant,
         engine=engine,
         objective=objective or entry.objective or spec.objective or "latency",
-        workload=_workload(entry, model, engine, _context(entry, model, at)),
+        workload=_workload(entry, model, engine, _context(entry, model, at), at),
         model_path=entry.file or model.path,
     )
 
@@ -56,7 +56,7 @@ def resolve_service(
 class _Where:
     source: str
     lines: SourceLines
-    loc: tuple
+    loc: tuple[str | int, ...]
 
     def error(self, key: str, message: str, hint: str | None = None) -> GpumixError:
         return located_error(self.source, self.lines, (*self.loc, key), message, hint)
@@ -99,15 +99,18 @@ def _context(entry: ServiceEntry, model: ModelSpec, at: _Where) -> int:
     return context
 
 
-def _workload(entry: ServiceEntry, model: ModelSpec, engine: str, context: int) -> Workload:
+def _workload(entry: ServiceEntry, model: ModelSpec, engine: str, context: int, at: _Where) -> Workload:
+    if entry.kv_unified is False and engine != "llama.cpp":
+        raise at.error("kv_unified", f"kv_unified: false is a llama.cpp setting; {engine} does not have it",
+                       hint="remove it (vLLM's paged KV cache is always shared by its sequences)")  # fmt: skip
     return Workload(
         context=context,
         parallel=entry.concurrency,
         engine=engine if engine in LLM_ENGINES else "llama.cpp",
         kv_cache_dtype=entry.kv_cache_dtype or "f16",
-        # gpumix launches llama-server with an explicit -np, which turns the unified KV cache off: every slot
-        # gets `context` cells of its own (gpumix.launch.commands).
-        kv_unified=engine != "llama.cpp",
+        # llama-server is launched with --kv-unified (one KV pool the -np slots share, sized by the planner) unless
+        # the service says `kv_unified: false` (every slot keeps `context` cells: gpumix.launch.commands).
+        kv_unified=entry.kv_unified is not False,
         embeddings=engine == "llama.cpp" and (entry.task in ("embeddings", "rerank") or model.kind != "llm"),
     )
 

@@ -55,12 +55,14 @@ class _Frozen(BaseModel):
 
 class Predicted(_Frozen):
     decode_tokens_per_s: float | None = None  # one stream
-    aggregate_tokens_per_s: float | None = None  # all streams at the service's concurrency
+    aggregate_tokens_per_s: float | None = None  # all streams the KV holds at once (`concurrency`)
     prefill_tokens_per_s: float | None = None
     ttft_s: float | None = None
     # Non-LLM services report their own unit (images/s, audio seconds per second, items/s).
     throughput: float | None = None
     throughput_unit: str | None = None
+    # LLMs: the streams the aggregate counts: min(concurrency, what the KV holds at full context), summed over replicas.
+    concurrency: int | None = None
 
 
 class SloCheck(_Frozen):
@@ -85,6 +87,9 @@ class PlannedDevice(_Frozen):
     bandwidth_utilisation: float = 0.0  # expected fraction of achieved bandwidth in use
     compute_utilisation: float = 0.0
     gbp_per_month: float | None = None
+    # What the plan assumed where the file did not say it: a host's CPU and RAM bandwidth (theoretical and achieved,
+    # which CPU offload decode uses), the board slot a GPU sits in (gpumix.hardware.platforms).
+    assumed: str | None = None
 
 
 class PlannedService(_Frozen):
@@ -108,6 +113,16 @@ class PlannedService(_Frozen):
     replicas: int = 1
     threads: int | None = None  # CPU threads per process (llama.cpp -t); None = engine default
     kv_cache_dtype: str | None = None  # llama.cpp -ctk/-ctv, vLLM --kv-cache-dtype; None = engine default (f16/auto)
+    # LLMs: tokens of KV the placement holds (summed over replicas): llama.cpp -c, vLLM --kv-cache-memory-bytes / the
+    # per-token KV size. Between one full `context` and concurrency × context; None in a plan written without it.
+    kv_cache_tokens: int | None = None
+    max_full_context_sequences: int | None = None  # sequences of `context` tokens that KV holds at once
+    kv_unified: bool | None = None  # llama.cpp: one KV pool shared by the slots (--kv-unified); None: not llama.cpp
+    # Replica mode, one entry per replica process (aligned with `devices`): its share of the service's streams, the
+    # streams it serves (its -np / --max-num-seqs), and the tokens of KV it holds.
+    replica_shares: list[float] = Field(default_factory=list)
+    replica_concurrency: list[int] = Field(default_factory=list)
+    replica_kv_cache_tokens: list[int] = Field(default_factory=list)
     objective: Objective = "latency"
     endpoints: list[str] = Field(default_factory=list)  # e.g. ["/v1/chat/completions", "/v1/completions"]
     fallback: str | None = None  # another service's name
@@ -127,6 +142,21 @@ class Warning_(_Frozen):
     severity: Literal["info", "warning", "error"] = "warning"
 
 
+SuggestionKind = Literal["quant", "context", "kv_cache", "cpu_offload", "add_card", "replace_card", "drop_service"]
+
+
+class Suggestion(_Frozen):
+    """A change that would fix a service that does not fit or misses its SLO, re-planned with the planner
+    (gpumix.plan.advice): `feasible` = the changed plan is feasible with the service placed and its SLOs met."""
+
+    service: str
+    kind: SuggestionKind
+    change: str  # one line a person reads
+    feasible: bool
+    decode_tokens_per_s: float | None = None  # the service's one-stream decode in the changed plan
+    gbp_per_month: float | None = None  # the changed plan's cost (None when a card it uses has no price)
+
+
 class Cost(_Frozen):
     gbp_per_month: float | None = None
     gbp_per_million_tokens: float | None = None
@@ -144,6 +174,8 @@ class Plan(_Frozen):
     warnings: list[Warning_] = Field(default_factory=list)
     cost: Cost = Cost()
     calibration: str | None = None  # calibration file used
+    # What would fix services that do not fit or miss their SLO, each re-planned; cheapest first (gpumix.plan.advice).
+    suggestions: list[Suggestion] = Field(default_factory=list)
 
     def service(self, name: str) -> PlannedService:
         for svc in self.services:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from gpumix.plan.candidates import Option
+from gpumix.plan.candidates import Option, streams_held
 from gpumix.plan.resolve import Resolved
 from gpumix.plan.result import SloCheck
 
@@ -14,6 +14,11 @@ LLM_SPEED_WEIGHT = 100.0
 SERVICE_SPEED_WEIGHT = 0.2
 PRICE_WEIGHT = 1.0
 SLO_MISS_PENALTY = 50.0
+# A placement at a KV level that holds only part of its streams at full context costs up to this much more (× the
+# share of streams not held): the solver gives an LLM room for its whole concurrency when that costs less than ~5%
+# of its speed elsewhere (LLM_SPEED_WEIGHT × ln 1.05 ≈ 5), and takes that room from small services before it takes
+# speed from other LLMs.
+KV_SHORT_PENALTY = 5.0
 
 
 def slo_checks(svc: Resolved, opt: Option) -> list[SloCheck]:
@@ -48,6 +53,7 @@ def score_options(svc: Resolved, options: list[Option], max_bandwidth: float) ->
         slowdown = math.log(best / opt.speed) if opt.speed > 0 and best > 0 else math.log(10.0)
         occupied = sum(d.spec.mem_bandwidth_gb_per_s for d in opt.devices if d.kind == "gpu") / max_bandwidth
         missed = sum(1 for c in slo_checks(svc, opt) if not c.met)
-        opt.cost = round(weight * max(slowdown, 0.0) + PRICE_WEIGHT * occupied + SLO_MISS_PENALTY * missed, 6)
+        short = KV_SHORT_PENALTY * (1 - streams_held(opt) / sum(opt.streams)) if opt.streams else 0.0
+        opt.cost = round(weight * max(slowdown, 0.0) + PRICE_WEIGHT * occupied + SLO_MISS_PENALTY * missed + short, 6)
 
 

@@ -6,6 +6,7 @@ close match exists — what was probably meant. It is always a GpumixError, neve
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,6 +66,10 @@ class ServiceEntry(_Strict):
     devices: list[int | str] | None = None  # pin to these devices: indices (on any host) or ids (gpu0, box-a/gpu1)
     fallback: str | None = None
     kv_cache_dtype: str | None = None
+    # llama.cpp: false = one KV cache per slot (`--no-kv-unified`, every slot keeps `context` cells, concurrency ×
+    # context reserved). Default: one unified KV pool the slots share, sized by the planner (vLLM's KV is always one
+    # paged pool).
+    kv_unified: bool | None = None
     allow_rpc: bool = False  # allow a llama.cpp layer split across hosts (over the network, llama.cpp RPC)
     allow_multinode: bool = False  # allow vLLM pipeline parallel across hosts (one Ray cluster over them)
     task: Literal["chat", "embeddings", "rerank"] | None = None  # what an LLM-file model serves (default chat)
@@ -88,6 +93,12 @@ class PriceEntry(_Strict):
     gbp_per_month: float = Field(ge=0, le=1_000_000)
 
 
+class HostEntry(_Strict):
+    """What a plan knows about one host beyond its devices."""
+
+    psu_w: float | None = Field(default=None, gt=0, le=100_000)  # the power supply's rating (lint GPX018)
+
+
 class RuntimeEntry(_Strict):
     containers: bool = False
     container_gpus: Literal["pinned", "all"] = "pinned"  # `all` = docker --gpus all / count: all
@@ -100,6 +111,21 @@ class PlanSpec(_Strict):
     prices: dict[str, PriceEntry] = Field(default_factory=dict)
     objective: Objective | None = None
     runtime: RuntimeEntry = RuntimeEntry()
+    psu_w: float | None = Field(default=None, gt=0, le=100_000)  # the PSU of the machine (of every host by default)
+    hosts: dict[str, HostEntry] = Field(default_factory=dict)  # per-host settings: {box-a: {psu_w: 1200}}
+
+    @field_validator("hosts")
+    @classmethod
+    def _host_names(cls, value: dict[str, HostEntry]) -> dict[str, HostEntry]:
+        bad = [name for name in value if not re.match(HOST_PATTERN, name)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a host name (letters, digits, '.', '_', '-')")
+        return value
+
+    def psu_w_of(self, host: str | None) -> float | None:
+        """The declared PSU rating of a host (its `hosts:` entry, else the top-level `psu_w`)."""
+        entry = self.hosts.get(host) if host is not None else None
+        return entry.psu_w if entry is not None and entry.psu_w is not None else self.psu_w
 
 
 def parse_plan_text(text: str, source: str = "<plan>") -> PlanSpec:
@@ -116,8 +142,9 @@ def parse_plan_text_with_lines(text: str, source: str = "<plan>") -> tuple[PlanS
             f"{source}: a plan file is a mapping with a `services:` list",
             hint="see docs/plan-file.md or examples/hybrid-box.yaml",
         )
-    if isinstance(data.get("prices"), dict):  # card names may read as numbers ("4090: ...")
-        data["prices"] = {str(k): v for k, v in data["prices"].items()}
+    for key in ("prices", "hosts"):  # card and host names may read as numbers ("4090: ...")
+        if isinstance(data.get(key), dict):
+            data[key] = {str(k): v for k, v in data[key].items()}
     bad_keys = [k for k in _all_keys(data) if not isinstance(k, str)]
     if bad_keys:
         raise GpumixError(f"{source}: keys must be text, got {bad_keys[0]!r}", hint="quote the key")

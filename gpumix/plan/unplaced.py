@@ -6,9 +6,11 @@ import dataclasses
 from collections.abc import Sequence
 
 from gpumix.estimate import estimate
-from gpumix.estimate.memory import total_weight_bytes, usable_bytes
+from gpumix.estimate.calibration import Calibration
+from gpumix.estimate.memory import shares_kv_pool, total_weight_bytes, usable_bytes
 from gpumix.estimate.types import Links, Placement
 from gpumix.hardware.spec import Device
+from gpumix.plan import kvmath
 from gpumix.plan.candidates import CandidateContext, Option, by_host, llm_options, service_pool
 from gpumix.plan.resolve import Resolved
 from gpumix.units import GB
@@ -77,11 +79,11 @@ def _llm_shortfall(name: str, svc: Resolved, devs: Sequence[Device], ctx: Candid
     hosts = by_host(service_pool(svc.entry, devs))
     if any(d.kind == "cpu" for d in devs) and all(sum(d.kind == "gpu" for d in h) <= 1 for h in hosts.values()):
         return None
-    gpus = max(([d for d in h if d.kind == "gpu"] or list(h) for h in hosts.values()),
-               key=lambda group: sum(usable_bytes(d) for d in group))  # fmt: skip
-    whole = estimate(svc.model, svc.quant, Placement(mode="layer_split", devices=tuple(gpus)), svc.workload, Links(),
-                     ctx.calibration)  # fmt: skip
-    need = sum(d.memory_bytes for d in whole.devices)
+    gpus = roomiest_gpus(svc, devs)
+    need = layer_split_need_bytes(svc, gpus, ctx.calibration)
+    pooled = shares_kv_pool(svc.workload) and svc.workload.parallel > 1  # a shared pool needs one full context
+    ctx_tokens, streams = svc.workload.context, svc.workload.parallel
+    kv = f"one {ctx_tokens}-token sequence" if pooled else f"{ctx_tokens} x {streams} tokens"
     have = sum(usable_bytes(d) for d in gpus)
     if need <= have:
         return None
@@ -89,11 +91,29 @@ def _llm_shortfall(name: str, svc: Resolved, devs: Sequence[Device], ctx: Candid
     total = sum(d.memory_total_bytes for d in gpus)
     return (
         f"{name} does not fit: it needs {need / GB:.1f} GB (weights {weights / GB:.1f} GB + KV "
-        f"cache for {svc.workload.context} x {svc.workload.parallel} tokens + buffers) but "
+        f"cache for {kv} + buffers) but "
         f"{' + '.join(d.name for d in gpus)} have {total / GB:.1f} GB ({have / GB:.1f} GB usable after "
         f"the safety margin): short by {(need - have) / GB:.1f} GB; add a card or system RAM "
         "(CPU offload), or use a smaller quant / shorter context"
     )
+
+
+def roomiest_gpus(svc: Resolved, devs: Sequence[Device]) -> list[Device]:
+    """The GPUs (else all devices) of the host that offers the service the most memory."""
+    hosts = by_host(service_pool(svc.entry, devs))
+    return max(([d for d in h if d.kind == "gpu"] or list(h) for h in hosts.values()),
+               key=lambda group: sum(usable_bytes(d) for d in group))  # fmt: skip
+
+
+def layer_split_need_bytes(svc: Resolved, gpus: Sequence[Device], calibration: Calibration) -> int:
+    """Memory an LLM needs as one layer split over `gpus` (weights + KV + buffers), fitting or not. With a shared
+    KV pool (vLLM, llama.cpp --kv-unified) that is KV for one full-context sequence: enough to start."""
+    workload = svc.workload
+    if shares_kv_pool(workload) and workload.parallel > 1:
+        workload = workload.model_copy(update={"kv_tokens": kvmath.min_kv_tokens(workload)})
+    whole = estimate(svc.model, svc.quant, Placement(mode="layer_split", devices=tuple(gpus)), workload, Links(),
+                     calibration)  # fmt: skip
+    return sum(d.memory_bytes for d in whole.devices)
 
 
 def _closest_option(name: str, options: list[Option]) -> str:

@@ -63,10 +63,12 @@ def _die_with_parent() -> None:
 
 
 def gateway_argv(plan_path: Path, port: int, specs: list[LaunchSpec]) -> list[str]:
-    """The gateway in front of the server processes (RPC workers answer no endpoint)."""
+    """The gateway in front of the server processes (RPC workers answer no endpoint); it reads the plan in the run
+    directory, and that directory's state.json for its dashboard."""
     servers = [spec for spec in specs if spec.role == "server"]
     backends = [arg for spec in servers for arg in ("--backend", f"{spec.service}={spec.url}")]
-    return [sys.executable, "-m", "gpumix", "gateway", "--plan", str(plan_path), "--port", str(port), *backends]
+    return [sys.executable, "-m", "gpumix", "gateway", "--plan", str(plan_path), "--port", str(port),
+            "--run-dir", str(plan_path.parent), *backends]  # fmt: skip
 
 
 def gateway_available() -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 
 from gpumix.errors import GpumixError
+from gpumix.estimate.calibration import Calibration
 from gpumix.launch.commands import process_hosts, render_plan, specs_for_host
 from gpumix.launch.spec import LaunchSpec
 from gpumix.netutil import free_port
@@ -27,17 +28,17 @@ PLAN_SUFFIXES_JSON = (".json",)
 PLAN_SUFFIXES_YAML = (".yaml", ".yml")
 
 
-def load_plan(path: Path) -> Plan:
-    """plan.json is read as is (`read_plan_json`); a YAML plan file goes through the planner first, with this
-    machine's calibration and, for a file without `devices:`, its GPUs."""
+def load_plan(path: Path, calibration: Calibration | None = None, calibration_name: str | None = None) -> Plan:
+    """plan.json is read as is (`read_plan_json`); a YAML plan file goes through the planner first, with
+    `calibration` (which the CLI resolved; None: the packaged fit) and, for a file without `devices:`, this
+    machine's GPUs."""
     if not path.is_file():
         raise GpumixError(f"{path} does not exist", hint="pass a plan file (YAML) or a plan.json from `gpumix plan`")
     if path.suffix in PLAN_SUFFIXES_YAML:
-        from gpumix.estimate.calibration import load_calibration
-        from gpumix.hardware.discovery import this_machine_gpus
+        from gpumix.hardware.discovery import LOCAL_MACHINE
         from gpumix.plan.planner import plan_file
 
-        return plan_file(path, calibration=load_calibration(None), discover=this_machine_gpus)
+        return plan_file(path, calibration=calibration, calibration_name=calibration_name, discover=LOCAL_MACHINE)
     return read_plan_json(path)
 
 
@@ -135,14 +136,20 @@ def run_foreground(plan: Plan, options: UpOptions, say: Callable[[str], object] 
     return supervisor.run()
 
 
-def start_detached(plan_file: Path, options: UpOptions, wait_s: float | None = None) -> RunState:
+def start_detached(
+    plan_file: Path,
+    options: UpOptions,
+    wait_s: float | None = None,
+    calibration: Calibration | None = None,
+    calibration_name: str | None = None,
+) -> RunState:
     """Start the supervisor as a session of its own and return once every process is healthy.
 
     On failure (a process exits before it is ever healthy, misses its health timeout, or the supervisor dies)
     everything is stopped and a GpumixError carries the failing process's log tail."""
     run_dir = options.run_dir.resolve()
     refuse_if_running(run_dir)
-    plan = load_plan(plan_file)
+    plan = load_plan(plan_file, calibration, calibration_name)
     use_gateway = options.gateway and gateway_available()
     prepare(plan, options.front_port if use_gateway else None, options.host)  # fail here, in the user's terminal
     run_dir.mkdir(parents=True, exist_ok=True)

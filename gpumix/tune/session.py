@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpumix.calibrate.files import DeviceCalibration, MachineCalibration
 from gpumix.errors import GpumixError
 from gpumix.hardware.spec import Device, GpuSpec
 from gpumix.kinds import Objective
@@ -14,7 +15,6 @@ from gpumix.launch.models import model_source
 from gpumix.launch.models import resolve_model_file as launch_model_file
 from gpumix.models.files import PYPI_PREFIX, resolve_pypi_ref
 from gpumix.tune.bench import BenchError, BenchRequest, BenchResult, list_devices, run_batched_bench, run_llama_bench
-from gpumix.tune.calibration_file import DeviceCalibration, MachineCalibration
 from gpumix.tune.layout import read_layout
 from gpumix.tune.splits import Split
 from gpumix.tune.tuner import Measure, OnPoint, TuneDevice, TunePoint, TuneResult, tune

@@ -108,3 +108,41 @@ def test_a_stand_in_that_never_gets_healthy_is_stopped_and_reported(controller):
     t.c._pending(healthy=set(), reports={name: report})
     assert t.stopped == [f"handle:{name}"] and name not in {p.name for p in t.d.run.parts}
     assert t.d.run.events[-1].kind == "failed"
+
+
+def test_a_lost_replica_is_re_planned_for_its_streams_and_weighs_them_in_the_gateway(tmp_path, monkeypatch):
+    """Three hosts, chat's two replicas on a and b: b dies; the re-plan puts a stand-in for chat-1 on c (a already
+    serves a copy), named and sized as chat-1 (its -np = the streams chat-1 took), and the backends file gives
+    each chat URL its streams as weight."""
+    spec_file = tmp_path / "three.yaml"
+    spec_file.write_text(
+        "devices:\n" + "".join(f"  - {{cpu: {{ram_gb: 4, threads: 1}}, host: {h}}}\n" for h in "abc")
+        + "services:\n  - {name: chat, model: gemma-3-270m, replicas: 2, mode: replica, concurrency: 4,"
+        " context: 1024, devices: [a/cpu0, b/cpu0]}\n"
+    )
+    plan = plan_file(spec_file)
+    ips = {"a": "127.0.0.2", "b": "127.0.0.3", "c": "127.0.0.4"}
+    parts = plan_parts(plan, "demo", ips, 9001)
+    run = RayRun(deployment="demo", address="127.0.0.254:1", front_port=8080, next_port=9004, parts=parts,
+                 node_ips=ips, spec_file=str(spec_file))  # fmt: skip
+    d = Deployment(ray=SimpleNamespace(), run=run, plan=plan, options=RayUpOptions(run_dir=tmp_path, spec_file=spec_file),
+                   run_dir=tmp_path, say=print)  # fmt: skip
+    d.serving = {p.name for p in parts}
+    started: list[str] = []
+    monkeypatch.setattr(d, "_start_parts", lambda new: started.extend(p.name for p in new))
+    c = Controller(d, spec_file)
+    lost = [p for p in parts if p.host == "b"]
+    d.run.dead_hosts = ["b"]
+    c_host = HostReport(name="c", node_ip=ips["c"], node_id="nc", alive=True, is_head=False, devices=["c/cpu0"])
+    c.replan(lost, {"a": A, "c": c_host})
+    (stand_in,) = [p for p in d.run.parts if p.origin == "moved"]
+    assert started == [stand_in.name] == ["demo.chat-1.moved1"]
+    assert stand_in.host == "c" and stand_in.devices == ["c/cpu0"] and stand_in.replaces == ["demo.chat-1"]
+    chat_1 = d.run.part("demo.chat-1")
+    (spec,) = stand_in.specs
+    assert stand_in.streams == chat_1.streams == int(spec.argv[spec.argv.index("-np") + 1]) == 2  # of 4
+    d.serving = {"demo.chat-0", stand_in.name}
+    d.write_backends()
+    table = json.loads(d.backends_path.read_text())
+    assert table["services"]["chat"] == [*d.run.part("demo.chat-0").urls, *stand_in.urls]
+    assert table["weights"]["chat"] == [float(d.run.part("demo.chat-0").streams), float(stand_in.streams)]

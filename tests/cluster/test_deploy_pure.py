@@ -13,6 +13,7 @@ from gpumix.cluster.deploy import (
     Part,
     RayRun,
     backend_table,
+    backend_weights,
     bind_specs,
     check_plan_hosts,
     deployment_name,
@@ -27,7 +28,7 @@ from gpumix.cluster.driver import alive_hosts, check_hosts, check_same_build
 from gpumix.cluster.names import HOST_LABEL
 from gpumix.cluster.status import HostReport
 from gpumix.errors import GpumixError
-from gpumix.gateway.config import read_backends_file, read_dead_backends
+from gpumix.gateway.config import read_backends_file
 from gpumix.launch.commands import render_plan
 from gpumix.plan.planner import plan_file, plan_services
 from gpumix.plan.spec import parse_plan_text
@@ -87,7 +88,7 @@ def test_a_split_over_hosts_is_one_group_whose_rpc_names_the_workers_node_addres
     assert _flag(server.argv, "--rpc") == f"{IPS[other]}:{rpc.port}"  # straight to the worker, no ssh forward
     assert not any("ssh" in n for n in server.notes) and "no authentication" in rpc.notes[0]
     assert main.urls == [server.url] and worker.urls == []
-    assert any(w.code.startswith("GPX017") for w in plan.warnings)  # the plan says RPC has no authentication
+    assert any(w.code.startswith("GPX022") for w in plan.warnings)  # the plan says RPC has no authentication
 
 
 def test_a_remote_cpu_in_a_split_is_an_rpc_offload_target(fleet):
@@ -120,9 +121,17 @@ def test_backends_file_round_trips_through_the_gateways_reader(tmp_path, fleet):
     parts = plan_parts(fleet, "demo", IPS, 9001)
     table = backend_table(["chat", "embed"], parts, {"demo.chat-0", "demo.embed"})
     assert table == {"chat": ["http://10.0.0.2:9001"], "embed": ["http://10.0.0.3:9003"]}
+    weights = backend_weights(["chat", "embed"], parts, {"demo.chat-0", "demo.embed"})
+    # each URL weighs the streams its engine takes (llama-server's -np), which the gateway balances by
+    assert weights == {"chat": [float(_flag(parts[0].specs[0].argv, "-np"))], "embed": [1.0]}
     path = tmp_path / "backends.json"
-    write_backends(path, table, dead=["http://10.0.0.3:9002"])
-    assert read_backends_file(path) == table and read_dead_backends(path) == {"http://10.0.0.3:9002"}
+    write_backends(path, table, dead=["http://10.0.0.3:9002"], weights=weights)
+    read = read_backends_file(path)
+    assert read.services == table and read.dead == {"http://10.0.0.3:9002"} and read.weights == weights
+    assert read.weights_of("chat") == tuple(weights["chat"])
+    path.write_text(json.dumps({"services": {"chat": ["http://a:1"]}, "weights": {"chat": [-1]}}))
+    with pytest.raises(GpumixError, match="weights"):
+        read_backends_file(path)
     path.write_text(json.dumps({"services": {"chat": ["ftp://x"]}}))
     with pytest.raises(GpumixError, match="not an http"):
         read_backends_file(path)
@@ -158,7 +167,7 @@ def test_every_plan_host_must_be_in_the_cluster_with_its_devices(fleet):
 
 
 def test_a_plan_without_hosts_or_a_missing_host_is_one_line_errors(fleet):
-    hostless = plan_services(parse_plan_text("devices:\n  - {cpu: {ram_gb: 4}}\nservices:\n  - {name: s, model: gemma-3-270m}\n"))
+    hostless = plan_services(parse_plan_text("devices:\n  - {cpu: {ram_gb: 4, threads: 1}}\nservices:\n  - {name: s, model: gemma-3-270m}\n"))
     with pytest.raises(GpumixError, match="name no host"):
         check_plan_hosts(hostless)
     with pytest.raises(GpumixError, match="host b of the plan is not in the cluster"):

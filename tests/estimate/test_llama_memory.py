@@ -67,12 +67,17 @@ CASES = [
     (["-c", "32768"], Workload(context=8192, parallel=4)),
     (["-c", "4096", "-np", "1"], Workload(context=4096, parallel=1)),
     (["-c", "16384", "-np", "8"], Workload(context=2048, parallel=8, kv_unified=False)),  # explicit -np: no -kvu
+    # gpumix's launch of a planned KV budget below concurrency × context: one unified pool of 6144 cells for 4 slots
+    # of up to 2048 tokens each (gpumix.launch.commands._llama_kv_args).
+    (["-c", "6144", "-np", "4", "--kv-unified", "--kv-unified-per-slot", "2048"],
+     Workload(context=2048, parallel=4, kv_tokens=6144)),
 ]
 
 
 @pytest.mark.parametrize(("args", "workload"), CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_estimate_matches_llama_server_memory_breakdown(gemma_path, tmp_path, args, workload):
-    report = parse_llama_memory_breakdown(_run_llama_server(gemma_path, args, tmp_path))
+    log = _run_llama_server(gemma_path, args, tmp_path)
+    report = parse_llama_memory_breakdown(log)
     host = report.row("Host")
     measured = (host.model_mib + host.context_mib + host.compute_mib) * MiB
 
@@ -89,3 +94,8 @@ def test_estimate_matches_llama_server_memory_breakdown(gemma_path, tmp_path, ar
     )
     # The KV part on its own is exact (llama.cpp's `llama_kv_cache: size` lines, SWA cache included).
     assert mem.kv_cache_bytes / MiB == pytest.approx(report.kv_cache_mib, abs=0.5)
+    if "--kv-unified-per-slot" in args:
+        # One pool of -c cells, each slot capped at the request context.
+        cap = args[args.index("--kv-unified-per-slot") + 1]
+        assert f"capping per-slot context ({args[args.index('-c') + 1]}) to --kv-unified-per-slot ({cap})" in log
+        assert max(kv.cells for kv in report.kv_caches) == workload.kv_tokens

@@ -94,3 +94,15 @@ def test_each_backend_is_health_checked_at_its_engines_own_path() -> None:
     gateway = Gateway(cfg)
     paths = {b.service: b.health.path for b in gateway.pool.all()}
     assert paths == {"chat": "/health", "images": "/v1/models"}
+
+
+def test_replica_shares_weight_the_backends_unless_least_outstanding_is_asked() -> None:
+    chat = planned_service("chat", "llama-3-8b", replica_shares=[0.875, 0.125], replica_concurrency=[14, 2],
+                           replica_kv_cache_tokens=[114688, 16384])  # fmt: skip
+    urls = ["chat=http://127.0.0.1:1", "chat=http://127.0.0.1:2"]
+    assert build_config(make_plan(chat), urls).service("chat").weights == (0.875, 0.125)
+    assert build_config(make_plan(chat), urls, balance="least-outstanding").service("chat").weights == ()
+    # One host's gateway of a plan whose replicas span hosts sees only some of them: equal weights then.
+    assert build_config(make_plan(chat), urls[:1]).service("chat").weights == ()
+    with pytest.raises(GpumixError, match="--balance"):
+        build_config(make_plan(chat), urls, balance="random")

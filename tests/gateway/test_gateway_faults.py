@@ -83,9 +83,9 @@ def test_sigkill_only_backend_gives_fast_503_then_recovers(procs: Procs) -> None
 
 
 # ---- a backends file the gateway watches (`gpumix up --ray` rewrites it when hosts die and services move) ----
-def _write_backends(path, services: dict, dead: list | None = None) -> None:
+def _write_backends(path, services: dict, dead: list | None = None, weights: dict | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"services": services, "dead": dead or []}))
+    tmp.write_text(json.dumps({"services": services, "dead": dead or [], "weights": weights or {}}))
     os.replace(tmp, path)
 
 
@@ -111,6 +111,41 @@ def test_the_gateway_follows_its_backends_file(procs: Procs, tmp_path) -> None:
     path.write_text("{ not json")  # a broken file: the gateway keeps what it has
     time.sleep(1.0)
     assert _backend_name(url) == "b"
+
+
+def test_the_gateway_balances_by_the_backends_files_weights_and_follows_their_changes(procs: Procs, tmp_path) -> None:
+    """`up --ray` gives each replica's streams (its -np) as weights: 8 overlapping requests go 6/2 on replicas
+    weighted 6 and 2; rewritten as 2 and 6 (a stand-in sized for fewer streams took over), they go 2/6."""
+    import asyncio
+
+    import aiohttp
+
+    fast, _ = procs.backend(name="fast", delay_ms=600)
+    slow, _ = procs.backend(name="slow", delay_ms=600)
+    path = tmp_path / "backends.json"
+    _write_backends(path, {"chat": [fast, slow]}, weights={"chat": [6, 2]})
+    url, _ = procs.gateway("--backends-file", str(path))
+
+    async def spread() -> list[str]:
+        async with aiohttp.ClientSession() as session:
+
+            async def one() -> str:
+                async with session.post(url + "/v1/chat/completions", json={"model": "chat", "messages": []}) as resp:
+                    return (await resp.json())["backend"]
+
+            return await asyncio.gather(*(one() for _ in range(8)))
+
+    def counts() -> tuple[int, int]:
+        backends = asyncio.run(spread())
+        return backends.count("fast"), backends.count("slow")
+
+    assert counts() == (6, 2)
+    _write_backends(path, {"chat": [fast, slow]}, weights={"chat": [2, 6]})
+    time.sleep(1.5)  # the gateway polls the file every 0.5 s
+    assert counts() == (2, 6)
+    _write_backends(path, {"chat": [fast, slow]}, weights={"chat": [0, 6]})  # a bad weight: the file is refused
+    time.sleep(1.5)
+    assert counts() == (2, 6)
 
 
 def test_requests_waiting_on_a_backend_declared_dead_fail_over_at_once(procs: Procs, tmp_path) -> None:

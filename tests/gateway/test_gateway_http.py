@@ -150,6 +150,33 @@ def test_least_outstanding_spreads_concurrent_streams(stack: dict) -> None:
     assert sorted(backends) == ["chat-a"] * 4 + ["chat-b"] * 4
 
 
+def test_replicas_get_requests_in_proportion_to_the_plans_shares(procs: Procs, tmp_path: Path) -> None:
+    """The plan sizes a fast replica for 6 of 8 streams and a slow one for 2: the real gateway keeps 6 and 2 of 8
+    overlapping requests in flight on them (least outstanding would put 4 on each)."""
+    fast, _ = procs.backend(name="fast", delay_ms=600)
+    slow, _ = procs.backend(name="slow", delay_ms=600)
+    chat = planned_service("chat", "llama-3-8b", replica_shares=[0.75, 0.25], replica_concurrency=[6, 2],
+                           replica_kv_cache_tokens=[6 * 8192, 2 * 8192])  # fmt: skip
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(make_plan(chat).model_dump_json())
+
+    async def spread(url: str) -> list[str]:
+        async with aiohttp.ClientSession() as session:
+
+            async def one() -> str:
+                body = {"model": "chat", "messages": []}
+                async with session.post(url + "/v1/chat/completions", json=body) as resp:
+                    return (await resp.json())["backend"]
+
+            return await asyncio.gather(*(one() for _ in range(8)))
+
+    for balance, expected in (("shares", (6, 2)), ("least-outstanding", (4, 4))):
+        url, _ = procs.gateway("--plan", str(plan_path), "--backend", f"chat={fast}", "--backend", f"chat={slow}",
+                               "--balance", balance)  # fmt: skip
+        backends = asyncio.run(spread(url))
+        assert (backends.count("fast"), backends.count("slow")) == expected, balance
+
+
 def test_client_disconnect_cancels_upstream(procs: Procs) -> None:
     backend, _ = procs.backend(chunks=200, chunk_delay_ms=20)
     url, _ = procs.gateway("--backend", f"chat={backend}")

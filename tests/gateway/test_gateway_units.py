@@ -76,3 +76,18 @@ def test_multipart_model_field() -> None:
     )
     assert _multipart_field("multipart/form-data; boundary=XyZ", body, "model") == "whisper-small"
     assert _multipart_field("multipart/form-data; boundary=XyZ", body, "language") is None
+
+
+def test_pick_weights_in_flight_requests_by_the_plans_replica_shares() -> None:
+    """A replica planned for 2 of 16 streams gets 2 in flight while the other gets 14 (least outstanding would
+    give each 8, and the small one would queue 6 behind its 2 slots)."""
+    fast = Backend("chat", "http://fast", Limits(), HealthSettings(), weight=0.875)
+    slow = Backend("chat", "http://slow", Limits(), HealthSettings(), weight=0.125)
+    pool = BackendPool({"chat": [fast, slow]})
+    for _ in range(16):
+        pool.pick("chat", set()).outstanding += 1
+    assert (fast.outstanding, slow.outstanding) == (14, 2)
+    equal = _pool(2)[0]
+    for _ in range(16):
+        equal.pick("chat", set()).outstanding += 1
+    assert [b.outstanding for b in equal.by_service["chat"]] == [8, 8]

@@ -11,14 +11,9 @@ from hypothesis import strategies as st
 
 from gpumix.errors import GpumixError
 from gpumix.hardware.catalog import resolve_gpu
-from gpumix.hardware.devices import (
-    cpu_device,
-    device_from_spec,
-    read_meminfo,
-    this_machine_cpu,
-    usable_threads,
-)
-from gpumix.hardware.entries import load_devices_file
+from gpumix.hardware.devices import cpu_device, device_from_spec
+from gpumix.hardware.discovery import read_meminfo, read_this_machine, this_machine_cpu, usable_threads
+from gpumix.hardware.entries import ThisMachine, load_devices_file
 from gpumix.units import GB, GiB
 
 MEMINFO = """\
@@ -96,11 +91,11 @@ def test_load_devices_file(tmp_path):
           count: 2
           free_gib: 23
         - cpu: {ram_gb: 64, bandwidth_gbs: 89.6, threads: 8}
-        - cpu: {ram_gb: 128, memory: DDR5-4800 8-channel}
+        - cpu: {ram_gb: 128, memory: DDR5-4800 8-channel, threads: 32}
           host: other
         """,
     )
-    devices = load_devices_file(path)
+    devices = load_devices_file(path, read_this_machine)
     assert [(d.name, d.index, d.host) for d in devices] == [
         ("RTX 4090", 0, None),
         ("RTX 5060 Ti 16GB", 1, None),
@@ -128,9 +123,23 @@ def test_load_devices_file_accepts_a_plan_shaped_mapping(tmp_path):
           - cpu: {}
         """,
     )
-    devices = load_devices_file(path)
+    devices = load_devices_file(path, read_this_machine)
     assert [(d.name, d.index) for d in devices][:2] == [("RTX 3090", 1), ("RTX 3060 12GB", 0)]
     assert devices[2].kind == "cpu" and devices[2].memory_total_bytes > 0  # this machine's RAM
+
+
+def test_the_devices_file_reads_this_machine_only_through_the_callers_reader(tmp_path, monkeypatch):
+    """The loader is pure: this machine's CPU comes from the reader the caller passes, or the fields are
+    required."""
+    path = _write(tmp_path, "- cpu: {}\n")
+    with pytest.raises(GpumixError, match=r"devices\[0\]\.cpu\.ram_gb: ram_gb is required"):
+        load_devices_file(path)
+    path = _write(tmp_path, "- cpu: {ram_gb: 64}\n")
+    with pytest.raises(GpumixError, match=r"devices\[0\]\.cpu\.threads: threads is required"):
+        load_devices_file(path)
+    fake = ThisMachine(ram_total_bytes=32 * GiB, ram_available_bytes=20 * GiB, threads=5)
+    (device,) = load_devices_file(_write(tmp_path, "- cpu: {}\n"), lambda: fake)
+    assert (device.memory_total_bytes, device.memory_free_bytes, device.threads) == (32 * GiB, 20 * GiB, 5)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 from gpumix.errors import GpumixError
+from gpumix.hardware.discovery import read_this_machine
 from gpumix.hardware.entries import DeviceEntry, devices_from_entries, load_devices_file
 from gpumix.plan.fleet import build_devices
 from gpumix.plan.spec import parse_plan_text_with_lines
@@ -51,7 +52,7 @@ def test_a_cpu_without_ram_is_this_machine_only_where_the_caller_can_read_it(tmp
         devices_from_entries(entries, "<plan>", SourceLines())  # a plan may be for another machine
     path = tmp_path / "d.yaml"
     path.write_text("- cpu: {}\n")
-    (cpu,) = load_devices_file(path)  # a devices file describes this machine
+    (cpu,) = load_devices_file(path, read_this_machine)  # the CLI passes this machine's reader for a devices file
     assert cpu.kind == "cpu" and 0 < cpu.memory_free_bytes <= cpu.memory_total_bytes
 
 

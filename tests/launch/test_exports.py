@@ -193,3 +193,18 @@ def test_exports_of_the_planned_hybrid_box_example_validate(tmp_path):
         conf.write_text(wrap_nginx_conf(rendered["nginx"]["gpumix-nginx.conf"], str(tmp_path)))
         out = subprocess.run([nginx, "-t", "-c", str(conf), "-p", f"{tmp_path}/"], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
+
+
+def test_nginx_weights_replicas_by_their_planned_streams(tmp_path):
+    """Replicas sized for 14 and 2 streams: nginx's least_conn counts connections against `weight=`."""
+    from gpumix.plan.planner import plan_file
+
+    nginx = _need("nginx")
+    plan = plan_file(Path(__file__).resolve().parents[2] / "examples" / "4090-3060-8b-throughput.yaml")
+    assert plan.service("chat").replica_concurrency == [14, 2]
+    body = render_nginx(plan, render_plan(plan))
+    assert "server 127.0.0.1:8001 weight=14 max_fails=3" in body and "server 127.0.0.1:8002 weight=2 max_fails=3" in body
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(wrap_nginx_conf(body, str(tmp_path)))
+    out = subprocess.run([nginx, "-t", "-c", str(conf), "-p", f"{tmp_path}/"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr

@@ -46,7 +46,7 @@ def test_calibration_changes_every_prediction_of_a_plan(tmp_path):
     # The same through the CLI's --calibration file.
     plan_path, cal_path = tmp_path / "plan.yaml", tmp_path / "machine.json"
     plan_path.write_text(PLAN)
-    cal_path.write_text(json.dumps({"format_version": 1, "devices": [MEASURED.model_dump()]}))
+    cal_path.write_text(json.dumps({"format_version": 1, "devices": [{**MEASURED.model_dump(), "name": "RTX PRO 6000"}]}))
     run = subprocess.run([sys.executable, "-m", "gpumix", "plan", str(plan_path), "--json", "--calibration",
                           str(cal_path)], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert run.returncode == 0, run.stderr

@@ -72,3 +72,18 @@ def test_explain_lists_the_alternatives():
     assert "speed-aware layer split" in result.stdout and "llama.cpp default split" in result.stdout
     unknown = _gpumix("explain", str(EXAMPLES / "4090-3090-70b.yaml"), "chatt")
     assert unknown.returncode == 2 and "did you mean 'chat'" in unknown.stderr
+
+
+def test_plan_table_and_explain_show_kv_tokens_and_replica_shares():
+    table = _gpumix("plan", str(EXAMPLES / "4090-3060-8b-throughput.yaml"))
+    assert table.returncode == 0, table.stderr
+    assert "KV tokens (full seqs)" in table.stdout and "131,072 (16 of 16)" in table.stdout
+    assert "streams 14/2" in table.stdout
+    explained = _gpumix("explain", str(EXAMPLES / "4090-3060-8b-throughput.yaml"), "chat")
+    assert explained.returncode == 0, explained.stderr
+    assert "KV: 131,072 tokens = 16 sequences of 8,192 tokens at once (concurrency 16; predictions use 16)" in (
+        explained.stdout
+    )
+    assert "replica on gpu0: 88% of the streams (14), KV 114,688 tokens = 14 sequences" in explained.stdout
+    hybrid = _gpumix("plan", str(EXAMPLES / "hybrid-box.yaml"))
+    assert "(1 of 16)" in hybrid.stdout and "GPX017-kv-below-concurrency" in hybrid.stdout

@@ -106,7 +106,7 @@ def test_2x4090_32b_fp8_uses_two_cards_with_the_pcie_warning():
     assert "GPX009" in _codes(plan)
 
 
-def test_2x4090_8b_replicas_double_aggregate():
+def test_2x4090_8b_replicas_share_the_streams():
     plan = _plan("2x4090-8b-replicas.yaml")
     chat = plan.service("chat")
     assert chat.mode == "replica" and chat.devices == ["gpu0", "gpu1"] and chat.replicas == 2
@@ -116,7 +116,14 @@ def test_2x4090_8b_replicas_double_aggregate():
     one = spec.model_copy(update={"services": [spec.services[0].model_copy(update={"replicas": 1, "mode": "single"})]})
     single = plan_services(one).service("chat")
     assert single.mode == "single"
-    assert chat.predicted.aggregate_tokens_per_s == pytest.approx(2 * single.predicted.aggregate_tokens_per_s, rel=1e-3)
+    # The 8 streams are shared, 4 per replica (each with KV for its 4): twice one card at 4 streams — more than
+    # one card with all 8, less than twice that (a step reads the weights once for all its streams).
+    assert chat.replica_concurrency == [4, 4]
+    half = spec.model_copy(update={"services": [one.services[0].model_copy(update={"concurrency": 4})]})
+    at_4 = plan_services(half).service("chat").predicted.aggregate_tokens_per_s
+    assert chat.predicted.aggregate_tokens_per_s == pytest.approx(2 * at_4, rel=1e-3)
+    assert single.predicted.aggregate_tokens_per_s < chat.predicted.aggregate_tokens_per_s
+    assert chat.predicted.aggregate_tokens_per_s < 2 * single.predicted.aggregate_tokens_per_s
 
 
 def test_fleet_places_20_services_without_cross_host_splits():

@@ -93,3 +93,19 @@ def test_replan_of_an_unknown_service_is_an_error(fleet):
         replan_services(spec, [LostService("nope")], devices)
     with pytest.raises(GpumixError, match="no surviving device"):
         replan_services(spec, [LostService("embed")], [])
+
+
+def test_a_stand_in_is_sized_for_the_streams_it_replaces():
+    """A lost replica that served 3 of a service's 8 streams is re-planned for 3 streams (its KV sized for them),
+    not for the service's 8."""
+    spec = parse_plan_text(
+        "devices:\n  - {cpu: {ram_gb: 8, threads: 1}, host: a}\n  - {cpu: {ram_gb: 8, threads: 1}, host: b}\n"
+        "services:\n  - {name: chat, model: gemma-3-270m, replicas: 2, mode: replica, concurrency: 8, context: 2048}\n"
+    )
+    devices, _ = build_devices(spec, "<t>", SourceLines())
+    left = remaining_devices(devices, {"b"}, {})
+    entry = lost_entry(spec.services[0], LostService("chat", 1, concurrency=3), left)
+    assert entry.concurrency == 3 and entry.replicas == 1 and entry.devices == ["a/cpu0"]
+    assert lost_entry(spec.services[0], LostService("chat", 1), left).concurrency == 8  # unknown: the file's
+    plan = replan_services(spec, [LostService("chat", 1, concurrency=3)], left)
+    assert plan.service("chat").devices == ["a/cpu0"] and plan.service("chat").concurrency == 3

@@ -132,10 +132,11 @@ def test_llama_server_memory_breakdown_matches_the_planned_memory(llama_ready, c
     gguf_mib = os.path.getsize(spec.files[0]) / 2**20
     assert 0.85 * gguf_mib < host.model_mib + sum(r.model_mib for r in report.rows if r.name != "Host") < 1.1 * gguf_mib
     service = cpu_demo_plan.service(service_name)
-    # -c = context × slots; every slot holds `context` cells for the full-attention layers.
+    # One unified KV pool of the plan's kv_cache_tokens cells (-c) for all -np slots; with one slot, its context.
     full = max(report.kv_caches, key=lambda kv: kv.cells)
-    assert (full.cells, full.seqs) == (service.context, service.concurrency)
-    assert report.kv_cache_mib == host.context_mib
+    assert full.cells == service.kv_cache_tokens
+    assert full.seqs == 1  # unified: one stream shared by the slots (llama.cpp reports n_seq_max per stream)
+    assert report.kv_cache_mib == pytest.approx(host.context_mib, abs=1)  # the breakdown table rounds to MiB
     # The plan's memory for this service vs llama.cpp's self (all buffers: Host + CPU_REPACK ...).
     planned = service.memory_bytes[0] / 2**20
     measured = report.self_mib

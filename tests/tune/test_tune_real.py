@@ -115,12 +115,11 @@ def _gpumix(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_tune_end_to_end_and_calibration_round_trip(testbed, gemma_gguf, tmp_path) -> None:
-    from gpumix.estimate.calibration import load_calibration
+    from gpumix.calibrate.files import load_calibration, load_machine_calibration
     from gpumix.estimate.types import Workload
     from gpumix.models.catalog import load_model, resolve_quant
     from gpumix.plan.split import best_layer_split
     from gpumix.tune.bench import BenchRequest, run_llama_bench
-    from gpumix.tune.calibration_file import load_machine_calibration
     from gpumix.tune.layout import read_layout
     from gpumix.tune.session import planner_device
     from gpumix.tune.tuner import TuneDevice

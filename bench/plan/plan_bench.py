@@ -1,7 +1,9 @@
-"""Planning-speed benchmark: `python -m gpumix.plan.bench [--quick]`. Results go in docs/plan-benchmark.md.
+"""Planning-speed benchmark: `.venv/bin/python bench/plan/plan_bench.py [--quick]`. Results go in
+docs/plan-benchmark.md.
 
 Times `plan_file` on the 2-GPU hybrid box and `plan_services` on synthetic fleets of 8-GPU hosts (mixed
-cards, mixed services) from 4 to 128 hosts. Median of repeats; wall-clock on whatever machine runs it.
+cards, mixed services) from 4 to 128 hosts. Median of repeats; wall-clock on whatever machine runs it. Plans with
+the packaged calibration (no machine calibration file), so results do not depend on who runs it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import statistics
 import time
 from pathlib import Path
 
-from gpumix.estimate.calibration import load_calibration
+from gpumix.estimate.calibration import default_calibration
 from gpumix.plan.planner import plan_file, plan_services
 from gpumix.plan.spec import DeviceEntry, PlanSpec, ServiceEntry
 
@@ -27,7 +29,7 @@ SERVICE_MIX = (
     ("gemma-3-12b", "q4_k_m"), ("mistral-7b", "q4_k_m"), ("gemma-3-4b", "q4_k_m"), ("sdxl", None),
     ("whisper-large-v3", None), ("bge-m3", None), ("bge-reranker-v2-m3", None),
 )  # fmt: skip
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 
 def fleet_spec(n_hosts: int, n_services: int) -> PlanSpec:
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="only the small cases")
     args = parser.parse_args(argv)
-    cal = load_calibration(None)
+    cal = default_calibration()
     hybrid = ROOT / "examples" / "hybrid-box.yaml"
     plan_file(hybrid)  # warm caches (catalog CSV, calibration JSON)
     wall, cpu, plan = _time(lambda: plan_file(hybrid), 5)

@@ -1,8 +1,9 @@
 """Fit the speed model's few physical parameters on measured llama.cpp throughput.
 
-    python -m gpumix.estimate.fit ../shared/calibration/measurements.csv ../shared/calibration/multigpu.csv
+    python -m gpumix.calibrate.fit ../shared/calibration/measurements.csv ../shared/calibration/multigpu.csv --holdout
 
-writes gpumix/estimate/data/calibration.json. Fitted: per backend (CUDA, Metal, Vulkan, ROCm) the achieved
+writes gpumix/estimate/data/calibration.json (the packaged fit `gpumix.estimate.default_calibration` reads; `-o FILE`
+writes elsewhere, and `--calibration FILE` then uses it). Fitted: per backend (CUDA, Metal, Vulkan, ROCm) the achieved
 fraction of peak bandwidth, a per-layer launch overhead and the achieved fraction of peak FLOP/s; per quant class
 a bandwidth and a compute factor; one factor for HBM parts; one layer-split hop latency; and per architecture
 family a compute factor pulled toward 1 (so a family with little data stays near the backend's mean). No per-GPU
@@ -23,20 +24,29 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import least_squares
 
+from gpumix.calibrate.measurements import MappedRow, is_headline_row, map_file, predict_row
 from gpumix.estimate.calibration import BackendParams, Calibration
-from gpumix.estimate.validate import MappedRow, is_headline_row, map_file, predict_row
 
 BACKENDS = ("CUDA", "Metal", "Vulkan", "ROCm")
 FAMILIES = ("Pascal", "Volta", "Turing", "Ampere", "Ada", "Hopper", "Blackwell", "RDNA", "CDNA", "GCN", "Apple")
-DATA_FILE = Path(__file__).parent / "data" / "calibration.json"
+DATA_FILE = Path(__file__).parents[1] / "estimate" / "data" / "calibration.json"  # packaged with gpumix.estimate
 FAMILY_PRIOR_WEIGHT = 0.5  # residual weight pulling each family's compute/bandwidth factor toward 1 (log space)
 # multigpu.csv repeats a few GPU models at 2-6 cards; weight single-GPU rows up so the many GPUs of
 # measurements.csv, not the few multi-GPU boxes, set the per-device efficiencies.
 SINGLE_GPU_WEIGHT = 1.5
-# CPU backend: not in the published data. Decode is capped per thread (speed.CPU_GB_PER_S_PER_THREAD); prefill
-# reached ~58 t/s on one core for Gemma 3 270M (0.54 GFLOP/token) = 31 GFLOP/s of the 80 GFLOP/s AVX2 peak, measured
-# with `llama-bench -t 1 -p 128` on this project's VM (noisy, shared). `gpumix tune` replaces both per device.
-CPU_PARAMS = BackendParams(bandwidth_efficiency=0.5, per_layer_overhead_s=20e-6, compute_efficiency=0.39)
+# CPU backend: ../shared/calibration has no CPU rows (checked: every row's backend is CUDA, Metal, ROCm or Vulkan), so
+# its one bandwidth fraction is fitted to one cited llama.cpp CPU decode measurement: Apple M1 CPU, 7B Q4_0, >= 53.3 GB/s
+# of the 68.25 GB/s theoretical (128-bit LPDDR4X-4266), llama.cpp PR #1642 (comment by philipturner, 2023-06-04,
+# https://github.com/ggml-org/llama.cpp/pull/1642). 53.3 / 68.25 = 0.781 for quantized weights; divided by the fitted
+# quant factor for quantized weights (0.901) that is 0.867 of theoretical for a plain read, in line with desktop DDR4
+# read benchmarks (AIDA64 memory read ~46 GB/s of 51.2 on dual-channel DDR4-3200, Guru3D G.Skill Trident Z Royal
+# DDR4-3200 review, p. 10, https://www.guru3d.com/review/g-skill-tridentz-royal-ddr4-3200-mhz-review/page-10).
+# Decode is also capped per thread (speed.CPU_GB_PER_S_PER_THREAD). Prefill reached ~58 t/s on one core for Gemma 3
+# 270M (0.54 GFLOP/token) = 31 GFLOP/s of the 80 GFLOP/s AVX2 peak, measured with `llama-bench -t 1 -p 128` on this
+# project's VM (noisy, shared). `gpumix tune` replaces both per device.
+CPU_BANDWIDTH_EFFICIENCY = 0.867
+CPU_PARAMS = BackendParams(bandwidth_efficiency=CPU_BANDWIDTH_EFFICIENCY, per_layer_overhead_s=20e-6,
+                           compute_efficiency=0.39)  # fmt: skip
 
 _NAMES: list[str] = (
     [f"bw_eff.{b}" for b in BACKENDS]
@@ -54,7 +64,7 @@ _UPPER = [1.0] * 4 + [400.0] * 4 + [1.0] * 4 + [1.0, 1.0, 3.0, 3.0, 1.0, 2000.0]
 )
 
 
-def calibration_from_vector(x: Sequence[float], method: str = "", stats: dict | None = None) -> Calibration:
+def calibration_from_vector(x: Sequence[float] | np.ndarray, method: str = "", stats: dict | None = None) -> Calibration:
     p = dict(zip(_NAMES, x, strict=True))
     backends = {
         b: BackendParams(
@@ -95,6 +105,9 @@ def fit_rows(rows: list[MappedRow]) -> np.ndarray:
 def mape(rows: list[MappedRow], cal: Calibration, kind: str) -> tuple[int, float]:
     errs = [abs(predict_row(r, cal) / r.measured_tokens_per_s - 1) for r in rows if r.kind == kind]
     return len(errs), (sum(errs) / len(errs) if errs else float("nan"))
+
+
+HOLDOUT_NOTE = "holdout_* = 5 folds by GPU model: fit without those GPUs, predict their single-GPU headline rows"
 
 
 def holdout_check(rows: list[MappedRow], folds: int = 5, seed: int = 0) -> dict[str, float]:
@@ -143,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{', '.join(p.name for p in args.csv)} (all mapped tgN/ppN rows, single-GPU rows weighted "
         f"{SINGLE_GPU_WEIGHT}; family compute and bandwidth factors with a log-prior of weight {FAMILY_PRIOR_WEIGHT} "
         f"toward 1); fitted {datetime.now(UTC).date().isoformat()} by "
-        "`python -m gpumix.estimate.fit " + " ".join(str(p) for p in args.csv) + "`"
+        "`python -m gpumix.calibrate.fit " + " ".join(str(p) for p in args.csv) + (" --holdout" if args.holdout else "")
+        + "`" + (f" ({HOLDOUT_NOTE})" if args.holdout else "")
     )
     cal = calibration_from_vector(x, method=method, stats=stats)
     payload = json.loads(cal.model_dump_json())

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from gpumix.calibrate.validate import validate_file
 from gpumix.errors import GpumixError
-from gpumix.estimate.validate import validate_file
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "calibration"
 SINGLE = SHARED / "measurements.csv"

@@ -1,7 +1,8 @@
-"""Predict published llama.cpp measurements and report the error (`gpumix validate FILE.csv`).
+"""Published llama.cpp measurements as rows the estimator can predict (shared by `validate` and `fit`).
 
-Reads the exact formats of ../shared/calibration/measurements.csv (one GPU) and multigpu.csv (several),
-detected by header. Rows that cannot be mapped through the catalogs are skipped with a reason, never guessed.
+Reads the exact formats of ../shared/calibration/measurements.csv (one GPU) and multigpu.csv (several), detected
+by header, and maps each row through the GPU, model and quant catalogs. Rows that cannot be mapped are skipped with
+a reason, never guessed. `predict_row` is what the estimator says for a row under a given `Calibration`.
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
-
 from gpumix.errors import GpumixError
-from gpumix.estimate.calibration import Calibration, default_calibration
+from gpumix.estimate.calibration import Calibration
 from gpumix.estimate.estimator import estimate
 from gpumix.estimate.types import Placement, Workload
 from gpumix.hardware.catalog import parse_device_list, resolve_gpu
 from gpumix.hardware.devices import device_from_spec
 from gpumix.hardware.spec import Device
+from gpumix.kinds import PlacementMode
 from gpumix.models.catalog import resolve_model, resolve_quant
 from gpumix.models.spec import ModelSpec, QuantSpec
 
@@ -48,43 +48,6 @@ class MappedRow:
     measured_tokens_per_s: float
     gpu_label: str
     split_mode: str  # "single" | "layer_split" | "row"
-
-
-class RowResult(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    line: int
-    gpu: str
-    model: str
-    quant: str
-    test: str
-    kind: str
-    measured: float
-    predicted: float
-    error: float  # predicted/measured - 1
-
-
-class MetricSummary(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    n: int
-    mape: float | None
-
-
-class ValidationReport(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    file: str
-    format: str  # "single" | "multi"
-    rows: int
-    used: int
-    skipped: int
-    skipped_reasons: dict[str, int]
-    decode: MetricSummary
-    prefill: MetricSummary
-    # The subset the estimator's targets are stated on: dense models, tg128–tg1024 and pp512.
-    headline: dict[str, MetricSummary]
-    results: list[RowResult]
 
 
 def read_rows(path: Path) -> tuple[str, list[tuple[int, dict[str, str]]]]:
@@ -166,7 +129,7 @@ def map_row(line: int, row: dict[str, str], fmt: str) -> MappedRow | str:
 def predict_row(row: MappedRow, calibration: Calibration) -> float:
     """Predicted tokens/s for a llama-bench test: tgN decodes N tokens from empty (mean depth N/2); ppN is one
     prompt of N tokens in ubatches of 512."""
-    mode = "single" if len(row.devices) == 1 else "layer_split"
+    mode: PlacementMode = "single" if len(row.devices) == 1 else "layer_split"
     placement = Placement(mode=mode, devices=row.devices)
     if row.kind == "decode":
         workload = Workload(context=row.tokens, parallel=1, prompt_tokens=512)
@@ -195,45 +158,3 @@ def map_file(path: Path) -> tuple[str, int, list[MappedRow], Counter[str]]:
         else:
             mapped.append(result)
     return fmt, len(rows), mapped, reasons
-
-
-def validate_file(path: Path, calibration: Calibration | None = None, headline_only: bool = False) -> ValidationReport:
-    cal = calibration or default_calibration()
-    fmt, n_rows, mapped, reasons = map_file(path)
-    if headline_only:
-        kept = [m for m in mapped if is_headline_row(m)]
-        reasons["outside dense tg128-tg1024/pp512 (--headline)"] += len(mapped) - len(kept)
-        mapped = kept
-    results: list[RowResult] = []
-    headline_lines = {m.line for m in mapped if is_headline_row(m)}
-    for row in mapped:
-        predicted = predict_row(row, cal)
-        results.append(
-            RowResult(
-                line=row.line, gpu=row.gpu_label, model=row.model.name, quant=row.quant.id,
-                test=f"{'tg' if row.kind == 'decode' else 'pp'}{row.tokens}", kind=row.kind,
-                measured=row.measured_tokens_per_s, predicted=predicted,
-                error=predicted / row.measured_tokens_per_s - 1,
-            )  # fmt: skip
-        )
-    return ValidationReport(
-        file=str(path),
-        format=fmt,
-        rows=n_rows,
-        used=len(results),
-        skipped=n_rows - len(results),
-        skipped_reasons=dict(reasons),
-        decode=_summary([r for r in results if r.kind == "decode"]),
-        prefill=_summary([r for r in results if r.kind == "prefill"]),
-        headline={
-            kind: _summary([r for r in results if r.kind == kind and r.line in headline_lines])
-            for kind in ("decode", "prefill")
-        },
-        results=results,
-    )
-
-
-def _summary(results: list[RowResult]) -> MetricSummary:
-    if not results:
-        return MetricSummary(n=0, mape=None)
-    return MetricSummary(n=len(results), mape=sum(abs(r.error) for r in results) / len(results))
