@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from gpumix.cluster.agent import reserve_group
-from gpumix.cluster.deploy import Part, parts_of_process, ray_env_for
+from gpumix.cluster.deploy import Part, as_replica, parts_of_process, ray_env_for
 from gpumix.cluster.deployment import Deployment
 from gpumix.cluster.driver import DIED, alive_hosts, describe_many, never_healthy, remove_placement_group, stop_agents
 from gpumix.cluster.status import HostReport, host_reports
 from gpumix.errors import GpumixError
 from gpumix.estimate.calibration import Calibration
 from gpumix.hardware.spec import Device
-from gpumix.launch.commands import process_devices, render_processes
+from gpumix.launch.commands import process_devices, process_kv, render_processes
 from gpumix.plan.result import Plan
 from gpumix.plan.spec import PlanSpec
 
@@ -36,14 +36,16 @@ class Controller:
             self._load_spec(spec_file)
 
     def _load_spec(self, path: Path) -> None:
-        from gpumix.estimate.calibration import load_calibration
+        from gpumix.calibrate.files import load_calibration
+        from gpumix.hardware.discovery import LOCAL_MACHINE
         from gpumix.plan.fleet import build_devices
         from gpumix.plan.spec import load_plan_with_lines
 
         try:
             spec, lines = load_plan_with_lines(path)
-            self.devices, _ = build_devices(spec, str(path), lines)
-            self.calibration = load_calibration(None)
+            self.devices, _ = build_devices(spec, str(path), lines, LOCAL_MACHINE)
+            recorded = self.d.plan.calibration  # re-plan with the calibration the plan was made with
+            self.calibration = load_calibration(Path(recorded) if recorded else None)
             self.spec = spec
         except GpumixError as exc:
             self.spec = None
@@ -173,14 +175,15 @@ class Controller:
         for service, parts in by_service.items():
             replicas = sorted({p.replica for p in parts})
             avoid = tuple(sorted({dev for p in standing if p.service == service for dev in p.devices}))
-            items.append((LostService(service, len(replicas), avoid), replicas, parts))
+            streams = sum(process_kv(d.plan.service(service), r)[0] for r in replicas)  # what the stand-ins must take
+            items.append((LostService(service, len(replicas), avoid, streams), replicas, parts))
         if not items:
             return
         devices = remaining_devices(self.devices, dead, booked)
         started = time.monotonic()
         assert self.spec is not None, "replan runs only with a plan file"
         new = replan_services(self.spec, [i[0] for i in items], devices, calibration=self.calibration,
-                              source=str(self.d.options.spec_file))  # fmt: skip
+                              calibration_name=d.plan.calibration, source=str(self.d.options.spec_file))  # fmt: skip
         for item, replicas, parts in items:
             self._place(new, item, replicas, parts, standing, time.monotonic() - started)
         d.save()
@@ -203,16 +206,18 @@ class Controller:
         ports = iter(range(run.next_port, run.next_port + 1000))
         for k, devices in enumerate(process_devices(service)):
             replica = replicas[k] if k < len(replicas) else k
-            specs = render_processes(new, service, replica, max(1, len(process_devices(original))), devices, ports)
+            view = as_replica(new, item.name, k, replica)  # rendered, named and sized as the replica it replaces
+            specs = render_processes(view, view.service(item.name), replica, max(1, len(process_devices(original))),
+                                     devices, ports)  # fmt: skip
             d.moves += 1
             replaced = [p.name for p in parts if p.replica == replica]
-            new_parts = parts_of_process(new, run.deployment, specs, run.node_ips, origin="moved",
+            new_parts = parts_of_process(view, run.deployment, specs, run.node_ips, origin="moved",
                                          suffix=f".moved{d.moves}", replaces=replaced,
                                          ray_env=ray_env_for(run.address, run.token_file))  # fmt: skip
             run.next_port += len(specs)
             run.parts += new_parts
             for part in new_parts:
-                d.plans[part.name] = new
+                d.plans[part.name] = view
                 d.pending[part.name] = time.monotonic() + d.options.health_timeout_s
             d._start_parts(new_parts)
             where = ", ".join(f"{p.host} ({', '.join(p.devices)})" for p in new_parts)
