@@ -17,6 +17,7 @@ from gpumix.cli.output import add_row, esc, say, show, styled
 from gpumix.cli.params import choice
 from gpumix.errors import GpumixError
 from gpumix.estimate import Calibration, Estimate, Placement, Workload, estimate
+from gpumix.estimate.memory import fits_on, service_memory, service_memory_parts, usable_bytes
 from gpumix.hardware.catalog import parse_device_list
 from gpumix.hardware.devices import device_from_spec
 from gpumix.hardware.discovery import read_this_machine
@@ -168,6 +169,9 @@ def estimate_cmd(
     split = choice(split, ("layer", "row", "tensor", "none"), "--split")
     engine_name = choice(engine, LLM_ENGINES, "--engine")
     spec = load_model(model)
+    if spec.kind != "llm":  # image, audio, embeddings, rerankers: their engine's memory, part by part
+        _service_estimate(spec, _devices(gpu, cpu, devices_file), as_json)
+        return
     if quant is None:
         if spec.file_quant is None:
             raise GpumixError("--quant is required for a catalog model", hint="e.g. --quant q4_k_m (see `gpumix quants`)")
@@ -201,6 +205,40 @@ def estimate_cmd(
         if plan is not None:
             _print_advice(plan)
     if not result.fits:
+        raise typer.Exit(1)
+
+
+def _service_estimate(model: ModelSpec, devices: list[Device], as_json: bool) -> None:
+    """A side service runs whole on one device: its memory on each given device, and the sourced parts it adds up."""
+    rows = [(d, service_memory(model, d.kind == "gpu")) for d in devices]
+    parts = service_memory_parts(model, any(d.kind == "gpu" for d in devices))
+    assert model.service_memory is not None  # service_memory_parts raised otherwise
+    setting = model.service_memory.setting
+    if as_json:
+        print(json.dumps({
+            "model": model.id, "kind": model.kind, "engine": model.service_memory.engine, "setting": setting,
+            "fits": any(fits_on(d, m.total_bytes) for d, m in rows),
+            "devices": [{"name": d.name, "index": d.index, "memory_bytes": m.total_bytes,
+                         "memory_usable_bytes": usable_bytes(d), "fits": fits_on(d, m.total_bytes),
+                         "breakdown": m.model_dump()} for d, m in rows],
+            "parts": [p._asdict() for p in parts],
+        }, indent=2))  # fmt: skip
+    else:
+        say(f"[bold]{esc(model.name)}[/] ({model.kind}) on {esc(model.service_memory.engine)} · {esc(setting)}")
+        table = Table(show_lines=False)
+        for col in ("device", "weights", "KV cache", "compute", "overhead", "total", "usable", "fits"):
+            table.add_column(col, justify="left" if col in ("device", "fits") else "right")
+        for d, m in rows:
+            short = m.total_bytes - usable_bytes(d)
+            fit = styled("yes", "green") if short <= 0 else styled(f"no, short {short / GiB:.2f} GiB", "red")
+            add_row(table, f"{d.index}: {d.name}",
+                    *(f"{v / GiB:.2f}" for v in (m.weights_bytes, m.kv_cache_bytes, m.compute_bytes, m.overhead_bytes,
+                                                 m.total_bytes, usable_bytes(d))), fit)  # fmt: skip
+        show(table)
+        say("memory in GiB (2^30 bytes); usable = free − margin (1 GiB on a GPU). The parts (on a GPU), with sources:")
+        for p in parts:
+            say(Text(f"  {p.kind:8} {p.size_bytes / 1e9:7.3f} GB  {p.name} — {p.source}"))
+    if not any(fits_on(d, m.total_bytes) for d, m in rows):
         raise typer.Exit(1)
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal, NamedTuple
 
+from gpumix.errors import GpumixError
 from gpumix.estimate.types import MemoryBreakdown, Workload
 from gpumix.hardware.spec import Device
 from gpumix.kinds import DeviceKind
-from gpumix.models.spec import ModelSpec, QuantSpec
+from gpumix.models.spec import BufferKind, ModelSpec, QuantSpec
 from gpumix.units import MiB
 
 # Bytes per KV element by cache type. Source: ggml block sizes (gguf.GGML_QUANT_SIZES): q8_0 = 34 B / 32,
@@ -44,6 +46,10 @@ NCCL_BUFFER_BYTES = 256 * MiB
 # "Available KV cache memory" log lines; we plan intermediate-size based activations + 512 MiB graphs.
 VLLM_CUDA_GRAPH_BYTES = 512 * MiB
 VLLM_DEFAULT_BATCHED_TOKENS = 8192
+# TEI's `--max-batch-tokens` default (engines.md §4; TEI router/src/main.rs); gpumix launches TEI without it.
+TEI_DEFAULT_MAX_BATCH_TOKENS = 16384
+# Other spellings of element types that engines and checkpoints use (TEI --dtype float16, torch "fp16").
+_DTYPE_ALIASES = {"fp16": "f16", "float16": "f16", "half": "f16", "fp32": "f32", "float32": "f32", "bfloat16": "bf16"}
 
 
 # What "fits" means everywhere (`gpumix estimate`, `gpumix plan`, lint, preflight): planned memory ≤ free − margin.
@@ -82,6 +88,12 @@ def kv_bytes_per_element(dtype: str) -> float:
 
         raise GpumixError(f"unknown KV cache type '{dtype}'", hint=f"use one of {', '.join(KV_BYTES_PER_ELEMENT)}")
     return KV_BYTES_PER_ELEMENT[key]
+
+
+def dtype_bytes(dtype: str) -> float:
+    """Bytes per element of a ggml/torch element type (the same sizes as KV_BYTES_PER_ELEMENT; q8_0 = 34 B / 32)."""
+    key = dtype.lower()
+    return kv_bytes_per_element(_DTYPE_ALIASES.get(key, key))
 
 
 def weight_bytes_per_param(quant: QuantSpec) -> float:
@@ -283,12 +295,61 @@ def memory_for_layers(
     )
 
 
+class ServicePart(NamedTuple):
+    """One part of a non-LLM service's memory, with where its size comes from."""
+
+    kind: BufferKind | Literal["overhead"]
+    name: str
+    size_bytes: int
+    source: str
+
+
 def service_memory(model: ModelSpec, is_gpu: bool) -> MemoryBreakdown:
-    """Non-LLM services (diffusion, whisper, embeddings served by TEI): their resident memory from the catalog."""
-    resident = model.service_memory_bytes or 0
-    return MemoryBreakdown(
-        weights_bytes=int(resident),
-        kv_cache_bytes=0,
-        compute_bytes=0,
-        overhead_bytes=CUDA_CONTEXT_BYTES if is_gpu else 0,
-    )
+    """Non-LLM services (diffusion on sd-server, whisper-server, embeddings/rerankers on TEI): what the process holds.
+
+    weights = params_total × bytes of the type the engine holds them in (+ separate weight files, e.g. a VAE);
+    kv = the engine's caches (whisper's self/cross attention KV); compute = its graph buffers from the catalog plus
+    what follows from the model's shapes at the engine's defaults (TEI's activations for --max-batch-tokens);
+    overhead = the CUDA context on a GPU. Each part is one of `service_memory_parts`, with its source.
+    """
+    parts = service_memory_parts(model, is_gpu)
+
+    def total(kind: str) -> int:
+        return sum(p.size_bytes for p in parts if p.kind == kind)
+
+    return MemoryBreakdown(weights_bytes=total("weights"), kv_cache_bytes=total("kv"), compute_bytes=total("compute"),
+                           overhead_bytes=total("overhead"))  # fmt: skip
+
+
+def service_memory_parts(model: ModelSpec, is_gpu: bool) -> list[ServicePart]:
+    """The parts `service_memory` adds up, each with its source (models.yaml `service_memory`, or the formula here)."""
+    spec = model.service_memory
+    if spec is None:
+        raise GpumixError(
+            f"model '{model.id}' ({model.kind}) has no service_memory in the catalog",
+            hint="add its weights dtype and engine buffers, with sources, to gpumix/models/data/models.yaml",
+        )
+    dtype = spec.weights_dtype if is_gpu or spec.cpu_weights_dtype is None else spec.cpu_weights_dtype
+    weights = ServicePart("weights", f"weights: {int(model.params_total):,} params × {dtype_bytes(dtype):g} B ({dtype})",
+                          int(model.params_total * dtype_bytes(dtype)), spec.source)  # fmt: skip
+    parts = [weights] + [ServicePart(b.kind, b.name, b.size_bytes, b.source) for b in spec.buffers]
+    if spec.engine == "tei":
+        parts.append(ServicePart("compute", f"TEI activations at --max-batch-tokens {TEI_DEFAULT_MAX_BATCH_TOKENS}",
+                                 tei_activation_bytes(model, dtype),
+                                 "gpumix.estimate.memory.tei_activation_bytes (ESTIMATE from the shapes)"))  # fmt: skip
+    if is_gpu:
+        parts.append(ServicePart("overhead", "CUDA context", CUDA_CONTEXT_BYTES,
+                                 "gpumix.estimate.memory.CUDA_CONTEXT_BYTES (llama.cpp's 'unaccounted' memory)"))  # fmt: skip
+    return parts
+
+
+def tei_activation_bytes(model: ModelSpec, dtype: str, max_batch_tokens: int = TEI_DEFAULT_MAX_BATCH_TOKENS) -> int:
+    """TEI's working set for its largest batch (`--max-batch-tokens`, which its warmup runs at start).
+
+    ESTIMATE from TEI's padding-free BERT path (backends/candle/src/models/flash_bert.rs, TEI 0d124dc): tensors
+    live at once in a layer, per batch token, are the attention block's input, fused QKV (3×), attention output and
+    dense output (6 × hidden; q/k/v are views of QKV), or the MLP's input, GELU-fused intermediate and output
+    (2 × hidden + intermediate). The larger of the two, in the weights' dtype. No measurement published.
+    """
+    per_token = max(6 * model.hidden_size, 2 * model.hidden_size + model.intermediate_size)
+    return int(max_batch_tokens * per_token * dtype_bytes(dtype))

@@ -14,7 +14,7 @@ from itertools import count
 
 from gpumix.errors import GpumixError
 from gpumix.launch import llamacpp
-from gpumix.launch.models import model_source, resolve_hf_repo, resolve_model_file
+from gpumix.launch.models import model_source, models_dir, resolve_hf_repo, resolve_model_file
 from gpumix.launch.spec import LaunchSpec
 from gpumix.plan.result import Plan, PlannedDevice, PlannedService
 
@@ -404,9 +404,17 @@ def _sd_server(plan: Plan, proc: Process, port: int) -> tuple[list[str], list[st
     source = model_source(service.model)
     flag = source.sd_flag if source and not service.model_path else "-m"
     argv = [engine_binary("image"), flag, str(model), "-l", LOOPBACK, "--listen-port", str(port)]
+    files = [str(model)]
+    if source and not service.model_path:
+        # The parts a split model needs (FLUX: VAE and text encoders) and where they run, as the catalog's
+        # service_memory assumes (text encoders in RAM).
+        for part_flag, name in source.sd_files:
+            files.append(str(models_dir() / name))
+            argv += [part_flag, files[-1]]
+        argv += list(source.sd_args)
     if service.threads:
         argv += ["-t", str(service.threads)]
-    return argv, [str(model)], 1
+    return argv, files, 1
 
 
 def _engine_env(service: PlannedService, devices: list[str]) -> dict[str, str]:

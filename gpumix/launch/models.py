@@ -24,6 +24,10 @@ class ModelSource:
     file: str | None = None
     download_from: str | None = None
     sd_flag: str = "-m"
+    # stable-diffusion.cpp: more weight files a model needs (flag -> file under the models dir, e.g. FLUX's
+    # --vae/--clip_l/--t5xxl) and fixed arguments (where its parts run); see data/model_sources.yaml.
+    sd_files: tuple[tuple[str, str], ...] = ()
+    sd_args: tuple[str, ...] = ()
 
 
 def models_dir() -> Path:
@@ -39,7 +43,12 @@ def _sources() -> dict[str, ModelSource]:
     raw = yaml.safe_load(resources.files("gpumix.launch").joinpath("data/model_sources.yaml").read_text())
     return {
         _key(model_id): ModelSource(
-            hf_repo=row.get("hf_repo"), file=row.get("file"), download_from=row.get("from"), sd_flag=row.get("sd_flag", "-m")
+            hf_repo=row.get("hf_repo"),
+            file=row.get("file"),
+            download_from=row.get("from"),
+            sd_flag=row.get("sd_flag", "-m"),
+            sd_files=tuple((flag, name) for flag, name in (row.get("sd_files") or {}).items()),
+            sd_args=tuple(row.get("sd_args") or ()),
         )
         for model_id, row in raw.items()
     }
@@ -100,7 +109,7 @@ def _catalog_repo(model_id: str) -> str | None:
 
 def download_hint(model_id: str, path: Path) -> str:
     source = model_source(model_id)
-    if source and source.download_from:
+    if source and source.download_from and (source.file is None or path.name == source.file):
         return f"download it from {source.download_from} to {path}"
     if path.suffix == ".gguf":
         return f"put a GGUF of {model_id} at {path} (or set the service's file: in the plan file)"

@@ -6,9 +6,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from gpumix.kinds import ModelKind
+from gpumix.kinds import Engine, ModelKind
 
 ComputeDtype = Literal["fp32", "fp16", "bf16", "fp8", "int8", "int4"]
+# Units an engine's own log or document states a size in: whisper.cpp prints MB (10^6 bytes), llama.cpp and
+# stable-diffusion.cpp print "MB" computed as bytes / 1024 / 1024 (MiB). A figure keeps its source's unit so a reader
+# can find it there.
+SizeUnit = Literal["B", "MB", "MiB", "GB", "GiB"]
+SIZE_UNIT_BYTES: dict[str, int] = {"B": 1, "MB": 10**6, "MiB": 2**20, "GB": 10**9, "GiB": 2**30}
+# What a part of a service's memory is: extra weight files (a separate VAE), caches (whisper's KV), or working
+# buffers (compute graphs, activations).
+BufferKind = Literal["weights", "kv", "compute"]
 
 
 class QuantSpec(BaseModel):
@@ -34,6 +42,37 @@ class QuantSpec(BaseModel):
     @property
     def bytes_per_weight(self) -> float:
         return self.bits_per_weight / 8
+
+
+class EngineBuffer(BaseModel):
+    """One allocation an engine makes for a service beyond the model's own weights, at the engine's defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    kind: BufferKind = "compute"
+    size: float  # in `unit`, as the source states it
+    unit: SizeUnit
+    source: str  # where the figure comes from; "ESTIMATE: ..." when derived without a measurement
+
+    @property
+    def size_bytes(self) -> int:
+        return round(self.size * SIZE_UNIT_BYTES[self.unit])
+
+
+class ServiceMemory(BaseModel):
+    """What a non-LLM service holds on its device: the model's weights (params_total × bytes of `weights_dtype`) plus
+    the engine's own buffers at `setting` (plus what gpumix.estimate.memory computes from shapes for the engine, e.g.
+    TEI's activations) plus the CUDA context. Every figure cites its source; none is a rounded total."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    engine: Engine  # the engine gpumix launches for this model; the buffers are that engine's
+    weights_dtype: str  # element type the engine holds the weights in on a GPU (f16, bf16, q8_0, f32)
+    cpu_weights_dtype: str | None = None  # when a CPU run holds another type (TEI: float32 on CPU)
+    setting: str  # the engine setting the buffers are for ("1024x1024, sd-server defaults")
+    buffers: tuple[EngineBuffer, ...] = ()
+    source: str = ""  # where params_total and weights_dtype come from
 
 
 class ModelSpec(BaseModel):
@@ -71,8 +110,8 @@ class ModelSpec(BaseModel):
     non_layer_weight_bytes: int | None = None  # token_embd, output, output_norm
     file_quant: str | None = None  # quant read from the file
     path: str | None = None
-    # Non-LLM services: resident memory and a speed in their own unit, each with a source.
-    service_memory_bytes: int | None = None
+    # Non-LLM services: resident memory in parts (weights, engine buffers) and a speed in their own unit, with sources.
+    service_memory: ServiceMemory | None = None
     speed_unit: str | None = None  # "images/s", "audio s/s", "embeddings/s"
     reference_speed: float | None = None  # in speed_unit on reference_gpu
     reference_gpu: str | None = None

@@ -65,3 +65,18 @@ def test_bad_input_is_a_one_line_error(args, message):
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert message in out.stderr
+
+
+def test_a_side_service_needs_no_quant_and_shows_its_sourced_parts():
+    """SDXL on sd-server: the parts add up to the total on each card; the 5060 Ti holds it, an 8 GB card does not."""
+    out = _cli("--gpu", "RTX 5060 Ti 16GB", "--gpu", "RTX 3070", "--model", "sdxl", "--json")
+    assert out.returncode == 0, out.stderr  # it fits on one of the cards: a service runs whole on one
+    data = json.loads(out.stdout)
+    assert data["kind"] == "image" and data["engine"] == "image" and data["fits"] is True
+    on_5060, on_3070 = data["devices"]
+    assert on_5060["fits"] and not on_3070["fits"]
+    assert on_5060["memory_bytes"] == sum(on_5060["breakdown"].values()) == sum(p["size_bytes"] for p in data["parts"])
+    assert all(p["source"] for p in data["parts"])
+    assert {p["kind"] for p in data["parts"]} == {"weights", "compute", "overhead"}
+    alone = _cli("--gpu", "RTX 3070", "--model", "sdxl")
+    assert alone.returncode == 1 and "short" in alone.stdout and "VAE decode compute buffer" in alone.stdout

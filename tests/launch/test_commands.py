@@ -9,7 +9,9 @@ import pytest
 from gpumix.errors import GpumixError
 from gpumix.launch.commands import render_plan
 from gpumix.launch.script import render_script
+from gpumix.plan.planner import plan_services
 from gpumix.plan.result import Plan
+from gpumix.plan.spec import parse_plan_text
 
 
 def _by_name(plan: Plan):
@@ -158,3 +160,22 @@ def test_llama_cpp_cpu_flags_follow_cpuinfo(tmp_path):
     with_512.write_text("flags\t\t: avx avx2 fma f16c avx512f avx512bw\n")
     assert "-DGGML_AVX512=ON" in cpu_feature_flags(with_512)
     assert "-DGGML_AVX2=OFF" in cpu_feature_flags(tmp_path / "missing")
+
+
+def test_flux_gets_its_vae_and_text_encoders_with_the_encoders_on_the_cpu(tmp_path, monkeypatch):
+    """sd.cpp runs FLUX from a diffusion model plus VAE, CLIP-L and T5-XXL (its docs/flux.md); the catalog's memory
+    counts the text encoders in RAM, so the launch must put them there."""
+    from gpumix.launch.models import ENV_MODELS_DIR, download_hint
+
+    monkeypatch.setenv(ENV_MODELS_DIR, str(tmp_path))
+    plan = plan_services(parse_plan_text("devices:\n  - gpu: RTX 4090\nservices:\n  - {name: img, model: flux.1-schnell}\n"))
+    (spec,) = render_plan(plan)
+    assert _flag(spec.argv, "--diffusion-model") == str(tmp_path / "flux1-schnell-q8_0.gguf")
+    assert _flag(spec.argv, "--vae") == str(tmp_path / "ae.safetensors")
+    assert _flag(spec.argv, "--clip_l") == str(tmp_path / "clip_l.safetensors")
+    assert _flag(spec.argv, "--t5xxl") == str(tmp_path / "t5xxl_fp16.safetensors")
+    assert _flag(spec.argv, "--backend") == "te=cpu"
+    assert spec.files == [str(tmp_path / n) for n in ("flux1-schnell-q8_0.gguf", "ae.safetensors", "clip_l.safetensors",
+                                                      "t5xxl_fp16.safetensors")]  # fmt: skip
+    assert "FLUX.1-schnell-gguf" in download_hint("flux.1-schnell", tmp_path / "flux1-schnell-q8_0.gguf")
+    assert "FLUX.1-schnell-gguf" not in download_hint("flux.1-schnell", tmp_path / "ae.safetensors")

@@ -188,8 +188,8 @@ def test_services_have_memory_speed_and_source() -> None:
     services = [m for m in all_models() if m.kind != "llm"]
     assert {m.kind for m in services} == {"image", "audio", "embedding", "reranker"}
     for m in services:
-        assert m.service_memory_bytes and m.speed_unit and m.reference_speed and m.reference_gpu, m.id
-        assert m.source
+        assert m.service_memory and m.speed_unit and m.reference_speed and m.reference_gpu, m.id
+        assert m.source and m.service_memory.source and all(b.source for b in m.service_memory.buffers), m.id
 
 
 def test_search() -> None:

@@ -32,8 +32,9 @@ def test_hybrid_box_puts_the_llm_on_the_4090_and_packs_services_on_the_5060ti():
     assert names[plan.service("chat").devices[0]] == "RTX 4090"
     assert plan.service("chat").mode == "single" and plan.service("chat").engine == "vllm"
     on_5060 = {s.name for s in plan.services if s.devices == ["gpu1"]}
-    # The 5060 Ti (16 GiB) holds what fits of the small services; SDXL (8 GB) can only go there next to the LLM's KV.
-    assert "images" in on_5060 and len(on_5060) >= 3
+    # The 5060 Ti (16 GiB, 16.1 GB usable) holds what fits of the side services: SDXL on sd-server (10.9 GB at
+    # 1024x1024) and Whisper (4.5 GB); the rest sit beside the LLM, whose KV takes what the 4090 has left.
+    assert on_5060 == {"images", "transcribe"}
     usable_5060 = plan.device("gpu1").memory_free_bytes - 2**30
     assert plan.device("gpu1").memory_planned_bytes > 0.8 * usable_5060
     for dev in plan.devices:
@@ -132,7 +133,8 @@ def test_fleet_places_20_services_without_cross_host_splits():
     for svc in plan.services:
         assert svc.devices and svc.host is not None  # every service on exactly one host
     chat = plan.service("chat-70b")
-    assert chat.mode == "layer_split" and len(chat.devices) == 2
+    assert chat.mode == "layer_split" and len(chat.devices) >= 2
+    assert len({d.split("/")[0] for d in chat.devices}) == 1  # one host's cards
     hosts = {d.host for d in plan.devices}
     assert hosts == {"alpha", "beta", "gamma", "delta"}
     for dev in plan.devices:

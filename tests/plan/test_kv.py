@@ -13,7 +13,7 @@ import pytest
 
 from gpumix.errors import GpumixError
 from gpumix.estimate import Placement, Workload, estimate
-from gpumix.estimate.memory import kv_cache_bytes_per_token, total_weight_bytes, usable_bytes
+from gpumix.estimate.memory import kv_cache_bytes_per_token, service_memory, total_weight_bytes, usable_bytes
 from gpumix.hardware.catalog import resolve_gpu
 from gpumix.hardware.devices import device_from_spec
 from gpumix.launch.commands import render_plan
@@ -81,13 +81,24 @@ def test_hybrid_box_holds_chat_kv_for_a_full_sequence_and_warns_with_the_streams
 
 
 def test_hybrid_box_as_the_scenario_writes_it_keeps_chat_and_names_what_does_not_fit():
-    """Seven services at their least memory (chat with one 8192-token sequence of KV) need more than 24 + 16 GiB
-    minus the margins: the plan keeps chat on the 4090 and leaves out one side service, saying why."""
+    """Issue 9's list (chat, SDXL, SDXL refiner, Whisper, BGE-M3, Llama Guard 3) at their least memory (chat with one
+    8192-token sequence of KV; the side services as their engines hold them) needs more than 24 + 16 GiB minus the
+    margins: the plan keeps chat on the 4090 and leaves out one side service, saying why."""
     result = planning_of_file(EXAMPLES / "hybrid-box-scenario.yaml")
     plan = result.plan
+    # Exactly the issue's services, nothing added.
+    assert [(s.entry.name, s.model.id) for s in result.services] == [
+        ("chat", "llama-3.1-8b"), ("images", "sdxl-base"), ("refiner", "sdxl-refiner"),
+        ("transcribe", "whisper-large-v3"), ("embeddings", "bge-m3"), ("guard", "llama-guard-3-8b")]  # fmt: skip
+    chat_entry = result.spec.services[0]
+    assert (chat_entry.quant, chat_entry.engine, chat_entry.context, chat_entry.concurrency) == ("fp8", "vllm", 8192, 16)
     least = sum(min(sum(o.memory_bytes) for o in opts) for opts in result.options)
     usable = sum(usable_bytes(d) for d in result.devices)
-    assert least > usable  # physics: no placement holds all seven
+    assert least > usable  # physics: no placement holds all six
+    # The side services' least is their catalog parts (tests/estimate/test_service_memory.py), nothing rounder.
+    for index in (1, 2, 3, 4):
+        model = result.services[index].model
+        assert min(sum(o.memory_bytes) for o in result.options[index]) == service_memory(model, True).total_bytes
     assert not plan.feasible
     unplaced = [s.name for s in plan.services if not s.devices]
     assert len(unplaced) == 1 and unplaced[0] != "chat"

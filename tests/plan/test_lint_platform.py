@@ -101,9 +101,11 @@ TWICE = ("devices:\n  - gpu: RTX 3060 12GB\n  - gpu: RTX 3060 12GB\nservices:\n"
 
 
 def test_gpx021_one_model_twice_while_another_service_waits():
-    plan = _plan(TWICE + "  - {name: images, model: sdxl}\n")
-    assert not plan.feasible and plan.service("images").devices == []
+    # Whisper (4.5 GB) does not fit beside an 8B q8_0 (9.1 GB) on a 12 GB card (11.8 GB usable); it is the smaller,
+    # so it is the one left out.
+    plan = _plan(TWICE + "  - {name: transcribe, model: whisper-large-v3}\n")
+    assert not plan.feasible and plan.service("transcribe").devices == []
     (w,) = _warnings(plan, "GPX021")
     assert w.code == "GPX021-duplicate-model-crowds-out" and "chat-a and chat-b" in w.message
-    assert "images found no room" in w.message and "gpu0, gpu1" in w.message
+    assert "transcribe found no room" in w.message and "gpu0, gpu1" in w.message
     assert not _warnings(_plan(TWICE), "GPX021")  # nobody waits: two copies are the user's choice
