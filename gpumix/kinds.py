@@ -11,6 +11,10 @@ ServiceMode = Literal["auto", PlacementMode]  # what a plan file may ask for; "a
 Objective = Literal["latency", "throughput"]
 DeviceKind = Literal["gpu", "cpu"]
 ModelKind = Literal["llm", "embedding", "reranker", "image", "audio"]
+# An image service's engine setting: sd-server's defaults, or its low-memory setting (models.yaml `low_memory`).
+# A plan file may also say "auto": the default where it fits, else the low-memory setting.
+MemorySetting = Literal["default", "low"]
+MemoryChoice = Literal["auto", MemorySetting]
 Topology = Literal["PIX", "PXB", "PHB", "NODE", "SYS"]  # nvidia-smi topo -m, best to worst
 
 ENGINES: tuple[Engine, ...] = get_args(Engine)

@@ -222,6 +222,7 @@ def _service_estimate(model: ModelSpec, devices: list[Device], as_json: bool) ->
                          "memory_usable_bytes": usable_bytes(d), "fits": fits_on(d, m.total_bytes),
                          "breakdown": m.model_dump()} for d, m in rows],
             "parts": [p._asdict() for p in parts],
+            "low_memory": _low_memory_json(model, devices),
         }, indent=2))  # fmt: skip
     else:
         say(f"[bold]{esc(model.name)}[/] ({model.kind}) on {esc(model.service_memory.engine)} · {esc(setting)}")
@@ -238,8 +239,24 @@ def _service_estimate(model: ModelSpec, devices: list[Device], as_json: bool) ->
         say("memory in GiB (2^30 bytes); usable = free − margin (1 GiB on a GPU). The parts (on a GPU), with sources:")
         for p in parts:
             say(Text(f"  {p.kind:8} {p.size_bytes / 1e9:7.3f} GB  {p.name} — {p.source}"))
+        low = _low_memory_json(model, devices)
+        if low is not None:
+            sizes = ", ".join(f"{d['name']} {d['memory_bytes'] / GiB:.2f} GiB ({'fits' if d['fits'] else 'does not fit'})"
+                              for d in low["devices"])  # fmt: skip
+            say(Text(f"low-memory setting (plan files: `memory: low`, or `auto` when the default does not fit): "
+                     f"{low['setting']}: {sizes}. {low['speed_note']}"))  # fmt: skip
     if not any(fits_on(d, m.total_bytes) for d, m in rows):
         raise typer.Exit(1)
+
+
+def _low_memory_json(model: ModelSpec, devices: list[Device]) -> dict[str, Any] | None:
+    """The model's low-memory engine setting (models.yaml `low_memory`) on each device, or None without one."""
+    low = model.service_memory.low_memory if model.service_memory is not None else None
+    if low is None:
+        return None
+    rows = [(d, service_memory(model, d.kind == "gpu", "low").total_bytes) for d in devices]
+    return {"setting": low.setting, "args": list(low.args), "speed_note": low.speed_note,
+            "devices": [{"name": d.name, "index": d.index, "memory_bytes": m, "fits": fits_on(d, m)} for d, m in rows]}
 
 
 def _advice_plan(model: str, quant: QuantSpec, engine: str, workload: Workload, devices: list[Device],

@@ -86,7 +86,8 @@ def print_plan(plan: Plan) -> None:
         )  # fmt: skip
         decode = _fmt(p.decode_tokens_per_s) if p.throughput is None else f"{p.throughput:.2f} {p.throughput_unit}"
         add_row(
-            svc_table, svc.name, f"{svc.model} {svc.quant}", svc.engine, svc.mode,
+            svc_table, svc.name, f"{svc.model} {svc.quant}", svc.engine,
+            svc.mode + (" (low memory)" if svc.memory_setting == "low" else ""),
             ",".join(svc.devices) or styled("none", "red"), split, kv_text(svc), decode,
             _fmt(p.aggregate_tokens_per_s), _fmt(p.prefill_tokens_per_s, 0), _fmt(p.ttft_s, 3), slo,
         )  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Literal, NamedTuple
 from gpumix.errors import GpumixError
 from gpumix.estimate.types import MemoryBreakdown, Workload
 from gpumix.hardware.spec import Device
-from gpumix.kinds import DeviceKind
+from gpumix.kinds import DeviceKind, MemorySetting
 from gpumix.models.spec import BufferKind, ModelSpec, QuantSpec
 from gpumix.units import MiB
 
@@ -304,15 +304,16 @@ class ServicePart(NamedTuple):
     source: str
 
 
-def service_memory(model: ModelSpec, is_gpu: bool) -> MemoryBreakdown:
+def service_memory(model: ModelSpec, is_gpu: bool, setting: MemorySetting = "default") -> MemoryBreakdown:
     """Non-LLM services (diffusion on sd-server, whisper-server, embeddings/rerankers on TEI): what the process holds.
 
     weights = params_total × bytes of the type the engine holds them in (+ separate weight files, e.g. a VAE);
     kv = the engine's caches (whisper's self/cross attention KV); compute = its graph buffers from the catalog plus
     what follows from the model's shapes at the engine's defaults (TEI's activations for --max-batch-tokens);
     overhead = the CUDA context on a GPU. Each part is one of `service_memory_parts`, with its source.
+    `setting`: the engine's defaults, or its low-memory setting (the catalog's `low_memory`: other buffers).
     """
-    parts = service_memory_parts(model, is_gpu)
+    parts = service_memory_parts(model, is_gpu, setting)
 
     def total(kind: str) -> int:
         return sum(p.size_bytes for p in parts if p.kind == kind)
@@ -321,8 +322,9 @@ def service_memory(model: ModelSpec, is_gpu: bool) -> MemoryBreakdown:
                            overhead_bytes=total("overhead"))  # fmt: skip
 
 
-def service_memory_parts(model: ModelSpec, is_gpu: bool) -> list[ServicePart]:
-    """The parts `service_memory` adds up, each with its source (models.yaml `service_memory`, or the formula here)."""
+def service_memory_parts(model: ModelSpec, is_gpu: bool, setting: MemorySetting = "default") -> list[ServicePart]:
+    """The parts `service_memory` adds up, each with its source (models.yaml `service_memory`, or the formula here).
+    Raises GpumixError for `setting="low"` on a model without a low-memory setting (`has_low_memory_setting`)."""
     spec = model.service_memory
     if spec is None:
         raise GpumixError(
@@ -332,7 +334,13 @@ def service_memory_parts(model: ModelSpec, is_gpu: bool) -> list[ServicePart]:
     dtype = spec.weights_dtype if is_gpu or spec.cpu_weights_dtype is None else spec.cpu_weights_dtype
     weights = ServicePart("weights", f"weights: {int(model.params_total):,} params × {dtype_bytes(dtype):g} B ({dtype})",
                           int(model.params_total * dtype_bytes(dtype)), spec.source)  # fmt: skip
-    parts = [weights] + [ServicePart(b.kind, b.name, b.size_bytes, b.source) for b in spec.buffers]
+    buffers = spec.buffers
+    if setting == "low":
+        if spec.low_memory is None:
+            raise GpumixError(f"model '{model.id}' has no low-memory setting in the catalog",
+                              hint="use memory: default (or auto)")  # fmt: skip
+        buffers = spec.low_memory.buffers
+    parts = [weights] + [ServicePart(b.kind, b.name, b.size_bytes, b.source) for b in buffers]
     if spec.engine == "tei":
         parts.append(ServicePart("compute", f"TEI activations at --max-batch-tokens {TEI_DEFAULT_MAX_BATCH_TOKENS}",
                                  tei_activation_bytes(model, dtype),
@@ -341,6 +349,11 @@ def service_memory_parts(model: ModelSpec, is_gpu: bool) -> list[ServicePart]:
         parts.append(ServicePart("overhead", "CUDA context", CUDA_CONTEXT_BYTES,
                                  "gpumix.estimate.memory.CUDA_CONTEXT_BYTES (llama.cpp's 'unaccounted' memory)"))  # fmt: skip
     return parts
+
+
+def has_low_memory_setting(model: ModelSpec) -> bool:
+    """Whether the catalog gives the model's engine a low-memory setting (sd-server's flash attention + tiled VAE)."""
+    return model.service_memory is not None and model.service_memory.low_memory is not None
 
 
 def tei_activation_bytes(model: ModelSpec, dtype: str, max_batch_tokens: int = TEI_DEFAULT_MAX_BATCH_TOKENS) -> int:

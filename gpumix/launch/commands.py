@@ -412,9 +412,28 @@ def _sd_server(plan: Plan, proc: Process, port: int) -> tuple[list[str], list[st
             files.append(str(models_dir() / name))
             argv += [part_flag, files[-1]]
         argv += list(source.sd_args)
+    argv += _sd_memory_args(service)
     if service.threads:
         argv += ["-t", str(service.threads)]
     return argv, files, 1
+
+
+def _sd_memory_args(service: PlannedService) -> list[str]:
+    """The flags of the low-memory setting the plan chose (models.yaml `low_memory`: flash attention in the
+    diffusion model, tiled VAE decode, direct convolution); none at sd-server's defaults."""
+    if service.memory_setting != "low":
+        return []
+    from gpumix.models.catalog import load_model
+
+    try:
+        spec = load_model(service.model).service_memory
+    except GpumixError as exc:
+        raise GpumixError(f"service '{service.name}': memory_setting low, but {exc.message}", hint=exc.hint) from None
+    if spec is None or spec.low_memory is None:
+        raise GpumixError(f"service '{service.name}': the plan asks for the low-memory setting, which the catalog has "
+                          f"no flags for for model '{service.model}'",
+                          hint="re-plan (`gpumix plan`) or set memory: default on the service")  # fmt: skip
+    return list(spec.low_memory.args)
 
 
 def _engine_env(service: PlannedService, devices: list[str]) -> dict[str, str]:

@@ -60,6 +60,21 @@ class EngineBuffer(BaseModel):
         return round(self.size * SIZE_UNIT_BYTES[self.unit])
 
 
+class LowMemorySetting(BaseModel):
+    """An engine setting that holds less for a service at a cost in speed (stable-diffusion.cpp's flash attention in
+    the diffusion model and tiled VAE decode): the flags that select it and the engine buffers it holds instead of
+    ServiceMemory.buffers (a full list, weight files included). The planner offers it when the default does not fit;
+    the speed cost is stated in `speed_note` (the catalog's reference_speed is for the default setting)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    setting: str  # "1024x1024, sd-server --diffusion-fa --vae-tiling --vae-conv-direct"
+    args: tuple[str, ...]  # the engine flags that select it, in order (gpumix.launch.commands renders them)
+    buffers: tuple[EngineBuffer, ...] = ()
+    source: str  # where the flag names come from
+    speed_note: str  # what it costs in speed, sourced or "not measured"
+
+
 class ServiceMemory(BaseModel):
     """What a non-LLM service holds on its device: the model's weights (params_total × bytes of `weights_dtype`) plus
     the engine's own buffers at `setting` (plus what gpumix.estimate.memory computes from shapes for the engine, e.g.
@@ -73,6 +88,7 @@ class ServiceMemory(BaseModel):
     setting: str  # the engine setting the buffers are for ("1024x1024, sd-server defaults")
     buffers: tuple[EngineBuffer, ...] = ()
     source: str = ""  # where params_total and weights_dtype come from
+    low_memory: LowMemorySetting | None = None  # a setting that holds less (plan files: `memory: low|default|auto`)
 
 
 class ModelSpec(BaseModel):

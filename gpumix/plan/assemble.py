@@ -42,6 +42,7 @@ def planned_service(svc: Resolved, opt: Option | None) -> PlannedService:
         memory_breakdown=list(opt.memory),
         predicted=_predicted(opt),
         slo=slo_checks(svc, opt),
+        memory_setting=opt.memory_setting,
         **_layer_fields(svc, opt),
         **_kv_fields(svc, opt),
     )

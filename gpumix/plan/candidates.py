@@ -27,11 +27,11 @@ from gpumix.errors import GpumixError
 from gpumix.estimate import estimate
 from gpumix.estimate.calibration import Calibration
 from gpumix.estimate.estimator import combine_replicas
-from gpumix.estimate.memory import kv_tokens_held, service_memory, shares_kv_pool, usable_bytes
+from gpumix.estimate.memory import has_low_memory_setting, kv_tokens_held, service_memory, shares_kv_pool, usable_bytes
 from gpumix.estimate.speed import achieved_flops
 from gpumix.estimate.types import Estimate, Links, MemoryBreakdown, Placement, Workload
 from gpumix.hardware.spec import Device
-from gpumix.kinds import SPLIT_MODES, Objective, PlacementMode
+from gpumix.kinds import SPLIT_MODES, MemorySetting, Objective, PlacementMode
 from gpumix.models.spec import ModelSpec, QuantSpec
 from gpumix.plan import kvmath
 from gpumix.plan import split as splitmod
@@ -77,6 +77,8 @@ class Option:
     kv_least_tokens: tuple[int, ...] = ()
     memory_least: tuple[MemoryBreakdown, ...] = ()
     memory_full: tuple[MemoryBreakdown, ...] = ()
+    # Image services: the engine setting this option's memory is for (sd-server defaults or its low-memory setting).
+    memory_setting: MemorySetting | None = None
 
     @functools.cached_property
     def memory_bytes(self) -> list[int]:
@@ -483,7 +485,9 @@ def _replica_groups(gpus: list[Device], n: int) -> list[list[Device]]:
 
 
 def service_options(svc: Resolved, devices: Sequence[Device], ctx: CandidateContext) -> list[Option]:
-    """Non-LLM services (image, audio, embeddings, rerankers): one card each (any host), speed ∝ its FLOP/s."""
+    """Non-LLM services (image, audio, embeddings, rerankers): one card each (any host), speed ∝ its FLOP/s.
+    Image services with a low-memory setting are offered in it too (`memory_settings`); its speed is the default's
+    prediction (the slowdown is not measured: models.yaml `speed_note`), and scoring prefers the default."""
     options = []
     for d in service_pool(svc.entry, devices):
         if d.kind == "cpu" and svc.model.kind == "image":
@@ -492,11 +496,23 @@ def service_options(svc: Resolved, devices: Sequence[Device], ctx: CandidateCont
         if key not in ctx.cache:
             ctx.cache[key] = service_speed(svc.model, d, ctx.calibration)
         throughput = ctx.cache[key]
-        opt = Option(service=svc.index, mode="single", devices=(d,), memory=(service_memory(svc.model, d.kind == "gpu"),),
-                     throughput=throughput, throughput_unit=svc.model.speed_unit)  # fmt: skip
-        opt.speed = throughput or 0.0
-        options.append(opt)
+        for setting in memory_settings(svc):
+            memory = service_memory(svc.model, d.kind == "gpu", setting or "default")
+            opt = Option(service=svc.index, mode="single", devices=(d,), memory=(memory,), throughput=throughput,
+                         throughput_unit=svc.model.speed_unit, memory_setting=setting)  # fmt: skip
+            opt.speed = throughput or 0.0
+            options.append(opt)
     return options
+
+
+def memory_settings(svc: Resolved) -> list[MemorySetting | None]:
+    """The engine settings an image service is offered in: what its `memory:` asks for; under `auto` the default
+    and, where the catalog has one, the low-memory setting. None for services without the choice."""
+    if svc.model.kind != "image":
+        return [None]
+    if svc.entry.memory != "auto":
+        return [svc.entry.memory]
+    return ["default", "low"] if has_low_memory_setting(svc.model) else ["default"]
 
 
 def service_speed(model: ModelSpec, device: Device, calibration: Calibration) -> float | None:

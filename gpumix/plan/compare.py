@@ -134,6 +134,8 @@ def _from_option(opt: Option, is_chosen: bool, label: str | None = None) -> Alte
     label = label or {"layer_split": "speed-aware layer split", "pipeline_parallel": "pipeline parallel (speed-aware)"}.get(
         opt.mode, opt.mode.replace("_", " ")
     )
+    if opt.memory_setting is not None:  # image services: sd-server's defaults or its low-memory setting
+        label += f" ({opt.memory_setting} memory setting)"
     return Alternative(
         label=label, mode=opt.mode, devices=[d.name for d in opt.devices], device_ids=[d.id for d in opt.devices], layers=list(opt.layers),
         fits=opt.fits(), decode_tokens_per_s=opt.decode, aggregate_tokens_per_s=opt.aggregate, ttft_s=opt.ttft_s,

@@ -23,7 +23,8 @@
 | GPX019 | driver-too-old            | a card's `driver:` is older than the first CUDA toolkit for its architecture needs (Blackwell >= 570.26) |
 | GPX020 | cuda-rocm-split           | one split over CUDA and ROCm (or Metal) cards: one llama.cpp build / vLLM process runs one backend |
 | GPX021 | duplicate-model-crowds-out | two services serve the same model on different cards of a host while another service found no room |
-| GPX022 | rpc-no-auth               | a llama.cpp split across hosts runs ggml-rpc-server, which has no authentication |
+| GPX022 | low-memory-setting        | an image service runs its engine's low-memory setting (flash attention, tiled VAE decode) to fit: less memory, slower images by an unmeasured amount |
+| GPX023 | rpc-no-auth               | a llama.cpp split across hosts runs ggml-rpc-server, which has no authentication |
 
 GPX018-GPX021 live in gpumix.plan.lint_platform.
 """
@@ -33,7 +34,7 @@ from __future__ import annotations
 from typing import Literal
 
 from gpumix.errors import GpumixError
-from gpumix.estimate.memory import usable_bytes
+from gpumix.estimate.memory import service_memory, usable_bytes
 from gpumix.estimate.speed import pcie_gb_per_s
 from gpumix.estimate.types import Links
 from gpumix.hardware.spec import Device
@@ -56,6 +57,24 @@ def _w(code: str, slug: str, message: str, service: str | None = None, severity:
     return Warning_(code=f"{code}-{slug}", message=message, service=service, severity=severity)
 
 
+def _low_memory_check(svc: Resolved, opt: Option) -> list[Warning_]:
+    """GPX022: the image service runs the catalog's low-memory setting; says what it saves and that its speed is the
+    default setting's prediction."""
+    spec = svc.model.service_memory
+    if opt.memory_setting != "low" or spec is None or spec.low_memory is None:
+        return []
+    is_gpu = opt.devices[0].kind == "gpu"
+    default = service_memory(svc.model, is_gpu).total_bytes
+    low = opt.memory_bytes[0]
+    name = svc.entry.name
+    asked = "as its `memory: low` asks" if svc.entry.memory == "low" else "to make room for the other services (at its defaults something else would not fit, or an LLM would hold less KV)"
+    return [_w("GPX022", "low-memory-setting",
+               f"{name}: {svc.model.name} runs sd-server's low-memory setting ({' '.join(spec.low_memory.args)}) "
+               f"{asked}: {low / GB:.1f} GB on {opt.devices[0].id} instead of {default / GB:.1f} GB. Its images/s is "
+               "predicted for the default setting; the tiled VAE decode makes each image slower by an amount not "
+               "measured. `memory: default` forces the default (another service may then not fit)", name, "info")]  # fmt: skip
+
+
 def lint(ctx: Planning) -> list[Warning_]:
     """Every warning for a planning result (its plan's own `warnings` are not read)."""
     plan = ctx.plan
@@ -67,6 +86,7 @@ def lint(ctx: Planning) -> list[Warning_]:
                           "(see reasons)", name, "error"))  # fmt: skip
             continue
         out.extend(_service_checks(svc, opt, ctx))
+        out.extend(_low_memory_check(svc, opt))
         out.extend(lint_platform.service_checks(svc, opt))
     out.extend(_device_checks(ctx))
     out.extend(lint_platform.plan_checks(ctx))
@@ -169,7 +189,7 @@ def _split_of_one_card(svc: Resolved, opt: Option, ctx: Planning) -> list[Warnin
 
 
 def _links(svc: Resolved, opt: Option, ctx: Planning) -> list[Warning_]:
-    """GPX009 / GPX011 / GPX022: a split over a slow link or the network (RPC without authentication); tensor parallel over PCIe or across sockets."""
+    """GPX009 / GPX011 / GPX023: a split over a slow link or the network (RPC without authentication); tensor parallel over PCIe or across sockets."""
     out: list[Warning_] = []
     name, devs = svc.entry.name, list(opt.devices)
     if opt.mode in ("layer_split", "pipeline_parallel", "tensor_parallel", "cpu_offload") and len(devs) > 1:
@@ -177,7 +197,7 @@ def _links(svc: Resolved, opt: Option, ctx: Planning) -> list[Warning_]:
         if slow:
             out.append(_w("GPX009", "slow-link-split", f"{name}: {slow}", name))
         if svc.engine == "llama.cpp" and len({d.host for d in devs}) > 1:
-            out.append(_w("GPX022", "rpc-no-auth",
+            out.append(_w("GPX023", "rpc-no-auth",
                           f"{name}: the split reaches its other hosts through ggml-rpc-server, which has no "
                           "authentication: anyone who reaches its port can run tensors on that device and read its "
                           "memory; keep it on a private cluster network (`up --ray` binds it to the node address)", name))  # fmt: skip

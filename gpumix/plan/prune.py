@@ -48,9 +48,10 @@ def candidate_devices(devs: Sequence[Device], classes: dict[HostClass, list[str 
 def prune_choices(choices: list[Choice], option_of: list[Option]) -> tuple[list[Choice], list[Option]]:
     """Keep, per service and per kind of placement (mode + card types), PRUNED_PER_CLASS candidates on different
     hosts — rotated by service so that services sharing a card type are offered different hosts."""
-    groups: dict[tuple[int, str, tuple[DeviceClass, ...], tuple[int, ...], tuple[int, ...]], list[int]] = {}
+    groups: dict[tuple[int, str, tuple[DeviceClass, ...], tuple[int, ...], tuple[int, ...], str | None], list[int]] = {}
     for j, (c, opt) in enumerate(zip(choices, option_of, strict=True)):
-        signature = (c.service, opt.mode, tuple(device_class(d) for d in opt.devices), opt.layers, opt.kv_tokens)
+        signature = (c.service, opt.mode, tuple(device_class(d) for d in opt.devices), opt.layers, opt.kv_tokens,
+                     opt.memory_setting)  # fmt: skip
         groups.setdefault(signature, []).append(j)
     keep: list[int] = []
     for (service, *_), js in groups.items():

@@ -40,6 +40,7 @@ def resolve_service(
     model, quant = _model_and_quant(entry, at)
     engine = entry.engine or default_engine(model, quant, entry)
     _check_engine(model, quant, engine, at)
+    _check_memory_setting(entry, model, at)
     return Resolved(
         index=index,
         entry=entry,
@@ -89,6 +90,19 @@ def _check_engine(model: ModelSpec, quant: QuantSpec, engine: str, at: _Where) -
                        hint="use engine: vllm, or a GGUF quant such as q4_k_m / q8_0")  # fmt: skip
     if model.kind != "llm" and engine in LLM_ENGINES and model.n_layers == 0:
         raise at.error("engine", f"{model.name} is a {model.kind} model, not an LLM")
+
+
+def _check_memory_setting(entry: ServiceEntry, model: ModelSpec, at: _Where) -> None:
+    from gpumix.estimate.memory import has_low_memory_setting
+
+    if entry.memory == "auto":
+        return
+    if model.kind != "image":
+        raise at.error("memory", f"memory: {entry.memory} is an image-service setting; {model.name} is a {model.kind} "
+                       "model", hint="remove it (an LLM's memory follows its context, concurrency and quant)")  # fmt: skip
+    if entry.memory == "low" and not has_low_memory_setting(model):
+        raise at.error("memory", f"{model.name} has no low-memory setting in the catalog",
+                       hint="use memory: default or auto (models.yaml `low_memory` lists the models that have one)")  # fmt: skip
 
 
 def _context(entry: ServiceEntry, model: ModelSpec, at: _Where) -> int:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from gpumix.errors import GpumixError
 from gpumix.estimate.types import MemoryBreakdown
-from gpumix.kinds import DeviceKind, Engine, ModelKind, Objective, PlacementMode
+from gpumix.kinds import DeviceKind, Engine, MemorySetting, ModelKind, Objective, PlacementMode
 
 # 2: devices named by plan-wide ids (`id`, services' `devices` are ids), so one plan can span hosts.
 PLAN_FORMAT_VERSION: Final = 2
@@ -118,6 +118,9 @@ class PlannedService(_Frozen):
     kv_cache_tokens: int | None = None
     max_full_context_sequences: int | None = None  # sequences of `context` tokens that KV holds at once
     kv_unified: bool | None = None  # llama.cpp: one KV pool shared by the slots (--kv-unified); None: not llama.cpp
+    # Image services: sd-server's defaults or its low-memory setting (models.yaml `low_memory`: the flags `gpumix launch`
+    # adds, the buffers it holds instead); None for other services.
+    memory_setting: MemorySetting | None = None
     # Replica mode, one entry per replica process (aligned with `devices`): its share of the service's streams, the
     # streams it serves (its -np / --max-num-seqs), and the tokens of KV it holds.
     replica_shares: list[float] = Field(default_factory=list)

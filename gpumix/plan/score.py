@@ -19,6 +19,10 @@ SLO_MISS_PENALTY = 50.0
 # of its speed elsewhere (LLM_SPEED_WEIGHT × ln 1.05 ≈ 5), and takes that room from small services before it takes
 # speed from other LLMs.
 KV_SHORT_PENALTY = 5.0
+# An image service in its low-memory setting (tiled VAE decode: slower images by an unmeasured amount) costs as much
+# as occupying a whole card of the fleet's fastest memory: it is chosen only when the default leaves something out
+# or takes room from an LLM's KV, never to move a service to a cheaper card.
+LOW_MEMORY_PENALTY = 1.0
 
 
 def slo_checks(svc: Resolved, opt: Option) -> list[SloCheck]:
@@ -54,6 +58,8 @@ def score_options(svc: Resolved, options: list[Option], max_bandwidth: float) ->
         occupied = sum(d.spec.mem_bandwidth_gb_per_s for d in opt.devices if d.kind == "gpu") / max_bandwidth
         missed = sum(1 for c in slo_checks(svc, opt) if not c.met)
         short = KV_SHORT_PENALTY * (1 - streams_held(opt) / sum(opt.streams)) if opt.streams else 0.0
-        opt.cost = round(weight * max(slowdown, 0.0) + PRICE_WEIGHT * occupied + SLO_MISS_PENALTY * missed + short, 6)
+        low = LOW_MEMORY_PENALTY if opt.memory_setting == "low" else 0.0
+        opt.cost = round(weight * max(slowdown, 0.0) + PRICE_WEIGHT * occupied + SLO_MISS_PENALTY * missed + short + low,
+                         6)  # fmt: skip
 
 

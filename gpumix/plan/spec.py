@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gpumix.errors import GpumixError
 from gpumix.hardware.entries import DeviceEntry, text_or_number
 from gpumix.hardware.spec import HOST_PATTERN, DeviceRef
-from gpumix.kinds import Engine, Objective, ServiceMode, Topology
+from gpumix.kinds import Engine, MemoryChoice, Objective, ServiceMode, Topology
 from gpumix.yaml_input import SourceLines, did_you_mean, read_yaml_with_lines, validation_error
 
 MAX_PLAN_FILE_BYTES = 2_000_000  # a plan for hundreds of services is a few hundred kB
@@ -74,6 +74,9 @@ class ServiceEntry(_Strict):
     allow_multinode: bool = False  # allow vLLM pipeline parallel across hosts (one Ray cluster over them)
     task: Literal["chat", "embeddings", "rerank"] | None = None  # what an LLM-file model serves (default chat)
     threads: int | None = Field(default=None, ge=1, le=4096)  # CPU threads for this service (llama.cpp -t)
+    # Image services: sd-server's defaults, its low-memory setting (flash attention + tiled VAE decode: less memory,
+    # slower images), or auto (the default where it fits, else low). See docs/plan-file.md.
+    memory: MemoryChoice = "auto"
 
     _text = field_validator("model", "quant", "host", "kv_cache_dtype", mode="before")(text_or_number)
 

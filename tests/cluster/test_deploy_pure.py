@@ -88,7 +88,7 @@ def test_a_split_over_hosts_is_one_group_whose_rpc_names_the_workers_node_addres
     assert _flag(server.argv, "--rpc") == f"{IPS[other]}:{rpc.port}"  # straight to the worker, no ssh forward
     assert not any("ssh" in n for n in server.notes) and "no authentication" in rpc.notes[0]
     assert main.urls == [server.url] and worker.urls == []
-    assert any(w.code.startswith("GPX022") for w in plan.warnings)  # the plan says RPC has no authentication
+    assert any(w.code.startswith("GPX023") for w in plan.warnings)  # the plan says RPC has no authentication
 
 
 def test_a_remote_cpu_in_a_split_is_an_rpc_offload_target(fleet):

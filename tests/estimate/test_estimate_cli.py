@@ -80,3 +80,13 @@ def test_a_side_service_needs_no_quant_and_shows_its_sourced_parts():
     assert {p["kind"] for p in data["parts"]} == {"weights", "compute", "overhead"}
     alone = _cli("--gpu", "RTX 3070", "--model", "sdxl")
     assert alone.returncode == 1 and "short" in alone.stdout and "VAE decode compute buffer" in alone.stdout
+
+
+def test_image_service_estimate_gives_its_low_memory_setting():
+    out = _cli("--gpu", "RTX 5060 Ti 16GB", "--model", "sdxl", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    low = data["low_memory"]
+    assert low["args"] == ["--diffusion-fa", "--vae-tiling", "--vae-conv-direct"] and "NOT MEASURED" in low["speed_note"]
+    (dev,) = low["devices"]
+    assert dev["fits"] and dev["memory_bytes"] < data["devices"][0]["memory_bytes"] - 2.8e9

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import pytest
 
+from gpumix.errors import GpumixError
 from gpumix.estimate.memory import (
     CUDA_CONTEXT_BYTES,
     TEI_DEFAULT_MAX_BATCH_TOKENS,
     dtype_bytes,
     service_memory,
+    service_memory_parts,
     tei_activation_bytes,
 )
 from gpumix.launch.commands import render_plan
@@ -111,3 +113,19 @@ def test_a_service_model_without_memory_parts_is_a_clear_error() -> None:
     bare = load_model("bge-m3").model_copy(update={"service_memory": None})
     with pytest.raises(GpumixError, match="no service_memory"):
         service_memory(bare, is_gpu=True)
+
+
+@pytest.mark.parametrize(("model_id", "unet_mib"), [("sdxl", 440.86), ("sdxl-refiner", 596.43)])
+def test_low_memory_setting_is_the_same_weights_with_the_sourced_smaller_buffers(model_id, unet_mib):
+    """sd-server --diffusion-fa --vae-tiling --vae-conv-direct: the UNet graph with flash attention and a 176 MiB tiled
+    VAE decode buffer replace the defaults' buffers; weights and CUDA context are unchanged."""
+    model = load_model(model_id)
+    default = service_memory(model, is_gpu=True)
+    low = service_memory(model, is_gpu=True, setting="low")
+    assert low.weights_bytes == default.weights_bytes and low.overhead_bytes == default.overhead_bytes
+    assert low.compute_bytes == round(unet_mib * MiB) + 176 * MiB
+    assert low.total_bytes == sum(p.size_bytes for p in service_memory_parts(model, True, "low"))
+    assert 2.8 * GB < default.total_bytes - low.total_bytes < 3.0 * GB
+    whisper = load_model("whisper-large-v3")
+    with pytest.raises(GpumixError, match="no low-memory setting"):
+        service_memory(whisper, is_gpu=True, setting="low")

@@ -179,3 +179,48 @@ def test_flux_gets_its_vae_and_text_encoders_with_the_encoders_on_the_cpu(tmp_pa
                                                       "t5xxl_fp16.safetensors")]  # fmt: skip
     assert "FLUX.1-schnell-gguf" in download_hint("flux.1-schnell", tmp_path / "flux1-schnell-q8_0.gguf")
     assert "FLUX.1-schnell-gguf" not in download_hint("flux.1-schnell", tmp_path / "ae.safetensors")
+
+
+def test_image_service_in_its_low_memory_setting_gets_the_sd_server_flags(tmp_path, monkeypatch):
+    """The hybrid box as issue 9 writes it plans SDXL and its refiner in sd-server's low-memory setting; the launch
+    renders exactly the catalog's flags (separate argv items, no shell), and none for a service at its defaults."""
+    from gpumix.launch.models import ENV_MODELS_DIR
+    from gpumix.models.catalog import load_model
+
+    monkeypatch.setenv(ENV_MODELS_DIR, str(tmp_path))
+    text = ("devices:\n  - gpu: RTX 4090\nservices:\n  - {name: img, model: sdxl, memory: low}\n"
+            "  - {name: img2, model: sdxl}\n")  # fmt: skip
+    plan = plan_services(parse_plan_text(text))
+    assert [s.memory_setting for s in plan.services] == ["low", "default"]
+    specs = _by_name(plan)
+    flags = list(load_model("sdxl").service_memory.low_memory.args)  # type: ignore[union-attr]
+    assert flags == ["--diffusion-fa", "--vae-tiling", "--vae-conv-direct"]
+    argv = specs["img"].argv
+    assert argv[argv.index("--diffusion-fa"):argv.index("--diffusion-fa") + 3] == flags
+    assert not set(flags) & set(specs["img2"].argv)
+    hand_made = plan.service("img2").model_copy(update={"model": "whisper-large-v3", "memory_setting": "low"})
+    with pytest.raises(GpumixError, match="no flags"):
+        render_plan(plan.model_copy(update={"services": [hand_made]}))
+
+
+def test_hybrid_box_scenario_renders_every_service_with_the_images_low_memory_flags(tmp_path, monkeypatch):
+    """Issue 9's hybrid box as written: all six services render (the refiner has its own weights file), both image
+    services carry the low-memory flags the plan chose, and the commands script quotes them as separate words."""
+    from pathlib import Path
+
+    from gpumix.launch.models import ENV_MODELS_DIR
+    from gpumix.plan.planner import plan_file
+
+    monkeypatch.setenv(ENV_MODELS_DIR, str(tmp_path))
+    plan = plan_file(Path(__file__).resolve().parents[2] / "examples" / "hybrid-box-scenario.yaml", advise=False)
+    specs = _by_name(plan)
+    assert set(specs) == {"chat", "images", "refiner", "transcribe", "embeddings", "guard"}
+    assert _flag(specs["refiner"].argv, "-m") == str(tmp_path / "sd_xl_refiner_1.0.safetensors")
+    for name in ("images", "refiner"):
+        assert plan.service(name).memory_setting == "low"
+        assert specs[name].argv[-3:] == ["--diffusion-fa", "--vae-tiling", "--vae-conv-direct"]
+    script = render_script(render_plan(plan))
+    (line,) = [ln for ln in script.splitlines() if "sd_xl_refiner_1.0.safetensors" in ln and "sd-server" in ln]
+    words = shlex.split(line)
+    assert words[words.index("--diffusion-fa"):words.index("--diffusion-fa") + 3] == ["--diffusion-fa", "--vae-tiling",
+                                                                                       "--vae-conv-direct"]  # fmt: skip

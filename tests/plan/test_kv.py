@@ -80,10 +80,12 @@ def test_hybrid_box_holds_chat_kv_for_a_full_sequence_and_warns_with_the_streams
     _assert_fits(plan)
 
 
-def test_hybrid_box_as_the_scenario_writes_it_keeps_chat_and_names_what_does_not_fit():
-    """Issue 9's list (chat, SDXL, SDXL refiner, Whisper, BGE-M3, Llama Guard 3) at their least memory (chat with one
-    8192-token sequence of KV; the side services as their engines hold them) needs more than 24 + 16 GiB minus the
-    margins: the plan keeps chat on the 4090 and leaves out one side service, saying why."""
+def test_hybrid_box_as_the_scenario_writes_it_plans_with_the_images_in_their_low_memory_setting():
+    """Issue 9's list (chat, SDXL, SDXL refiner, Whisper, BGE-M3, Llama Guard 3). At sd-server's defaults the six need
+    more than 24 + 16 GiB minus the margins even with chat at one 8192-token sequence of KV; with SDXL and the refiner
+    in sd-server's low-memory setting (flash attention, tiled VAE decode: the catalog's sourced buffers) they fit. The
+    plan places every service, keeps chat on the 4090 with KV for at least one full sequence, and says what it chose
+    (GPX017: the streams chat holds at full length; GPX022: the images' slower setting)."""
     result = planning_of_file(EXAMPLES / "hybrid-box-scenario.yaml")
     plan = result.plan
     # Exactly the issue's services, nothing added.
@@ -92,22 +94,77 @@ def test_hybrid_box_as_the_scenario_writes_it_keeps_chat_and_names_what_does_not
         ("transcribe", "whisper-large-v3"), ("embeddings", "bge-m3"), ("guard", "llama-guard-3-8b")]  # fmt: skip
     chat_entry = result.spec.services[0]
     assert (chat_entry.quant, chat_entry.engine, chat_entry.context, chat_entry.concurrency) == ("fp8", "vllm", 8192, 16)
-    least = sum(min(sum(o.memory_bytes) for o in opts) for opts in result.options)
     usable = sum(usable_bytes(d) for d in result.devices)
-    assert least > usable  # physics: no placement holds all six
-    # The side services' least is their catalog parts (tests/estimate/test_service_memory.py), nothing rounder.
-    for index in (1, 2, 3, 4):
-        model = result.services[index].model
-        assert min(sum(o.memory_bytes) for o in result.options[index]) == service_memory(model, True).total_bytes
+
+    def least(options, allow_low: bool) -> int:
+        return min(sum(o.memory_bytes) for o in options if allow_low or o.memory_setting != "low")
+
+    assert sum(least(opts, allow_low=False) for opts in result.options) > usable  # at the defaults nothing holds all six
+    assert sum(least(opts, allow_low=True) for opts in result.options) <= usable
+    assert plan.feasible and all(s.devices for s in plan.services)
+    chat = plan.service("chat")
+    assert plan.device(chat.devices[0]).name == "RTX 4090"
+    assert chat.kv_cache_tokens is not None and chat.kv_cache_tokens >= 8192
+    held = chat.max_full_context_sequences
+    assert held is not None and 1 <= held < 16
+    assert f"holds {held} sequence" in _gpx017(plan, "chat")
+    # The images run the low-memory setting with exactly the catalog's parts; the other side services their defaults.
+    for index, name in ((1, "images"), (2, "refiner")):
+        svc = plan.service(name)
+        assert svc.memory_setting == "low"
+        assert svc.memory_bytes == [service_memory(result.services[index].model, True, "low").total_bytes]
+        (w,) = [w for w in plan.warnings if w.code == "GPX022-low-memory-setting" and w.service == name]
+        assert "--vae-tiling" in w.message and "not measured" in w.message
+    for index, name in ((3, "transcribe"), (4, "embeddings")):
+        svc = plan.service(name)
+        assert svc.memory_setting is None
+        assert svc.memory_bytes == [service_memory(result.services[index].model, True).total_bytes]
+    _assert_fits(plan)
+
+
+def test_memory_default_forces_sd_servers_defaults_and_then_a_service_does_not_fit():
+    """`memory: default` on both image services: the plan keeps their faster defaults, so one side service is left
+    out (named, with the reason), chat still on the 4090 with at least one full sequence."""
+    text = (EXAMPLES / "hybrid-box-scenario.yaml").read_text()
+    for name, model in (("images", "sdxl"), ("refiner", "sdxl-refiner")):
+        text = text.replace(f"  - name: {name}\n    model: {model}\n", f"  - name: {name}\n    model: {model}\n    memory: default\n")
+    assert text.count("    memory: default\n") == 2
+    plan = _plan(text)
     assert not plan.feasible
+    assert all(s.memory_setting in ("default", None) for s in plan.services)
     unplaced = [s.name for s in plan.services if not s.devices]
     assert len(unplaced) == 1 and unplaced[0] != "chat"
     chat = plan.service("chat")
     assert plan.device(chat.devices[0]).name == "RTX 4090"
     assert chat.kv_cache_tokens is not None and chat.kv_cache_tokens >= 8192
-    assert "GPX017" in _codes(plan) and "GPX014" in _codes(plan)
-    assert unplaced[0] in plan.reasons[0] and "not next to the other services" in plan.reasons[0]
+    assert "GPX014" in _codes(plan) and "GPX022" not in _codes(plan)
+    assert unplaced[0] in plan.reasons[0]
     _assert_fits(plan)
+
+
+def test_image_services_prefer_the_default_setting_where_it_fits():
+    """Both settings fit one 4090 for one SDXL: the plan keeps the default (faster) one; `memory: low` forces the
+    other and the launch-side flags follow (tests/launch)."""
+    auto = _plan("devices:\n  - gpu: RTX 4090\nservices:\n  - {name: img, model: sdxl}\n")
+    assert auto.service("img").memory_setting == "default" and "GPX022" not in _codes(auto)
+    low = _plan("devices:\n  - gpu: RTX 4090\nservices:\n  - {name: img, model: sdxl, memory: low}\n")
+    assert low.service("img").memory_setting == "low"
+    assert low.service("img").memory_bytes[0] < auto.service("img").memory_bytes[0] - 2.5 * GB
+    assert "as its `memory: low` asks" in [w for w in low.warnings if w.service == "img"][0].message
+
+
+@pytest.mark.parametrize(
+    ("service", "message"),
+    [
+        ("{name: chat, model: llama-3.1-8b, memory: low}", "memory: low is an image-service setting"),
+        ("{name: img, model: flux.1-schnell, memory: low}", "has no low-memory setting"),
+        ("{name: img, model: sdxl, memory: tiny}", "memory"),
+    ],
+)
+def test_memory_key_is_checked_with_file_line_and_field(service, message):
+    with pytest.raises(GpumixError, match=message) as err:
+        _plan(f"devices:\n  - gpu: RTX 4090\nservices:\n  - {service}\n")
+    assert "t.yaml" in err.value.message and "memory" in err.value.message
 
 
 def test_the_issue_workload_that_was_refused_now_plans():
