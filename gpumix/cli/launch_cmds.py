@@ -15,9 +15,9 @@ from gpumix.cli.calibration_option import CALIBRATION_HELP, plan_calibration
 from gpumix.cli.output import add_row, say, show, stdout_console
 from gpumix.cli.params import choice
 from gpumix.errors import GpumixError
-from gpumix.launch import llamacpp
+from gpumix.launch import llamacpp, vllm_install
 
-engines_app = typer.Typer(help="Install and list inference engines (llama.cpp is built by gpumix).")
+engines_app = typer.Typer(help="Install and list inference engines (llama.cpp is built by gpumix, vLLM gets a cached venv).")
 
 
 @engines_app.callback(invoke_without_command=True)
@@ -25,16 +25,7 @@ def engines_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json
     """List installed engines and where they are."""
     if ctx.invoked_subcommand is not None:
         return
-    install = llamacpp.find_llama_cpp()
-    rows: list[dict[str, Any]] = [
-        {
-            "engine": "llama.cpp",
-            "installed": install is not None,
-            "version": install.version if install else None,
-            "bin_dir": str(install.bin_dir) if install else None,
-            "source": install.source if install else None,
-        }
-    ]
+    rows = _engine_rows()
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -42,23 +33,43 @@ def engines_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json
     for col in ("engine", "installed", "version", "where"):
         table.add_column(col)
     for row in rows:
-        add_row(table, row["engine"], "yes" if row["installed"] else "no", row["version"] or "-", row["bin_dir"] or "run `gpumix engines install llama.cpp`")
+        where = row["where"] or f"run `gpumix engines install {row['engine'].split(' ')[0]}`"
+        add_row(table, row["engine"], "yes" if row["installed"] else "no", row["version"] or "-", where)
     show(table)
-    say("vllm, tei, whisper and image servers are rendered as commands/exports; install them yourself where a GPU is present.")
+    say("tei, whisper and image servers are rendered as commands/exports only; install them yourself where a GPU is present.")
+
+
+def _engine_rows() -> list[dict[str, Any]]:
+    install = llamacpp.find_llama_cpp()
+    rows: list[dict[str, Any]] = [
+        {"engine": "llama.cpp", "installed": install is not None, "version": install.version if install else None,
+         "where": str(install.bin_dir) if install else None, "source": install.source if install else None}]  # fmt: skip
+    for backend in vllm_install.BACKENDS:
+        found = vllm_install.find_vllm(backend)
+        if found is None and backend != vllm_install.default_backend():
+            continue  # the other build is only listed when installed
+        rows.append({"engine": f"vllm ({backend})", "installed": found is not None,
+                     "version": found.version if found else None, "where": str(found.venv) if found else None,
+                     "source": found.source if found else None})  # fmt: skip
+    return rows
+
+
+_LLAMA_NAMES = ("llama.cpp", "llamacpp", "llama-cpp")
 
 
 @engines_app.command("install")
 def engines_install(
-    engine: str = typer.Argument("llama.cpp", help="Only llama.cpp is built by gpumix."),
-    force: bool = typer.Option(False, "--force", help="Rebuild even if a cached build exists."),
+    engine: str = typer.Argument("llama.cpp", help="llama.cpp (built from source) or vllm (a cached venv)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild / reinstall even if a cached install exists."),
     backend: str = typer.Option("auto", "--backend", help="auto | cpu | cuda"),
 ) -> None:
-    """Build llama.cpp (llama-server, llama-bench, ggml-rpc-server) from the pinned sdist; cached."""
-    if engine not in ("llama.cpp", "llamacpp", "llama-cpp"):
-        raise GpumixError(f"unknown engine '{engine}'", hint="gpumix builds only llama.cpp; vLLM/TEI are run from their own images")
+    """Install an engine once per machine into ~/.cache/gpumix: llama.cpp (llama-server, llama-bench, ggml-rpc-server,
+    built from the pinned sdist) or vLLM (its own venv: the CPU build here, the CUDA wheel where a driver is present)."""
+    if engine not in (*_LLAMA_NAMES, "vllm"):
+        raise GpumixError(f"unknown engine '{engine}'", hint="gpumix installs llama.cpp and vllm; TEI/whisper/image run from their own images")
     backend = choice(backend, ("auto", "cpu", "cuda"), "--backend")
-    options = llamacpp.default_build_options() if backend == "auto" else llamacpp.BuildOptions(backend=backend)
-    with Progress(TextColumn("[bold]llama.cpp[/]"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TextColumn("{task.description}", markup=False), console=stdout_console(), transient=False) as bar:
+    label = "vLLM" if engine == "vllm" else "llama.cpp"
+    with Progress(TextColumn(f"[bold]{label}[/]"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TextColumn("{task.description}", markup=False), console=stdout_console(), transient=False) as bar:
         task = bar.add_task("starting", total=1.0)
 
         def report(message: str, fraction: float | None) -> None:
@@ -67,8 +78,14 @@ def engines_install(
             else:
                 bar.update(task, description=message, completed=fraction)
 
-        install = llamacpp.install_llama_cpp(options, progress=report, force=force)
-    say(Text(f"llama.cpp {install.version}: {install.bin_dir}"))
+        if engine == "vllm":
+            found = vllm_install.install_vllm(None if backend == "auto" else backend, progress=report, force=force)
+            done = f"vLLM {found.version} ({found.backend}): {found.vllm_bin}"
+        else:
+            options = llamacpp.default_build_options() if backend == "auto" else llamacpp.BuildOptions(backend=backend)
+            install = llamacpp.install_llama_cpp(options, progress=report, force=force)
+            done = f"llama.cpp {install.version}: {install.bin_dir}"
+    say(Text(done))
 
 
 def export(

@@ -38,6 +38,13 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _ranged(value: float | None, low: float | None, high: float | None, digits: int = 1) -> str:
+    """'12.3 (10.1–14.0)': a prediction with its 80 % interval, when it has one."""
+    if value is None or low is None or high is None:
+        return _fmt(value, digits)
+    return f"{value:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
+
+
 def kv_text(svc: PlannedService) -> Text | str:
     """KV tokens and the full-context sequences they hold, e.g. `14,800 (1 of 16)`; red when fewer than asked."""
     if svc.kv_cache_tokens is None or svc.max_full_context_sequences is None:
@@ -84,14 +91,19 @@ def print_plan(plan: Plan) -> None:
             else Text.assemble(("✗", "red"), f"{c.metric} ({(c.margin or -1) * 100:+.0f}%)")
             for c in svc.slo
         )  # fmt: skip
-        decode = _fmt(p.decode_tokens_per_s) if p.throughput is None else f"{p.throughput:.2f} {p.throughput_unit}"
+        decode = (_ranged(p.decode_tokens_per_s, p.decode_tokens_per_s_low, p.decode_tokens_per_s_high)
+                  if p.throughput is None else f"{p.throughput:.2f} {p.throughput_unit}")  # fmt: skip
         add_row(
             svc_table, svc.name, f"{svc.model} {svc.quant}", svc.engine,
             svc.mode + (" (low memory)" if svc.memory_setting == "low" else ""),
             ",".join(svc.devices) or styled("none", "red"), split, kv_text(svc), decode,
-            _fmt(p.aggregate_tokens_per_s), _fmt(p.prefill_tokens_per_s, 0), _fmt(p.ttft_s, 3), slo,
+            _ranged(p.aggregate_tokens_per_s, p.aggregate_tokens_per_s_low, p.aggregate_tokens_per_s_high),
+            _ranged(p.prefill_tokens_per_s, p.prefill_tokens_per_s_low, p.prefill_tokens_per_s_high, 0),
+            _ranged(p.ttft_s, p.ttft_s_low, p.ttft_s_high, 3), slo,
         )  # fmt: skip
     show(svc_table)
+    if any(s.predicted.decode_tokens_per_s_low is not None for s in plan.services):
+        say("speeds in brackets: 80 % intervals from the calibration's leave-GPUs-out residuals")
     for w in plan.warnings:
         colour = {"error": "red", "warning": "yellow", "info": "cyan"}[w.severity]
         say(f"[{colour}]{w.code}[/] {esc(w.message)}")
@@ -221,11 +233,14 @@ def explain_cmd(
             table, styled("→", "green") if a.chosen else "", a.label,
             " + ".join(f"{i} {n}" for i, n in zip(a.device_ids, a.devices, strict=True)),
             "/".join(map(str, a.layers)) or "-", "yes" if a.fits else styled("no", "red"),
-            "+".join(f"{t:,}" for t in a.kv_tokens) or "-", _fmt(a.decode_tokens_per_s),
-            _fmt(a.aggregate_tokens_per_s),
-            _fmt(a.ttft_s, 3), "/".join(f"{m:.1f}" for m in a.memory_gb),
+            "+".join(f"{t:,}" for t in a.kv_tokens) or "-",
+            _ranged(a.decode_tokens_per_s, a.decode_tokens_per_s_low, a.decode_tokens_per_s_high),
+            _ranged(a.aggregate_tokens_per_s, a.aggregate_tokens_per_s_low, a.aggregate_tokens_per_s_high),
+            _ranged(a.ttft_s, a.ttft_s_low, a.ttft_s_high, 3), "/".join(f"{m:.1f}" for m in a.memory_gb),
         )  # fmt: skip
     show(table)
+    if any(a.decode_tokens_per_s_low is not None for a in alternatives):
+        say("speeds in brackets: 80 % intervals from the calibration's leave-GPUs-out residuals")
     for w in plan.warnings:
         if w.service == service:
             say(Text(f"{w.code} {w.message}"))

@@ -23,10 +23,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gpumix.errors import GpumixError
+from gpumix.estimate.eras import GPUMIX_ERA
 from gpumix.hardware.spec import Device, GpuSpec
 
 # Version of the fitted-calibration JSON (data/calibration.json, `python -m gpumix.calibrate.fit -o FILE`).
-CALIBRATION_FORMAT_VERSION = 1
+# 2: llama.cpp era factors (engine_era, era_decode_factor, era_prefill_factor) and prediction bands.
+CALIBRATION_FORMAT_VERSION = 2
 
 
 class BackendParams(BaseModel):
@@ -48,6 +50,17 @@ class DeviceMeasurement(BaseModel):
     prefill_tflops: float | None = None
 
 
+class PredictionBand(BaseModel):
+    """An 80 % prediction interval as multipliers on a predicted speed: the 10th and 90th percentiles of
+    measured/predicted on GPUs left out of the fit (`gpumix.calibrate.fit --holdout`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+    n: int = Field(ge=0)  # held-out rows the percentiles come from
+
+
 class Calibration(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -63,8 +76,41 @@ class Calibration(BaseModel):
     link_latency_s: float = 30e-6  # per device boundary per token in a layer split
     arch_compute_factor: dict[str, float] = Field(default_factory=dict)  # prefill, per architecture family
     arch_bandwidth_factor: dict[str, float] = Field(default_factory=dict)  # decode, per architecture family
+    # llama.cpp era the predictions are for (gpumix.estimate.eras; default: the era of the llama.cpp gpumix builds)
+    # and each era's efficiency relative to the fit's reference era (decode: achieved bandwidth; prefill: FLOP/s).
+    engine_era: str = GPUMIX_ERA
+    era_decode_factor: dict[str, float] = Field(default_factory=dict)
+    era_prefill_factor: dict[str, float] = Field(default_factory=dict)
+    era_overhead_factor: dict[str, float] = Field(default_factory=dict)  # on the per-layer launch overhead
+    # Decode's ALU roofline: operations per weight to unpack and multiply it, per quant class, against the device's
+    # matrix peak (GpuSpec.matrix_tflops). Binding where FLOP/s per byte/s is low (Apple M-series, GCN): there a
+    # k-quant decodes slower than its bytes allow. Empty = no ALU term.
+    decode_ops_per_weight: dict[str, float] = Field(default_factory=dict)
+    # Prefill's ALU term: operations per weight per prompt token on the plain FP32 ALUs (GpuSpec.alu_tflops), per
+    # quant class, added to the matrix time. Empty = no ALU term.
+    prefill_ops_per_weight: dict[str, float] = Field(default_factory=dict)
+    # 80 % prediction intervals, keyed "decode" / "prefill" (all backends) or "decode.Metal" etc. where the held-out
+    # rows of one backend are enough; how they were derived is in `band_method`.
+    bands: dict[str, PredictionBand] = Field(default_factory=dict)
+    band_method: str = ""
     measurements: tuple[DeviceMeasurement, ...] = ()  # from `gpumix tune`
     parameters: dict[str, float] = Field(default_factory=dict)  # the fitted vector, by name (for the record)
+
+    def at_era(self, era: str | None) -> Calibration:
+        """The same fit predicting for llama.cpp builds of `era` (None: unchanged)."""
+        if era is None or era == self.engine_era:
+            return self
+        return self.model_copy(update={"engine_era": era})
+
+    def era_factors(self) -> tuple[float, float, float]:
+        """(decode bandwidth, prefill compute, per-layer overhead) factors of the era this calibration predicts for."""
+        era = self.engine_era
+        return (self.era_decode_factor.get(era, 1.0), self.era_prefill_factor.get(era, 1.0),
+                self.era_overhead_factor.get(era, 1.0))  # fmt: skip
+
+    def band(self, kind: str, backend: str | None) -> PredictionBand | None:
+        """The 80 % band for `kind` ("decode" | "prefill") on `backend`, else the all-backend band, else None."""
+        return self.bands.get(f"{kind}.{backend}") or self.bands.get(kind)
 
     def backend(self, name: str) -> BackendParams:
         return self.backends.get(name) or self.backends["CUDA"]
@@ -123,6 +169,7 @@ _HBM = re.compile(r"GA100|GH1\d\d|GV100|GP100|GB1\d\d|Vega 20|CDNA|Instinct|Hopp
 _UNIFIED = re.compile(r"Apple|GB10\b|M\d (Pro|Max|Ultra)?", re.I)
 
 
+@lru_cache(maxsize=256)  # a pure function of a frozen catalog row; the fit calls it per row per step
 def memory_technology(spec: GpuSpec) -> str:
     if spec.kind == "cpu":
         return "dram"
@@ -134,6 +181,7 @@ def memory_technology(spec: GpuSpec) -> str:
     return "gddr"
 
 
+@lru_cache(maxsize=256)  # a pure function of a frozen catalog row; the fit calls it per row per step
 def default_backend(spec: GpuSpec) -> str:
     if spec.kind == "cpu":
         return "CPU"
@@ -145,19 +193,35 @@ def default_backend(spec: GpuSpec) -> str:
     return "CUDA"
 
 
+# llama.cpp's "legacy" quants: 32-weight blocks with one scale (and a minimum for _1), dequantized with fewer
+# operations per byte than the 256-weight k-quant super-blocks with 6-bit sub-block scales.
+LEGACY_QUANTS = ("q4_0", "q4_1", "q5_0", "q5_1")
+
+
 def quant_class(quant_id: str) -> str:
     q = quant_id.lower()
     if q in ("f32", "f16", "bf16"):
         return "float"
     if q in ("q8_0", "fp8", "int8"):
         return "q8"
+    if q in LEGACY_QUANTS:
+        return "legacy"
     return "quantized"
+
+
+def quant_factor(factors: Mapping[str, float], quant_id: str) -> float:
+    """A quant class's factor; a calibration without a "legacy" factor uses its "quantized" one for legacy quants."""
+    cls = quant_class(quant_id)
+    if cls == "legacy" and cls not in factors:
+        cls = "quantized"
+    return factors.get(cls, 1.0)
 
 
 _ARCH_FAMILIES = ("Kepler", "Maxwell", "Pascal", "Volta", "Turing", "Ampere", "Ada", "Hopper", "Blackwell",
                   "RDNA", "CDNA", "GCN", "Apple", "Xe")  # fmt: skip
 
 
+@lru_cache(maxsize=256)  # a pure function of a frozen catalog row; the fit calls it per row per step
 def arch_family(spec: GpuSpec) -> str:
     text = f"{spec.arch} {spec.name}"
     for family in _ARCH_FAMILIES:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from gpumix.errors import GpumixError
-from gpumix.estimate.calibration import Calibration, default_calibration
+from gpumix.estimate.calibration import Calibration, default_backend, default_calibration
 from gpumix.estimate.memory import (
     layer_params,
     memory_for_layers,
@@ -19,11 +20,13 @@ from gpumix.estimate.speed import (
     achieved_bandwidth_gb_per_s,
     achieved_flops,
     allreduce_s,
+    decode_alu_s,
     decode_bytes_on_device,
     device_fixed_overhead_s,
     layer_split_hop_s,
     link_gb_per_s,
     peak_bandwidth_gb_per_s,
+    prefill_alu_s,
 )
 from gpumix.estimate.types import DeviceEstimate, Estimate, Links, MemoryBreakdown, Placement, Workload
 from gpumix.hardware.spec import Device
@@ -48,10 +51,43 @@ def estimate(
     if model.kind != "llm" or model.n_layers == 0:
         return _service_estimate(model, placement)
     if placement.mode == "tensor_parallel":
-        return _tensor_parallel(model, quant, placement, workload, links, cal, backend)
-    if placement.mode == "replica":
-        return _replicas(model, quant, placement, workload, links, cal, backend)
-    return _layer_pipeline(model, quant, placement, workload, links, cal, backend)
+        result = _tensor_parallel(model, quant, placement, workload, links, cal, backend)
+    elif placement.mode == "replica":
+        result = _replicas(model, quant, placement, workload, links, cal, backend)
+    else:
+        result = _layer_pipeline(model, quant, placement, workload, links, cal, backend)
+    derived = sorted({d.spec.name for d in placement.devices if d.kind == "gpu" and d.spec.matrix_tflops_derived})
+    if derived:
+        result = result.model_copy(update={"notes": (*result.notes, (
+            f"prefill compute of {', '.join(derived)} derived from compute units × clock (no published FP16 figure)"
+        ))})  # fmt: skip
+    return with_bands(result, placement, workload, cal, backend)
+
+
+def with_bands(
+    result: Estimate, placement: Placement, workload: Workload, cal: Calibration, backend: str | None
+) -> Estimate:
+    """`result` with its 80 % intervals: the calibration's band for the placement's backend (all backends pooled
+    when the devices mix backends) applied to each speed. The decode upper bound is capped at the bandwidth ceiling
+    (bytes ÷ peak bandwidth), and the aggregate's at the same factor, so no range promises what physics forbids."""
+    backends = {backend or default_backend(d.spec) for d in placement.devices}
+    name = backends.pop() if len(backends) == 1 else None
+    decode_band, prefill_band = cal.band("decode", name), cal.band("prefill", name)
+    if decode_band is None or prefill_band is None or result.decode_tokens_per_s <= 0:
+        return result
+    decode = result.decode_tokens_per_s
+    ceiling = result.bandwidth_bound_tokens_per_s / decode  # >= 1: the estimator never beats the bound
+    up, down = min(decode_band.high, ceiling), min(decode_band.low, ceiling)
+    prefill = result.prefill_tokens_per_s
+    prompt = workload.prompt_tokens
+    return result.model_copy(update={
+        "decode_tokens_per_s_low": decode * down, "decode_tokens_per_s_high": decode * up,
+        "aggregate_tokens_per_s_low": result.aggregate_tokens_per_s * down,
+        "aggregate_tokens_per_s_high": result.aggregate_tokens_per_s * up,
+        "prefill_tokens_per_s_low": prefill * prefill_band.low, "prefill_tokens_per_s_high": prefill * prefill_band.high,
+        "ttft_s_low": prompt / (prefill * prefill_band.high) + 1 / (decode * up),
+        "ttft_s_high": prompt / (prefill * prefill_band.low) + 1 / (decode * down),
+    })  # fmt: skip
 
 
 def layers_for(model: ModelSpec, placement: Placement) -> tuple[int, ...]:
@@ -121,7 +157,7 @@ def _stage_step_s(
     batch: int,
     depth: float,
 ) -> float:
-    """Time for one decode step of `batch` sequences on one stage: bandwidth- or compute-bound, plus overhead."""
+    """Time for one decode step of `batch` sequences on one stage: bandwidth-, ALU- or compute-bound, plus overhead."""
     if not layer_ids and not holds_output:
         return 0.0
     weight_and_kv_1 = decode_bytes_on_device(model, quant, layer_ids, holds_output, workload, depth)
@@ -134,7 +170,8 @@ def _stage_step_s(
     flops = achieved_flops(device, quant, cal, backend)
     compute_s = batch * flops_per_token / flops if flops > 0 else 0.0
     overhead = device_fixed_overhead_s(device, len(layer_ids), workload, cal, backend)
-    return max(bytes_read / bw, compute_s) + overhead
+    alu_s = decode_alu_s(model, quant, device, layer_ids, holds_output, cal)
+    return max(bytes_read / bw, alu_s, compute_s) + overhead
 
 
 def _prefill_s(
@@ -168,6 +205,7 @@ def _prefill_s(
             flops += 2 * model.vocab_size * model.hidden_size / tp  # logits of the last token only
         peak = achieved_flops(device, quant, cal, backend)
         compute_s = flops / peak if peak > 0 else float("inf")
+        compute_s += prefill_alu_s(params, n, quant, device, cal)
         weight_bytes = decode_bytes_on_device(model, quant, ids, pos == last, workload, 0) / tp
         weights_s = weight_bytes / (achieved_bandwidth_gb_per_s(device, quant, cal, backend) * GB)
         here = compute_s + chunks * (weights_s + device_fixed_overhead_s(device, len(ids), workload, cal, backend))
@@ -303,7 +341,7 @@ def _tensor_parallel(
         dev_bytes = decode_bytes_on_device(model, quant, ids, True, workload, depth) / tp
         bw = achieved_bandwidth_gb_per_s(device, quant, cal, backend) * GB
         overhead = device_fixed_overhead_s(device, model.n_layers, workload, cal, backend)
-        step = dev_bytes / bw + overhead
+        step = max(dev_bytes / bw, decode_alu_s(model, quant, device, ids, True, cal) / tp) + overhead
         steps_1.append(step)
         dev_bound = dev_bytes / (peak_bandwidth_gb_per_s(device, cal) * GB)
         bound_s = max(bound_s, dev_bound)
@@ -319,7 +357,9 @@ def _tensor_parallel(
         bw = achieved_bandwidth_gb_per_s(device, quant, cal, backend) * GB
         flops = achieved_flops(device, quant, cal, backend)
         compute = batch * 2 * model.active_params / tp / flops if flops > 0 else 0.0
-        batch_steps.append(max(bytes_b / bw, compute) + device_fixed_overhead_s(device, model.n_layers, workload, cal, backend))
+        alu = decode_alu_s(model, quant, device, ids, True, cal) / tp
+        batch_steps.append(max(bytes_b / bw, alu, compute)
+                           + device_fixed_overhead_s(device, model.n_layers, workload, cal, backend))  # fmt: skip
     comm_b = 2 * model.n_layers * allreduce_s(model, links, tp, batch, range(tp))
     aggregate = batch / (max(batch_steps) + comm_b + cal.fixed_overhead_s)
     prefill_s = max(
@@ -362,7 +402,22 @@ def combine_replicas(singles: list[Estimate]) -> Estimate:
         ttft_s=max(s.ttft_s for s in singles),
         bandwidth_bound_tokens_per_s=max(s.bandwidth_bound_tokens_per_s for s in singles),
         notes=(f"{len(singles)} replicas; each stream runs on one",),
-    )
+    ).model_copy(update=_combined_ranges(singles))
+
+
+def _combined_ranges(singles: list[Estimate]) -> dict[str, float | None]:
+    """The replicas' 80 % ranges combined as their speeds are (slowest stream, summed aggregate), end by end; none
+    when a replica has none."""
+    rules: dict[str, Callable[[list[float]], float]] = {
+        "decode_tokens_per_s": min, "aggregate_tokens_per_s": sum, "prefill_tokens_per_s": min, "ttft_s": max,
+    }  # fmt: skip
+    out: dict[str, float | None] = {}
+    for name, combine in rules.items():
+        for end in ("low", "high"):
+            values = [getattr(s, f"{name}_{end}") for s in singles]
+            known = [v for v in values if v is not None]
+            out[f"{name}_{end}"] = combine(known) if len(known) == len(values) else None
+    return out
 
 
 def _service_estimate(model: ModelSpec, placement: Placement) -> Estimate:

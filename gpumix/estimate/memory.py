@@ -208,9 +208,13 @@ def kv_cache_bytes(model: ModelSpec, workload: Workload, layer_ids: Sequence[int
     """KV cache for the given layers under this workload (llama.cpp or vLLM semantics)."""
     per_layer_token = model.n_kv_heads * model.head_dim * 2 * kv_bytes_per_element(workload.kv_cache_dtype)
     if workload.engine == "vllm":
-        # vLLM pages hold the whole context of every sequence; sliding-window layers keep a window per sequence.
+        # vLLM pages hold the whole context of every sequence, from one pool of the process's KV budget. A
+        # sliding-window layer admits a request only with room for window - 1 + the tokens in flight (a prefill chunk of
+        # up to max_num_batched_tokens), capped at the context (vLLM 0.32 SlidingWindowSpec.max_memory_usage_bytes):
+        # the window saves memory only at long context.
         full = kv_tokens_held(workload)
-        swa = min(full, (model.sliding_window or full) * workload.parallel)
+        window = model.sliding_window or workload.context
+        swa = min(full, min(workload.context, window + VLLM_DEFAULT_BATCHED_TOKENS) * workload.parallel)
     else:
         full = kv_cells(workload)
         swa = swa_kv_cells(model, workload)
@@ -282,7 +286,9 @@ def memory_for_layers(
         weights += input_embedding_bytes(model, quant) / tensor_parallel
     if holds_output and not (embd_here and model.tied_embeddings):
         weights += output_weight_bytes(model, quant) / tensor_parallel
-    kv = kv_cache_bytes(model, workload, layer_ids) / tensor_parallel
+    # Tensor parallel shards the KV heads; with fewer KV heads than ranks vLLM replicates them, so a rank holds
+    # max(1, n_kv_heads / tp) heads (vLLM's num_kv_heads per partition = max(1, total // tp)).
+    kv = kv_cache_bytes(model, workload, layer_ids) / max(1, min(tensor_parallel, model.n_kv_heads or tensor_parallel))
     if workload.engine == "vllm":
         compute = vllm_activation_bytes(model, tensor_parallel) + VLLM_CUDA_GRAPH_BYTES
     elif workload.engine == "llama.cpp":

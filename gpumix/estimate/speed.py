@@ -14,11 +14,12 @@ from gpumix.estimate.calibration import (
     arch_family,
     default_backend,
     memory_technology,
-    quant_class,
+    quant_factor,
 )
 from gpumix.estimate.memory import (
     active_fraction,
     kv_bytes_per_element,
+    layer_params,
     layer_weight_bytes,
     output_weight_bytes,
 )
@@ -57,10 +58,11 @@ def achieved_bandwidth_gb_per_s(
     if measured is not None:
         return measured.achieved_bandwidth_gb_per_s
     params = calibration.backend(backend or default_backend(device.spec))
-    eff = params.bandwidth_efficiency * calibration.quant_bandwidth_factor.get(quant_class(quant.id), 1.0)
+    eff = params.bandwidth_efficiency * quant_factor(calibration.quant_bandwidth_factor, quant.id)
     if memory_technology(device.spec) == "hbm":
         eff *= calibration.hbm_bandwidth_factor
     eff *= calibration.arch_bandwidth_factor.get(arch_family(device.spec), 1.0)
+    eff *= calibration.era_factors()[0]
     eff = min(eff, 1.0)
     bw = device.spec.mem_bandwidth_gb_per_s * eff
     if device.kind == "cpu":
@@ -77,7 +79,8 @@ def peak_bandwidth_gb_per_s(device: Device, calibration: Calibration) -> float:
 def per_layer_overhead_s(device: Device, calibration: Calibration, backend: str | None = None) -> float:
     if calibration.measurement_for(device) is not None:
         return 0.0  # tune measures the device's whole overhead per token instead
-    return calibration.backend(backend or default_backend(device.spec)).per_layer_overhead_s
+    params = calibration.backend(backend or default_backend(device.spec))
+    return params.per_layer_overhead_s * calibration.era_factors()[2]
 
 
 def device_fixed_overhead_s(
@@ -92,12 +95,17 @@ def device_fixed_overhead_s(
     return n_layers_on_device * per_layer_overhead_s(device, calibration, backend)
 
 
-def kv_read_bytes_per_layer(model: ModelSpec, workload: Workload, depth_tokens: float, layer: int) -> float:
-    """K and V bytes attention reads for one token at this context depth (sliding-window layers cap it)."""
+def kv_read_bytes(model: ModelSpec, workload: Workload, depth_tokens: float, layer_ids: list[int]) -> float:
+    """K and V bytes attention reads for one token at this context depth over `layer_ids`: every layer reads its
+    cache up to the depth, a sliding-window layer at most its window. Counted per layer kind (not per layer):
+    the planner and the fit call this for every candidate placement."""
+    if depth_tokens <= 0 or not layer_ids:
+        return 0.0
     per_token = model.n_kv_heads * model.head_dim * 2 * kv_bytes_per_element(workload.kv_cache_dtype)
-    swa = bool(model.swa_layers) and layer < len(model.swa_layers) and model.swa_layers[layer]
-    depth = min(depth_tokens, model.sliding_window) if swa and model.sliding_window else depth_tokens
-    return per_token * depth
+    flags = model.swa_layers
+    n_swa = sum(1 for i in layer_ids if i < len(flags) and flags[i]) if flags else 0
+    window = min(depth_tokens, model.sliding_window) if model.sliding_window else depth_tokens
+    return per_token * (depth_tokens * (len(layer_ids) - n_swa) + window * n_swa)
 
 
 def decode_bytes_on_device(
@@ -107,32 +115,68 @@ def decode_bytes_on_device(
     layer_bytes = layer_weight_bytes(model, quant)
     frac = active_fraction(model)
     weights = sum(layer_bytes[i] for i in layer_ids) * frac
-    kv = sum(kv_read_bytes_per_layer(model, workload, depth, i) for i in layer_ids)
+    kv = kv_read_bytes(model, workload, depth, layer_ids)
     out = output_weight_bytes(model, quant) if holds_output else 0
     return weights + kv + out
 
 
+def decode_alu_s(
+    model: ModelSpec, quant: QuantSpec, device: Device, layer_ids: list[int], holds_output: bool,
+    calibration: Calibration,
+) -> float:
+    """Time the device's ALUs need per decode step to unpack and multiply the weights it reads: weights × fitted
+    operations per weight (per quant class) ÷ its matrix peak × the era's decode efficiency. The step takes the
+    longer of this and bytes ÷ bandwidth (a roofline); 0 without the calibration term, on a CPU, or for a device
+    `gpumix tune` measured (its measured speed already includes it)."""
+    ops = quant_factor(calibration.decode_ops_per_weight, quant.id) if calibration.decode_ops_per_weight else 0.0
+    if not ops or device.kind == "cpu" or calibration.measurement_for(device) is not None:
+        return 0.0
+    weights = layer_params(model) * len(layer_ids) * active_fraction(model)
+    if holds_output:
+        weights += model.vocab_size * model.hidden_size
+    spec = device.spec
+    peak_tflops = spec.matrix_tflops or spec.mem_bandwidth_gb_per_s * family_flop_per_byte(spec) / 1000
+    return weights * ops / (peak_tflops * 1e12 * calibration.era_factors()[0])
+
+
+def prefill_alu_s(
+    weights: float, tokens: int, quant: QuantSpec, device: Device, calibration: Calibration
+) -> float:
+    """Time the device's plain FP32 ALUs spend on prefill's non-matrix work for `weights` weights over `tokens`
+    prompt tokens: weights x tokens x fitted operations per weight (per quant class) / (ALU peak x the era's prefill
+    efficiency). Added to the matrix time; 0 without the calibration term, on a CPU, for a device `gpumix tune`
+    measured, or for a card with no ALU figure (published or derived)."""
+    ops = quant_factor(calibration.prefill_ops_per_weight, quant.id) if calibration.prefill_ops_per_weight else 0.0
+    alu_tflops = device.spec.alu_tflops
+    if not ops or not alu_tflops or device.kind == "cpu" or calibration.measurement_for(device) is not None:
+        return 0.0
+    return weights * tokens * ops / (alu_tflops * 1e12 * calibration.era_factors()[1])
+
+
 def achieved_flops(device: Device, quant: QuantSpec, calibration: Calibration, backend: str | None = None) -> float:
-    """FLOP/s prefill reaches: peak dense FP16 tensor (FP32 where no tensor figure) × fitted efficiencies."""
+    """FLOP/s prefill reaches: peak dense FP16 tensor (FP32 where no tensor figure, units × clock where neither is
+    published: GpuSpec.matrix_tflops) × fitted efficiencies."""
     measured = calibration.measurement_for(device)
     if measured is not None and measured.prefill_tflops:
         return measured.prefill_tflops * 1e12
     spec = device.spec
-    peak_tflops = spec.fp16_tflops or spec.fp32_tflops
+    peak_tflops = spec.matrix_tflops
     if not peak_tflops:
         if spec.kind == "cpu":
             return (device.threads or 1) * CPU_FLOP_PER_CORE_PER_S * calibration.backend("CPU").compute_efficiency
         peak_tflops = spec.mem_bandwidth_gb_per_s * family_flop_per_byte(spec) / 1000
     params = calibration.backend(backend or default_backend(spec))
     eff = params.compute_efficiency
-    eff *= calibration.quant_compute_factor.get(quant_class(quant.id), 1.0)
+    eff *= quant_factor(calibration.quant_compute_factor, quant.id)
     eff *= calibration.arch_compute_factor.get(arch_family(spec), 1.0)
+    eff *= calibration.era_factors()[1]
     return peak_tflops * 1e12 * min(eff, 1.0)
 
 
 @lru_cache(maxsize=64)
 def family_flop_per_byte(spec: GpuSpec) -> float:
-    """For a card with no published FP16 figure: the median FLOP:byte ratio (FP16 TFLOPS ÷ bandwidth) of catalog
+    """For a card with no FP16/FP32 figure, published or derived (a device described by hand without one, since
+    every catalog GPU has one): the median FLOP:byte ratio (FP16 TFLOPS ÷ bandwidth) of catalog
     cards of its architecture family (all cards when the family has none). Prefill from it is an approximation."""
     from gpumix.hardware.catalog import all_gpus
 

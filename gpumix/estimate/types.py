@@ -89,3 +89,14 @@ class Estimate(_Frozen):
     bandwidth_bound_tokens_per_s: float
     link_s_per_token: float = 0.0
     notes: tuple[str, ...] = Field(default_factory=tuple)
+    # 80 % prediction intervals from the calibration's leave-GPUs-out bands (Calibration.bands); None without
+    # bands or speeds. decode_tokens_per_s_high never exceeds bandwidth_bound_tokens_per_s, and the aggregate's
+    # upper bound is capped by the same factor.
+    decode_tokens_per_s_low: float | None = None
+    decode_tokens_per_s_high: float | None = None
+    aggregate_tokens_per_s_low: float | None = None
+    aggregate_tokens_per_s_high: float | None = None
+    prefill_tokens_per_s_low: float | None = None
+    prefill_tokens_per_s_high: float | None = None
+    ttft_s_low: float | None = None
+    ttft_s_high: float | None = None

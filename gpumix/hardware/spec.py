@@ -36,6 +36,11 @@ class GpuSpec(BaseModel):
     # Non-tensor FP32 ALU peak. Apple GPUs have no separate tensor rate (their matrix units run at the ALU rate,
     # FP16 as fast as FP32), so this is the compute figure prefill uses for them.
     fp32_tflops: float | None = None
+    # Compute units (SMs / CUs / Xe cores / Apple GPU cores) and boost clock, and the dense FP16 matrix peak derived
+    # from them (gpumix.hardware.compute): prefill's compute peak where no FP16/FP32 figure is published.
+    compute_units: int | None = None
+    boost_clock_mhz: float | None = None
+    fp16_tflops_derived: float | None = None
     fp8_supported: bool = False
     pcie_gen: int | None = None
     pcie_lanes: int | None = None
@@ -44,6 +49,27 @@ class GpuSpec(BaseModel):
     price_gbp_purchase: float | None = None
     aliases: tuple[str, ...] = ()
     source: str = ""
+
+    @property
+    def matrix_tflops(self) -> float | None:
+        """The compute peak prefill uses: published dense FP16 tensor, else published FP32, else derived."""
+        return self.fp16_tflops or self.fp32_tflops or self.fp16_tflops_derived
+
+    @property
+    def alu_tflops(self) -> float | None:
+        """Plain FP32 ALU peak: published `fp32_tflops`, else units x clock x FP32 lanes (gpumix.hardware.compute)."""
+        if self.fp32_tflops:
+            return self.fp32_tflops
+        if self.compute_units and self.boost_clock_mhz:
+            from gpumix.hardware.compute import derived_fp32_tflops
+
+            return derived_fp32_tflops(self.arch, self.compute_units, self.boost_clock_mhz)
+        return None
+
+    @property
+    def matrix_tflops_derived(self) -> bool:
+        """True when `matrix_tflops` is the figure derived from units × clock (nothing published)."""
+        return not (self.fp16_tflops or self.fp32_tflops) and bool(self.fp16_tflops_derived)
 
 
 def device_id(host: str | None, index: int) -> str:

@@ -16,6 +16,9 @@ from gpumix.errors import GpumixError
 from gpumix.launch import llamacpp
 from gpumix.launch.models import model_source, models_dir, resolve_hf_repo, resolve_model_file
 from gpumix.launch.spec import LaunchSpec
+from gpumix.launch.vllm_install import VLLM_VERSION, vllm_binary
+from gpumix.launch.vllm_models import is_quantized_checkpoint, local_model_dir, vllm_model_arg
+from gpumix.plan import kvmath
 from gpumix.plan.result import Plan, PlannedDevice, PlannedService
 
 LOOPBACK = "127.0.0.1"
@@ -24,25 +27,26 @@ DEFAULT_BASE_PORT = 8001
 # Readiness probes: llama-server, vLLM, TEI and whisper-server serve GET /health; sd-server has none,
 # so /v1/models stands in (engines.md §1.2, §3, §4, §5, §6).
 HEALTH_PATHS = {"llama.cpp": "/health", "vllm": "/health", "tei": "/health", "whisper": "/health", "image": "/v1/models"}
-# Binaries looked up on PATH for engines gpumix does not build.
-ENGINE_BINARIES = {"vllm": "vllm", "tei": "text-embeddings-router", "whisper": "whisper-server", "image": "sd-server"}
+# Binaries looked up on PATH for engines gpumix does not install (vLLM: gpumix.launch.vllm_install.vllm_binary).
+ENGINE_BINARIES = {"tei": "text-embeddings-router", "whisper": "whisper-server", "image": "sd-server"}
 # Container images for compose. llama.cpp and TEI tags are from their READMEs (engines.md §4 lists the TEI
 # arch tags); the whisper.cpp and sd.cpp image names are [unverified] and marked so in the compose file.
 IMAGES_GPU = {
     "llama.cpp": "ghcr.io/ggml-org/llama.cpp:server-cuda",
-    "vllm": "vllm/vllm-openai:v0.33.0",
+    "vllm": f"vllm/vllm-openai:v{VLLM_VERSION}",  # the version whose parser checks gpumix's vLLM commands
     "tei": "ghcr.io/huggingface/text-embeddings-inference:cuda-1.9",
     "whisper": "ghcr.io/ggml-org/whisper.cpp:main-cuda",
     "image": "ghcr.io/leejet/stable-diffusion.cpp:master-cuda",
 }
 IMAGES_CPU = {
     "llama.cpp": "ghcr.io/ggml-org/llama.cpp:server",
-    "vllm": "vllm/vllm-openai:v0.33.0",
+    # vLLM's CPU image (docs.vllm.ai, "Using Docker": x86-64 CPU release repo); the version tag is [unverified].
+    "vllm": f"public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v{VLLM_VERSION}",
     "tei": "ghcr.io/huggingface/text-embeddings-inference:cpu-1.9",
     "whisper": "ghcr.io/ggml-org/whisper.cpp:main",
     "image": "ghcr.io/leejet/stable-diffusion.cpp:master",
 }
-UNVERIFIED_IMAGES = {"whisper", "image"}
+UNVERIFIED_IMAGES = {IMAGES_GPU["whisper"], IMAGES_GPU["image"], IMAGES_CPU["whisper"], IMAGES_CPU["image"], IMAGES_CPU["vllm"]}
 # Quantised KV caches need flash attention in llama.cpp ("a quantized V cache needs FA", engines.md §1.1).
 _FULL_PRECISION_KV = {"f32", "f16", "bf16"}
 
@@ -55,6 +59,8 @@ def engine_binary(engine: str) -> str:
     """Absolute path when known (gpumix's llama.cpp build, or found on PATH), else the bare name."""
     if engine == "llama.cpp":
         return llama_binary("llama-server")
+    if engine == "vllm":
+        return vllm_binary(on_gpu=True)
     name = ENGINE_BINARIES[engine]
     return shutil.which(name) or name
 
@@ -163,7 +169,7 @@ def render_process(plan: Plan, proc: Process, port: int) -> LaunchSpec:
         host_name=proc.host,
         devices=proc.devices,
         argv=argv,
-        env=pinning_env(ids) | _engine_env(service, proc.devices),
+        env=pinning_env(ids) | _engine_env(plan, service, proc.devices),
         host=LOOPBACK,
         port=port,
         health_path=HEALTH_PATHS[service.engine],
@@ -331,30 +337,42 @@ def _llama_gpu_args(plan: Plan, proc: Process) -> list[str]:
 
 def _vllm(plan: Plan, proc: Process, port: int) -> tuple[list[str], list[str], int]:
     service, devices = proc.service, proc.devices
-    repo = resolve_hf_repo(service.name, service.model, service.model_path)
-    n_gpus = max(1, len(_gpu_positions(plan, devices)))
-    tp, pp = (n_gpus, 1) if service.mode == "tensor_parallel" else (1, n_gpus) if n_gpus > 1 else (1, 1)
-    seqs, _ = process_kv(service, proc.replica)
-    argv = [engine_binary("vllm"), "serve", repo, "--host", LOOPBACK, "--port", str(port),
+    gpus = _gpu_positions(plan, devices)
+    # One rank per GPU; without GPUs, one rank per CPU device (vLLM's CPU build: a NUMA node or a core range each).
+    ranks = len(gpus) if gpus else len(devices)
+    tp, pp = (ranks, 1) if service.mode == "tensor_parallel" else (1, ranks) if ranks > 1 else (1, 1)
+    model = vllm_model_arg(service)
+    seqs, tokens = process_kv(service, proc.replica)
+    argv = [vllm_binary(on_gpu=bool(gpus)), "serve", model, "--host", LOOPBACK, "--port", str(port),
             "--served-model-name", service.name, "--tensor-parallel-size", str(tp), "--pipeline-parallel-size", str(pp),
             "--max-model-len", str(service.context), "--max-num-seqs", str(seqs)]  # fmt: skip
-    argv += _vllm_memory_args(plan, service, devices) + _vllm_quant_args(service, repo)
+    argv += _vllm_memory_args(plan, service, devices, tokens or service.context * seqs)
+    argv += _vllm_quant_args(service, model)
     if service.kv_cache_dtype:
         argv += ["--kv-cache-dtype", service.kv_cache_dtype]
+    if not gpus:
+        # No CUDA graphs to capture on a CPU; eager mode also skips torch.compile, the slowest part of a CPU start.
+        argv += ["--enforce-eager"]
     if len(proc.local(plan)) < len(devices):
         argv += ["--distributed-executor-backend", "ray"]  # stages on other hosts: one Ray cluster over them
-    return argv, [], 2
+    local = local_model_dir(service)
+    return argv, [str(local)] if local else [], 2
 
 
-def _vllm_memory_args(plan: Plan, service: PlannedService, devices: list[str]) -> list[str]:
-    """--kv-cache-memory-bytes: the plan's KV per GPU of this process. vLLM gives every worker that many bytes, then
-    cuts every worker to the fewest blocks any of them got (vllm/v1/core/kv_cache_utils.py get_kv_cache_configs),
-    so the stage holding the most layers sets the tokens: pass its bytes and the lighter stages shrink to the same
-    token count (their planned KV)."""
+def _vllm_memory_args(plan: Plan, service: PlannedService, devices: list[str], tokens: int) -> list[str]:
+    """--kv-cache-memory-bytes: the plan's KV budget (`tokens`, this process's) as vLLM's own setting. The bytes are
+    per worker (GPU, or CPU rank); vLLM gives every worker that many, then cuts every worker to the fewest blocks any
+    of them got (vllm/v1/core/kv_cache_utils.py get_kv_cache_configs), so the stage holding the most KV per token
+    sets the tokens: pass its bytes and the lighter stages shrink to the same token count (their planned KV). The
+    bytes cover the tokens rounded up to whole blocks (128 tokens on vLLM's CPU platform, which the planner's
+    16-token steps do not know) plus vLLM's null block, so vLLM holds at least what the plan says. On a CPU this is
+    the only sane setting: --gpu-memory-utilization would be a share of *system* RAM (0.92 by default)."""
     mine = [b for device_id, b in zip(service.devices, service.memory_breakdown, strict=False) if device_id in devices]
     kv = [b.kv_cache_bytes for b in mine if b.kv_cache_bytes > 0]
     if kv and len(kv) == len(mine):
-        return ["--kv-cache-memory-bytes", str(max(kv))]
+        block = kvmath.VLLM_BLOCK_TOKENS if _gpu_positions(plan, devices) else kvmath.VLLM_CPU_BLOCK_TOKENS
+        asked_tokens = (math.ceil(tokens / block) + 1) * block
+        return ["--kv-cache-memory-bytes", str(math.ceil(max(kv) * asked_tokens / tokens))]
     shares = [
         service.memory_bytes[pos] / _device(plan, device_id).memory_total_bytes
         for pos, device_id in enumerate(service.devices)
@@ -365,13 +383,13 @@ def _vllm_memory_args(plan: Plan, service: PlannedService, devices: list[str]) -
     return ["--gpu-memory-utilization", f"{min(0.98, max(0.05, math.ceil(max(shares) * 100) / 100)):.2f}"]
 
 
-def _vllm_quant_args(service: PlannedService, repo: str) -> list[str]:
+def _vllm_quant_args(service: PlannedService, model: str) -> list[str]:
     quant = service.quant.lower()
     if quant in ("fp16", "f16", "half"):
         return ["--dtype", "half"]
     if quant in ("bf16", "bfloat16"):
         return ["--dtype", "bfloat16"]
-    if quant.startswith("fp8") and "fp8" not in repo.lower():
+    if quant.startswith("fp8") and not is_quantized_checkpoint(service, model):
         return ["--quantization", "fp8"]  # online FP8 of a full-precision checkpoint
     # AWQ/GPTQ/FP8 checkpoints carry their quantization config; vLLM reads it, so no flag is needed.
     return []
@@ -436,13 +454,26 @@ def _sd_memory_args(service: PlannedService) -> list[str]:
     return list(spec.low_memory.args)
 
 
-def _engine_env(service: PlannedService, devices: list[str]) -> dict[str, str]:
-    if service.engine == "vllm" and service.mode in ("pipeline_parallel", "layer_split") and len(service.layers) == len(
-        devices
-    ) and len(devices) > 1:
+def _engine_env(plan: Plan, service: PlannedService, devices: list[str]) -> dict[str, str]:
+    if service.engine != "vllm":
+        return {}
+    # vLLM reports usage statistics to its authors' server unless told not to; gpumix services do not phone home.
+    env = {"VLLM_NO_USAGE_STATS": "1"}
+    gpus = _gpu_positions(plan, devices)
+    ranks = len(gpus) if gpus else len(devices)
+    if service.mode in ("pipeline_parallel", "layer_split") and len(service.layers) == ranks and ranks > 1:
         # Exactly pp entries summing to num_hidden_layers (engines.md §3).
-        return {"VLLM_PP_LAYER_PARTITION": ",".join(str(n) for n in service.layers)}
-    return {}
+        env["VLLM_PP_LAYER_PARTITION"] = ",".join(str(n) for n in service.layers)
+    if not gpus and service.threads:
+        # OpenMP threads per CPU rank: rank r on cores [r*t, (r+1)*t). Without `threads` vLLM binds one NUMA node per
+        # rank ("auto"), which fails for TP/PP on a one-node machine.
+        t = service.threads
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
+            str(r * t) if t == 1 else f"{r * t}-{(r + 1) * t - 1}" for r in range(ranks)
+        )
+    if local_model_dir(service) is not None:
+        env["HF_HUB_OFFLINE"] = "1"  # a local directory: nothing to fetch, so never wait on the hub
+    return env
 
 
 _RENDERERS = {"llama.cpp": _llama_server, "vllm": _vllm, "tei": _tei, "whisper": _whisper, "image": _sd_server}

@@ -33,7 +33,7 @@ def render_compose(specs: list[LaunchSpec], stagger_s: float = 10.0) -> str:
     )
     header += "# Healthchecks run curl inside each image; whether every image ships curl is [unverified].\n"
     header += "".join(f"# {spec.name}: {note}\n" for spec in specs for note in spec.notes)
-    unverified = sorted({spec.engine for spec in specs if spec.engine in UNVERIFIED_IMAGES})
+    unverified = sorted({f"{spec.engine} ({spec.image})" for spec in specs if spec.image in UNVERIFIED_IMAGES})
     if unverified:
         header += f"# Image names for {', '.join(unverified)} are [unverified]: check them before pulling.\n"
     return header + yaml.safe_dump({"name": "gpumix", "services": services}, sort_keys=False, width=200)

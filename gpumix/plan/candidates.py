@@ -250,9 +250,9 @@ def streams_held(opt: Option) -> int:
 def kv_bytes_per_token(opt: Option, process: int) -> dict[str, float]:
     """Bytes one more token of KV budget costs on each device of one process with a shared pool: the slope between
     `memory_least` and `memory_full` (device id → bytes per token)."""
-    if not opt.memory_least:
-        return {}
-    span = opt.kv_max_tokens[process] - opt.kv_least_tokens[process]
+    span = opt.kv_max_tokens[process] - opt.kv_least_tokens[process] if opt.memory_least else 0
+    if span <= 0:
+        return {}  # no pool, or one that cannot grow (a replica of one stream: one full context is its most)
     full, least = [m.total_bytes for m in opt.memory_full], [m.total_bytes for m in opt.memory_least]
     return {opt.devices[i].id: max(full[i] - least[i], 0) / span for i in opt.process_positions()[process]}
 
@@ -352,7 +352,7 @@ def _host_options(options: _Options, host_devices: Sequence[Device]) -> None:
     if want in ("auto", "single") and svc.entry.replicas == 1:
         for d in _limit_per_class(gpus, options.ctx.per_class):
             options.add("single", [d])
-        if svc.engine == "llama.cpp":
+        if svc.engine in ("llama.cpp", "vllm"):
             for d in cpus:
                 options.add("single", [d])  # all layers in RAM: the only choice without GPUs, a slow one beside them
     groups = _distinct_groups(gpus)
@@ -360,8 +360,11 @@ def _host_options(options: _Options, host_devices: Sequence[Device]) -> None:
         _layer_splits(options, groups)
         _cpu_offloads(options, groups, cpus)
     if svc.engine == "vllm":
-        _tensor_parallel(options, groups)
-        _pipeline_parallel(options, groups)
+        # vLLM's CPU build runs one rank per CPU device (a NUMA node, or a core range the plan file names), so on a
+        # host without GPUs its TP/PP groups are made of CPU devices.
+        rank_groups = groups if gpus else _distinct_groups(cpus)
+        _tensor_parallel(options, rank_groups)
+        _pipeline_parallel(options, rank_groups)
     _replicas(options, gpus)
 
 

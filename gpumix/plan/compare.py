@@ -5,11 +5,12 @@ service's placement (memory-proportional split vs the chosen split vs one card v
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gpumix.errors import GpumixError
 from gpumix.estimate.calibration import Calibration
+from gpumix.estimate.types import Estimate
 from gpumix.hardware.spec import Device
 from gpumix.kinds import Objective, PlacementMode
 from gpumix.plan import planner
@@ -99,6 +100,20 @@ class Alternative:
     kv_tokens: list[int] = field(default_factory=list)  # LLMs: tokens of KV per engine process (one per replica)
     chosen: bool = False
     note: str = ""
+    # 80 % ranges of the estimate (Estimate.*_low/_high); None without calibration bands.
+    decode_tokens_per_s_low: float | None = None
+    decode_tokens_per_s_high: float | None = None
+    aggregate_tokens_per_s_low: float | None = None
+    aggregate_tokens_per_s_high: float | None = None
+    ttft_s_low: float | None = None
+    ttft_s_high: float | None = None
+
+    def with_ranges(self, est: Estimate | None) -> Alternative:
+        """This alternative with the 80 % ranges of its estimate (none for a non-LLM option)."""
+        if est is None:
+            return self
+        names = ("decode_tokens_per_s", "aggregate_tokens_per_s", "ttft_s")
+        return replace(self, **{f"{n}_{end}": getattr(est, f"{n}_{end}") for n in names for end in ("low", "high")})
 
 
 def explain(path: Path, service: str, objective: str | None = None, calibration: Calibration | None = None,
@@ -136,12 +151,13 @@ def _from_option(opt: Option, is_chosen: bool, label: str | None = None) -> Alte
     )
     if opt.memory_setting is not None:  # image services: sd-server's defaults or its low-memory setting
         label += f" ({opt.memory_setting} memory setting)"
-    return Alternative(
+    alternative = Alternative(
         label=label, mode=opt.mode, devices=[d.name for d in opt.devices], device_ids=[d.id for d in opt.devices], layers=list(opt.layers),
         fits=opt.fits(), decode_tokens_per_s=opt.decode, aggregate_tokens_per_s=opt.aggregate, ttft_s=opt.ttft_s,
         memory_gb=[round(m / 1e9, 2) for m in opt.memory_bytes], kv_tokens=list(opt.kv_tokens), chosen=is_chosen,
         note="chosen" if is_chosen else ("" if opt.fits() else "does not fit (free − margin)"),
     )  # fmt: skip
+    return alternative.with_ranges(opt.est if opt.decode else None)
 
 
 def _split_alternative(result: Planning, svc: Resolved, mode: PlacementMode, group: Sequence[Device],

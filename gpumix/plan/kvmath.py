@@ -20,6 +20,9 @@ from gpumix.estimate.types import Workload
 # vLLM allocates KV in blocks of 16 tokens (engines.md §2: page = 2·block_size(16)·kv_heads·head_size·dtype); llama.cpp
 # rounds its cells up to 256. Budgets below the maximum are whole blocks / whole 256-cell steps.
 VLLM_BLOCK_TOKENS = 16
+# vLLM's CPU platform uses 128-token blocks when none is set (vllm/platforms/cpu.py, 0.32.0); launch rounds the
+# budget up to them (gpumix.launch.commands._vllm_memory_args).
+VLLM_CPU_BLOCK_TOKENS = 128
 
 
 def kv_step(workload: Workload) -> int:

@@ -58,6 +58,16 @@ class Predicted(_Frozen):
     aggregate_tokens_per_s: float | None = None  # all streams the KV holds at once (`concurrency`)
     prefill_tokens_per_s: float | None = None
     ttft_s: float | None = None
+    # 80 % prediction intervals (gpumix.estimate Estimate.*_low/_high: the calibration's leave-GPUs-out bands; the
+    # decode upper bound never exceeds the bandwidth ceiling). None where the calibration has no bands.
+    decode_tokens_per_s_low: float | None = None
+    decode_tokens_per_s_high: float | None = None
+    aggregate_tokens_per_s_low: float | None = None
+    aggregate_tokens_per_s_high: float | None = None
+    prefill_tokens_per_s_low: float | None = None
+    prefill_tokens_per_s_high: float | None = None
+    ttft_s_low: float | None = None
+    ttft_s_high: float | None = None
     # Non-LLM services report their own unit (images/s, audio seconds per second, items/s).
     throughput: float | None = None
     throughput_unit: str | None = None
@@ -71,6 +81,8 @@ class SloCheck(_Frozen):
     predicted: float | None
     met: bool
     margin: float | None = None  # predicted/target - 1 (positive = headroom)
+    predicted_low: float | None = None  # the prediction's 80 % range (Estimate.*_low/_high), where it has one
+    predicted_high: float | None = None
 
 
 class PlannedDevice(_Frozen):

