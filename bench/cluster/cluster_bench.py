@@ -6,9 +6,10 @@ dead-host detection, and `cluster down`.
 Each round: `gpumix cluster local --hosts a,b --json` (timed from the command's start to its exit, when every
 node is registered); memory of each node's processes (RSS and PSS, which counts shared pages once);
 a host agent with a stand-in engine (tests/run/fake_engine.py) on host a, timed from actor creation to the
-engine's first healthy answer; with --llama, the same for the CPU demo's chat llama-server (Gemma 3 270M) on
-host b plus its first chat reply; then SIGKILL to host b's Ray processes, timed until Ray reports the node
-dead; then `gpumix cluster down`, timed, and a check that no process of the cluster is left.
+engine's first healthy answer; with --llama, the same for the CPU demo's chat llama-server (SmolLM2 135M since
+issue 13; RESULTS.md was measured with Gemma 3 270M) on host b plus its first chat reply; then SIGKILL to host
+b's Ray processes, timed until Ray reports the node dead; then `gpumix cluster down`, timed, and a check that no
+process of the cluster is left.
 """
 
 from __future__ import annotations

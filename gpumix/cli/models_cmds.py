@@ -1,14 +1,17 @@
-"""`gpumix models [QUERY]`, `gpumix models show REF`, `gpumix quants`: the model and quantisation catalogs."""
+"""`gpumix models [QUERY]`, `gpumix models show REF`, `gpumix quants`: the model and quantisation catalogs;
+`gpumix synth`: a synthetic GGUF of a catalog model (logic in gpumix.tune.synth)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from gpumix.cli.output import add_row, show
+from gpumix.cli.output import add_row, esc, say, show, stdout_console
 from gpumix.errors import GpumixError
 from gpumix.models.catalog import all_quants, load_model, search_models
 from gpumix.models.spec import ModelSpec
@@ -103,6 +106,46 @@ def quants(as_json: bool = typer.Option(False, "--json", help="Machine-readable.
     show(table)
 
 
+def synth(
+    model: str = typer.Option(..., "--model", "-m", help="Catalog model id (or an HF config.json) to synthesise."),
+    quant: str = typer.Option("q4_k_m", "--quant", "-q", help="f32 | f16 | bf16, or a llama.cpp quant (q4_k_m, q8_0, ...)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write the GGUF here (default: print the cached file's path)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the weights (the same seed gives the same file)."),
+    threads: int = typer.Option(None, "--threads", "-t", help="llama-quantize threads (default: all CPUs)."),
+    force: bool = typer.Option(False, "--force", help="Make the file again even if it is cached."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Write a GGUF with a catalog model's exact tensors and metadata and random weights (no download).
+
+    Speed and memory depend on shapes, not values: llama-server and llama-bench on this file measure the
+    architecture honestly. Float types are written directly; other formats by llama.cpp's llama-quantize.
+    Cached in ~/.cache/gpumix/synth."""
+    from gpumix.tune.synth import synthesize
+
+    progress = None if as_json else Progress(
+        TextColumn("[bold]synth[/]"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+        TextColumn("{task.description}"), console=stdout_console(), transient=True,
+    )  # fmt: skip
+
+    def report(message: str, fraction: float | None) -> None:
+        if progress is not None:
+            progress.update(task, description=esc(message), completed=fraction)
+
+    if progress is not None:
+        with progress:
+            task = progress.add_task("starting", total=1.0)
+            result = synthesize(model, quant, out, seed=seed, force=force, threads=threads, progress=report)
+    else:
+        result = synthesize(model, quant, out, seed=seed, force=force, threads=threads)
+    if as_json:
+        print(json.dumps({"path": str(result.path), "cache_path": str(result.cache_path), "model": result.model_id,
+                          "quant": result.quant, "size_bytes": result.size_bytes, "cached": result.cached}))  # fmt: skip
+        return
+    how = "from the cache" if result.cached else "written"
+    say(f"{esc(result.model_id)} {esc(result.quant)}: {esc(result.path)} ({fmt_gib(result.size_bytes)}, {how})")
+
+
 def register(app: typer.Typer) -> None:
     app.command("models")(models)
     app.command("quants")(quants)
+    app.command("synth")(synth)

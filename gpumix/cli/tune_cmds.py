@@ -22,7 +22,11 @@ def _split_list(value: str | None) -> list[str]:
 
 
 def tune_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="GGUF path (or a catalog id with a local file)."),
+    model: str = typer.Option(
+        ..., "--model", "-m", help="GGUF path, or a catalog id (e.g. llama-3.1-8b): synthesised once with random "
+        "weights and cached, since speed depends on shapes, not values."
+    ),
+    quant: str = typer.Option("q4_k_m", "--quant", "-q", help="Weight format when --model is a catalog id."),
     devices: str = typer.Option(None, "--devices", help="llama.cpp devices, e.g. CUDA0,CUDA1 or RPC0,RPC1."),
     rpc: str = typer.Option(None, "--rpc", help="ggml-rpc-server list host:port,... (`gpumix testbed up` prints it)."),
     ctx: int = typer.Option(4096, "--ctx", help="Context per sequence the split must leave room for."),
@@ -70,9 +74,9 @@ def tune_cmd(
             soft_wrap=True,
         )
 
-    from gpumix.tune.session import resolve_devices, resolve_model_file
+    from gpumix.tune.session import resolve_devices
 
-    model = str(resolve_model_file(model))  # a bad model is reported before any device is probed
+    model = str(_model_file(model, quant, as_json))  # a bad model is reported before any device is probed
     resolved = resolve_devices(_split_list(devices), rpc_list)
     names = [d.name for d in resolved]
     if not as_json:
@@ -100,6 +104,23 @@ def tune_cmd(
         say(Text(f"calibration written to {written}"))
     if plot:
         say(Text(f"plot written to {plot}"))
+
+
+def _model_file(model: str, quant: str, quiet: bool) -> Path:
+    from gpumix.tune.session import resolve_model_file
+
+    if quiet:
+        return resolve_model_file(model, quant)
+    with stdout_console().status(f"resolving {esc(model)}...", spinner="dots") as status:
+
+        def report(message: str, fraction: float | None) -> None:
+            done = "" if fraction is None else f" {fraction:.0%}"
+            status.update(f"synthesising {esc(model)} {esc(quant)}: {esc(message)}{done}")
+
+        path = resolve_model_file(model, quant, progress=report)
+    if path.parent.name == "synth":
+        say(Text(f"{model}: synthetic {quant} GGUF (random weights, exact shapes) {path}"))
+    return path
 
 
 def _print_result(data: dict[str, Any]) -> None:

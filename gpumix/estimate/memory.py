@@ -233,28 +233,67 @@ def _round_up(value: int, multiple: int) -> int:
     return int(math.ceil(value / multiple) * multiple)
 
 
+# Widths (f32 values per ubatch token) of the tensors alive at the peak of each phase of llama.cpp's graph, read
+# from ggml-alloc's reservation (`sched_reserve: CPU compute buffer size`) of llama-server 0c1e570 `-lv 4` on seven
+# architectures (llama, qwen2, qwen3, gemma3, granitemoe; tests/estimate/test_llama_memory.py):
+#   FFN: gate and up projections and their gated product (3 × ffn width; MoE: the routed experts' outputs,
+#        ggml_mul_mat_id's [n_ff, n_expert_used, n_tokens]) plus 4 hidden-size tensors (residual, normed input,
+#        down projection, sum). Every measured dense and MoE model matches 3·n_ff + 4·hidden to < 1 MiB.
+#   attention without flash attention: the f32 scores (n_kv × n_heads) plus ~6 q-width tensors (q, k, v, their
+#        RoPE'd copies, the output); with flash attention the scores never exist and the FFN phase dominates.
+FFN_PHASE_FFN_TENSORS = 3
+FFN_PHASE_HIDDEN_TENSORS = 4
+ATTENTION_PHASE_Q_TENSORS = 6
+OUTPUT_PHASE_HIDDEN_TENSORS = 2
+F32 = 4
+
+
+def llama_graph_tokens(workload: Workload) -> int:
+    """Tokens of the worst-case graph llama.cpp reserves: min(n_ctx, n_ubatch) (llama_context::sched_reserve)."""
+    return min(workload.ubatch, kv_cells(workload))
+
+
+def llama_mask_bytes(model: ModelSpec, workload: Workload) -> int:
+    """The KQ mask inputs, alive for the whole graph: n_kv cells of one KV stream × ubatch tokens (f16 with flash
+    attention, f32 without; llama-graph.cpp build_attn_inp_kq_mask), and a second one for sliding-window layers."""
+    tokens = llama_graph_tokens(workload)
+    streams = 1 if workload.kv_unified else workload.parallel
+    element = 2 if workload.flash_attention else 4
+    total = tokens * (kv_cells(workload) // streams) * element
+    if model.sliding_window and any(model.swa_layers):
+        total += tokens * (swa_kv_cells(model, workload) // streams) * element
+    return total
+
+
+def llama_output_buffer_bytes(model: ModelSpec, workload: Workload) -> int:
+    """llama_context::output_reserve at start-up: f32 logits (and embeddings with --embeddings) for one output per
+    sequence. llama.cpp allocates it apart from its memory breakdown table (`CPU output buffer size`)."""
+    per_output = model.vocab_size + (model.hidden_size if workload.embeddings else 0)
+    return workload.parallel * per_output * F32
+
+
 def llama_compute_buffer_bytes(model: ModelSpec, workload: Workload) -> int:
     """llama.cpp's scheduler compute buffer on one device (`sched_reserve: ... compute buffer size`).
 
-    The graph is reserved for one ubatch. Two terms, fitted to llama-server 0c1e570 `-lv 4` output on Gemma 3 270M
-    (ub 256/512, n_ctx 4096-32768, 1-8 slots, flash attention on/off; see tests/estimate/test_llama_memory.py):
-    FFN-width intermediates ≈ 20 bytes × n_ff per ubatch token (gate, up, their product in f32, plus the
-    hidden-size tensors they feed), and the attention mask/scores per KV stream: with flash attention an f16 mask
-    of ubatch × cells, without it f32 scores of ubatch × cells × heads.
+    ggml-alloc reuses freed memory, so the buffer is the masks (inputs alive throughout) plus the peak of the
+    phases, not their sum: the FFN phase (3 × ffn width + 4 × hidden f32 values per token; MoE: ffn width × experts
+    used), the attention phase (without flash attention: n_kv × heads f32 scores per token + 6 q-widths) or the
+    output phase (the logits).
     """
-    ub = workload.ubatch
-    cells = kv_cells(workload)
-    stream_cells = cells if workload.kv_unified else cells // workload.parallel
-    ffn = ub * max(model.intermediate_size, model.hidden_size) * 20
-    if workload.flash_attention:
-        attention = ub * stream_cells * 2
-    else:
-        attention = ub * stream_cells * model.n_heads * 4
-    # With --embeddings every token of the ubatch is an output, and the graph is reserved with f32 logits for all
-    # of them: llama-server's Gemma 3 270M embeddings server reports a 516 MiB compute buffer = 262144 × 512 × 4 B
-    # + the terms above (tests/run memory check).
-    outputs = model.vocab_size * ub * 4 if workload.embeddings else 0
-    return int(ffn + attention + outputs)
+    tokens = llama_graph_tokens(workload)
+    stream_cells = kv_cells(workload) // (1 if workload.kv_unified else workload.parallel)
+    ffn_width = model.intermediate_size * (model.n_experts_active if model.is_moe else 1)
+    ffn_phase = tokens * (FFN_PHASE_FFN_TENSORS * ffn_width + FFN_PHASE_HIDDEN_TENSORS * model.hidden_size) * F32
+    q_width = max(model.hidden_size, model.n_heads * model.head_dim)
+    scores = 0 if workload.flash_attention else stream_cells * model.n_heads
+    attention_phase = tokens * (scores + ATTENTION_PHASE_Q_TENSORS * q_width) * F32
+    # The output phase: f32 logits for the graph's outputs (one per sequence; with --embeddings every ubatch token:
+    # llama-server's Gemma 3 270M embeddings server reserves 516 MiB = 262144 × 512 × 4 B + the masks and the
+    # last hidden states, tests/run memory check) and the final hidden states they are projected from.
+    outputs = tokens if workload.embeddings else min(workload.parallel, tokens)
+    output_phase = (outputs * model.vocab_size + OUTPUT_PHASE_HIDDEN_TENSORS * tokens * model.hidden_size) * F32
+    peak = max(ffn_phase, attention_phase, output_phase)
+    return int(llama_mask_bytes(model, workload) + peak)
 
 
 def vllm_activation_bytes(model: ModelSpec, tp: int) -> int:
@@ -293,6 +332,9 @@ def memory_for_layers(
         compute = vllm_activation_bytes(model, tensor_parallel) + VLLM_CUDA_GRAPH_BYTES
     elif workload.engine == "llama.cpp":
         compute = llama_compute_buffer_bytes(model, workload) if layer_ids or holds_output else 0
+        if not is_gpu and holds_output:
+            # the logits handed back to the caller live in host RAM (pinned host memory when a GPU computes them)
+            compute += llama_output_buffer_bytes(model, workload)
     else:
         compute = 0
     overhead = (CUDA_CONTEXT_BYTES if is_gpu else 0) + (NCCL_BUFFER_BYTES if uses_nccl else 0)

@@ -27,6 +27,8 @@ ARCH_TRAITS: dict[str, ArchTraits] = {
     "mistral": ArchTraits(),
     "mixtral": ArchTraits(),
     "qwen2": ArchTraits(qkv_bias=True),
+    "qwen3": ArchTraits(qk_norm=True),
+    "granitemoe": ArchTraits(),
     "gemma3": ArchTraits(norms_per_layer=4, qk_norm=True),
     "gemma2": ArchTraits(norms_per_layer=4),
     "gpt-oss": ArchTraits(qkv_bias=True, o_bias=True, attn_sinks=True, expert_bias=True),

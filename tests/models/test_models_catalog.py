@@ -98,6 +98,16 @@ PUBLISHED_PARAMS = {
     "codellama-7b": 7e9 * 0.963,  # the paper's "7B" is Llama 2 7B's 6.74B shapes
     "codellama-34b": 34e9,
     "gemma-3-270m": 0.270e9,
+    # model cards: Qwen2.5 0.5B/1.5B/3B (0.49B, 1.54B, 3.09B), Qwen3 0.6B (0.6B), SmolLM2 (135M, 360M, 1.7B),
+    # IBM granite-3.0-1b-a400m (1.3B total: the "1b" in its name rounds 1.33B down)
+    "qwen2.5-0.5b": 0.49e9,
+    "qwen2.5-1.5b": 1.54e9,
+    "qwen2.5-3b": 3.09e9,
+    "qwen3-0.6b": 0.6e9,
+    "smollm2-135m": 135e6,
+    "smollm2-360m": 360e6,
+    "smollm2-1.7b": 1.7e9,
+    "granite-3.0-1b-a400m": 1.33e9,
     "gemma-3-1b": (302 + 698) * 1e6,
     "gemma-3-4b": (675 + 3209) * 1e6,
     "gemma-3-12b": (1012 + 10759) * 1e6,

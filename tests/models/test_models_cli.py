@@ -22,7 +22,8 @@ def test_models_list_json_and_filter() -> None:
     assert "llama-3-8b" in ids and "whisper-large-v3" in ids
     result = runner.invoke(app, ["models", "qwen", "--json"])
     assert {m["id"] for m in json.loads(result.stdout)} == {
-        "qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b", "qwen2.5-72b", "qwen2.5-coder-32b"}
+        "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b", "qwen2.5-72b",
+        "qwen2.5-coder-32b", "qwen3-0.6b"}
 
 
 def test_models_table() -> None:

@@ -8,7 +8,7 @@ from gpumix.plan.result import Plan
 
 @pytest.fixture(scope="session")
 def cpu_demo_plan() -> Plan:
-    """examples/cpu-demo.yaml planned by the real planner (chat + embeddings, Gemma 3 270M on the CPU)."""
+    """examples/cpu-demo.yaml planned by the real planner (chat on SmolLM2 135M, embeddings on Gemma 3 270M, CPU)."""
     from gpumix.plan.planner import plan_file
 
     plan = plan_file(EXAMPLES / "cpu-demo.yaml")

