@@ -109,3 +109,17 @@ def test_a_stand_in_is_sized_for_the_streams_it_replaces():
     assert lost_entry(spec.services[0], LostService("chat", 1), left).concurrency == 8  # unknown: the file's
     plan = replan_services(spec, [LostService("chat", 1, concurrency=3)], left)
     assert plan.service("chat").devices == ["a/cpu0"] and plan.service("chat").concurrency == 3
+
+
+def test_advice_for_a_service_that_may_use_no_device_is_a_reason_not_a_crash(fleet):
+    """A stand-in that must avoid the only survivor has an empty device pool; the planner's advice (which sizes the
+    roomiest host's GPUs) used to raise ValueError there."""
+    from gpumix.plan.planner import plan_services
+
+    spec, devices = fleet
+    left = remaining_devices(devices, {"b"}, {"a/cpu0": 313_696_768})
+    entry = lost_entry(next(e for e in spec.services if e.name == "chat"), LostService("chat", 1, avoid=("a/cpu0",)),
+                       left)  # fmt: skip
+    plan = plan_services(spec.model_copy(update={"services": [entry]}), devices=list(left))
+    assert not plan.feasible and plan.service("chat").devices == []
+    assert len(plan.reasons) == 1 and plan.reasons[0].startswith("chat ")
