@@ -63,6 +63,11 @@ def gateway(
         str, typer.Option(help="replicas: `shares` (in-flight requests in proportion to the plan's replica shares) "
                           "or `least-outstanding`")  # fmt: skip
     ] = "shares",
+    backends_file: Annotated[
+        Path | None,
+        typer.Option(help='JSON {"services": {NAME: [URL, ...]}, "weights": {NAME: [STREAMS, ...]}}, re-read when '
+                     "it changes (`up --ray` writes it)"),  # fmt: skip
+    ] = None,
 ) -> None:
     """Serve the plan's services behind one OpenAI-compatible port."""
     from gpumix.gateway.config import DashboardSettings, HealthSettings, Limits, build_config, load_api_keys, load_plan
@@ -78,6 +83,7 @@ def gateway(
         load_plan(plan) if plan else None, backend or [], route or [], limits=limits, health=health,
         api_keys=load_api_keys(api_keys_file, api_keys_env), access_log=access_log, redis_url=redis, balance=balance,
         dashboard=DashboardSettings(interval_s=ui_interval_s, run_dir=run_dir) if ui else None,
+        backends_file=backends_file,
     )  # fmt: skip
     serve(Gateway(config), host, port)
 

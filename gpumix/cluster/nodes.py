@@ -189,6 +189,10 @@ def cluster_env(base: dict[str, str], token_file: Path | None, fast_health: bool
         "RAY_health_check_initial_delay_ms": "1000",
         "RAY_enable_worker_prestart": "0",  # a host agent is one worker; idle Python workers only cost RAM
         "RAY_prestart_worker_first_driver": "0",
+        # A Ray worker that exits SIGKILLs its child processes by default; a host agent's child is gpumix's
+        # supervisor, which must live to stop its engines (SIGTERM, grace, SIGKILL). Killed instead, it leaves each
+        # engine to its own SIGTERM shutdown: llama-server kept a request open 60 s after its host died.
+        "RAY_kill_child_processes_on_worker_exit": "0",
     }
     return with_auth(base, token_file) | tuning
 

@@ -29,6 +29,8 @@ class Backend:
     healthy: bool = True  # last active check (optimistic until the first one)
     consecutive_failures: int = 0
     open_until: float = 0.0  # monotonic time the circuit stays open until
+    dead: bool = False  # its host is dead (the backends file says so): out until it is listed again
+    inflight: set[asyncio.Timeout] = field(default_factory=set, repr=False)  # attempts waiting on it
     _slots: asyncio.Semaphore | None = field(default=None, repr=False)
     _waiting: int = 0
 
@@ -39,7 +41,19 @@ class Backend:
         return self._slots
 
     def available(self, now: float) -> bool:
-        return self.healthy and now >= self.open_until
+        return self.healthy and now >= self.open_until and not self.dead
+
+    def abort_inflight(self) -> int:
+        """The backend's host is dead: every attempt waiting on it ends now (TimeoutError) and is retried on
+        another backend; returns how many. (Nothing had reached the client yet: attempts past their first byte
+        are not waiting here.)"""
+        self.dead = True
+        self.healthy = False
+        now = asyncio.get_running_loop().time()
+        scopes = list(self.inflight)
+        for scope in scopes:
+            scope.reschedule(now)
+        return len(scopes)
 
     def record_success(self) -> None:
         self.consecutive_failures = 0
@@ -88,6 +102,14 @@ class BackendPool:
 
     def all(self) -> list[Backend]:
         return [b for backends in self.by_service.values() for b in backends]
+
+    def set_urls(self, service: str, urls: list[str], make: Callable[[str], Backend]) -> tuple[list[str], list[str]]:
+        """Replace the service's backends by `urls` (a backends file changed); a URL kept keeps its Backend (its
+        health, breaker and outstanding count). Returns (added, removed) URLs. Requests already sent to a removed
+        backend finish (or fail over) on their own; new ones no longer go there."""
+        old = {b.url: b for b in self.by_service.get(service, [])}
+        self.by_service[service] = [old.get(url) or make(url) for url in dict.fromkeys(urls)]
+        return [u for u in urls if u not in old], [u for u in old if u not in urls]
 
     def pick(self, service: str, exclude: set[str]) -> Backend | None:
         """The available backend whose outstanding requests, with this one, are the smallest multiple of its weight

@@ -6,9 +6,10 @@ Built from a Plan, from `--backend NAME=URL` pairs, or both. Everything here is 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -102,6 +103,9 @@ class GatewayConfig:
     async_endpoints: tuple[str, ...] = PROXIED_ENDPOINTS  # endpoints that honour `Prefer: respond-async`
     plan: Plan | None = None  # the plan the services came from (the dashboard shows its predictions and cards)
     dashboard: DashboardSettings | None = DashboardSettings()  # None: no /ui, /api/status, /api/events
+    balance: str = "shares"  # BALANCE_MODES: how a backends file's weights are used
+    backends_file: Path | None = None  # JSON (BackendsFile), re-read when it changes (`gpumix up --ray`)
+    backends_poll_s: float = 0.5
 
     def service(self, name: str) -> ServiceConfig:
         for svc in self.services:
@@ -231,6 +235,7 @@ def build_config(
     redis_url: str | None = None,
     balance: str = "shares",
     dashboard: DashboardSettings | None = DashboardSettings(),
+    backends_file: Path | None = None,
 ) -> GatewayConfig:
     """Services from the plan and/or `NAME=URL` backend pairs; the keywords are GatewayConfig's other fields
     (None: its default). `balance`: `shares` weights a service's replicas by the plan's replica_shares,
@@ -238,11 +243,16 @@ def build_config(
     if balance not in BALANCE_MODES:
         raise GpumixError(f"unknown --balance {balance!r}", hint=f"use {' or '.join(BALANCE_MODES)}")
     urls = _backend_urls(list(backends))
+    from_file = read_backends_file(backends_file) if backends_file is not None else None
+    if from_file is not None:
+        urls |= from_file.services
     if plan is None and not urls:
         raise GpumixError(
             "the gateway needs a plan or at least one --backend", hint="--backend chat=http://127.0.0.1:8001"
         )
     services = _from_plan(plan, urls, balance) if plan is not None else _from_backends(urls)
+    if from_file is not None and balance == "shares":
+        services = [_with_file_weights(s, from_file) for s in services]
     names = {s.name for s in services}
     for svc in services:
         if svc.fallback and svc.fallback not in names:
@@ -252,5 +262,64 @@ def build_config(
     return GatewayConfig(
         services=tuple(services), routes=_routes(list(routes), services), limits=limits or Limits(),
         health=health or HealthSettings(), api_keys=api_keys, access_log=access_log, redis_url=redis_url,
-        plan=plan, dashboard=dashboard,
+        plan=plan, dashboard=dashboard, balance=balance, backends_file=backends_file,
     )  # fmt: skip
+
+
+def _with_file_weights(svc: ServiceConfig, table: BackendsFile) -> ServiceConfig:
+    """The service with the backends file's weights, when the file gives one per URL (it lists the replicas of a
+    deployment whose parts may have moved, so the plan's own shares may no longer line up with its URLs)."""
+    weights = table.weights_of(svc.name)
+    return replace(svc, weights=weights) if weights and len(weights) == len(svc.urls) else svc
+
+
+MAX_BACKENDS_FILE_BYTES = 1_000_000
+
+
+@dataclass(frozen=True)
+class BackendsFile:
+    """A backends file, as `gpumix up --ray` writes it and the gateway follows it:
+    `{"services": {NAME: [URL, ...]}, "weights": {NAME: [W, ...]}, "dead": [URL, ...]}`.
+    `weights` (optional, one per URL): each replica's streams (its planned -np / --max-num-seqs), which the gateway
+    balances in-flight requests by under `--balance shares`; `dead`: URLs whose host died (requests waiting on them
+    are failed over at once)."""
+
+    services: dict[str, list[str]]
+    weights: dict[str, list[float]] = field(default_factory=dict)
+    dead: frozenset[str] = frozenset()
+
+    def weights_of(self, service: str) -> tuple[float, ...]:
+        """The service's weights, one per URL; () when the file gives none or not one per URL."""
+        weights = self.weights.get(service, [])
+        return tuple(weights) if len(weights) == len(self.services.get(service, [])) else ()
+
+
+def read_backends_file(path: Path) -> BackendsFile:
+    """Read and check a backends file (every URL, every weight > 0); a bad file is a GpumixError naming the field."""
+    try:
+        if path.stat().st_size > MAX_BACKENDS_FILE_BYTES:
+            raise GpumixError(f"backends file {path}: larger than {MAX_BACKENDS_FILE_BYTES} bytes")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise GpumixError(f"cannot read backends file {path}: {exc.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise GpumixError(f"backends file {path} is not JSON: {exc}") from None
+    services = data.get("services") if isinstance(data, dict) else None
+    if not isinstance(services, dict) or not all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(u, str) for u in v) for k, v in services.items()
+    ):
+        raise GpumixError(f"backends file {path}: expected {{\"services\": {{NAME: [URL, ...]}}}}")
+    weights = data.get("weights", {})
+    if not isinstance(weights, dict) or not all(
+        isinstance(v, list) and all(isinstance(w, int | float) and not isinstance(w, bool) and w > 0 for w in v)
+        for v in weights.values()
+    ):
+        raise GpumixError(f"backends file {path}: \"weights\" must be {{NAME: [NUMBER > 0, ...]}}")
+    dead = data.get("dead", [])
+    if not isinstance(dead, list) or not all(isinstance(u, str) for u in dead):
+        raise GpumixError(f"backends file {path}: \"dead\" must be a list of URLs")
+    return BackendsFile(
+        services={name: [_check_url(url, name) for url in urls] for name, urls in services.items()},
+        weights={str(name): [float(w) for w in ws] for name, ws in weights.items()},
+        dead=frozenset(u.rstrip("/") for u in dead),
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -48,6 +49,12 @@ class GatewayMetrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
+
+    def forget(self, metric: Any, *labels: str) -> None:
+        """Drop one labelled series (a backend removed from the table)."""
+        self._children.pop((id(metric), labels), None)
+        with contextlib.suppress(KeyError):
+            metric.remove(*labels)
 
 
 @dataclass

@@ -17,8 +17,11 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from email.parser import BytesParser
 from email.policy import HTTP
+from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -28,7 +31,15 @@ from yarl import URL
 
 from gpumix.errors import GpumixError
 from gpumix.gateway.backends import Backend, BackendPool, QueueFull, check_all, health_loop
-from gpumix.gateway.config import PROXIED_ENDPOINTS, TRANSCRIPTIONS, GatewayConfig, HealthSettings, ServiceConfig
+from gpumix.gateway.config import (
+    PROXIED_ENDPOINTS,
+    TRANSCRIPTIONS,
+    BackendsFile,
+    GatewayConfig,
+    HealthSettings,
+    ServiceConfig,
+    read_backends_file,
+)
 from gpumix.gateway.metrics import AccessLog, GatewayMetrics, StreamUsage, Usage, usage_from_json
 from gpumix.gateway.queue import JobQueue
 
@@ -38,6 +49,7 @@ _RETRYABLE_STATUS = frozenset({502, 503, 504})
 _USAGE_OBJECT_RE = re.compile(rb'"usage"\s*:\s*(\{(?:[^{}]|\{[^{}]*\})*\})')
 _FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "User-Agent")
 _MAX_FALLBACK_DEPTH = 4
+T = TypeVar("T")
 
 
 class ApiError(Exception):
@@ -121,6 +133,8 @@ class Gateway:
             ),
             asyncio.create_task(self._flush_loop()),
         ]
+        if self.config.backends_file is not None:
+            self._tasks.append(asyncio.create_task(self._watch_backends_file(self.config.backends_file)))
         if self.dashboard is not None:  # its one background sampler; nothing of it runs on the request path
             self._tasks.append(asyncio.create_task(self.dashboard.sampler.run()))
 
@@ -140,6 +154,53 @@ class Gateway:
         while True:
             await asyncio.sleep(1.0)
             self.access_log.flush()
+
+    async def _watch_backends_file(self, path: Path) -> None:
+        """Re-read the backends file when it changes (`gpumix up --ray` rewrites it when a host dies, a service
+        moves or returns). A stat per poll: the request path never touches the file."""
+        seen = _file_key(path)
+        while True:
+            await asyncio.sleep(self.config.backends_poll_s)
+            key = _file_key(path)
+            if key == seen:
+                continue
+            seen = key
+            try:
+                table = read_backends_file(path)
+            except GpumixError as exc:
+                print(f"gpumix gateway: keeping the current backends: {exc.message}", flush=True)
+                continue
+            self.apply_backends(table)
+
+    def apply_backends(self, table: BackendsFile) -> None:
+        """Each service named in `table` gets exactly those backend URLs (others keep theirs), weighted by the
+        file's weights under `--balance shares` (equal otherwise). Requests waiting on a backend in `table.dead`
+        (its host died) are failed over at once instead of waiting for a timeout."""
+        dead = table.dead
+        for backend in self.pool.all():
+            if backend.url in dead:
+                aborted = backend.abort_inflight()
+                if aborted:
+                    print(f"gpumix gateway: {backend.url} is dead: {aborted} request(s) retried elsewhere", flush=True)
+        for svc in self.config.services:
+            urls = table.services.get(svc.name)
+            if urls is None:
+                continue
+            added, removed = self.pool.set_urls(svc.name, urls, self._backend_maker(svc))
+            weights = table.weights_of(svc.name) if self.config.balance == "shares" else ()
+            weight_of = dict(zip(urls, weights, strict=True)) if weights else {}
+            for backend in self.pool.by_service[svc.name]:
+                backend.dead = backend.dead and backend.url in dead  # listed and not dead: its host is back
+                backend.weight = weight_of.get(backend.url, 1.0)
+            for url in removed:
+                self.metrics.forget(self.metrics.healthy, url)
+            if added or removed:
+                print(f"gpumix gateway: {svc.name}: backends {', '.join(urls) or 'none'}", flush=True)
+        self._publish_health()
+
+    def _backend_maker(self, svc: ServiceConfig) -> Callable[[str], Backend]:
+        health = _health_for(svc, self.config)
+        return lambda url: Backend(svc.name, url, self.config.limits, health)
 
     def _publish_health(self) -> None:
         now = time.monotonic()
@@ -378,17 +439,26 @@ class Gateway:
     async def _exchange(self, request: web.Request, backend: Backend, svc: ServiceConfig, endpoint: str, body: bytes,
                         headers: dict[str, str], record: dict) -> web.StreamResponse:  # fmt: skip
         try:
-            async with asyncio.timeout(self.config.limits.first_byte_timeout_s):
+            async with asyncio.timeout(self.config.limits.first_byte_timeout_s) as scope:
                 assert self.session is not None, "requests are served only after _startup opened the session"
-                upstream = await self.session.post(
-                    self._upstream_url(backend, endpoint), data=body, headers=headers
-                )
+                backend.inflight.add(scope)  # abort_inflight() ends the wait when the backend's host is dead
+                try:
+                    upstream = await self.session.post(
+                        self._upstream_url(backend, endpoint), data=body, headers=headers
+                    )
+                finally:
+                    backend.inflight.discard(scope)
         except aiohttp.ClientConnectorError as exc:
             backend.record_failure(hard=True)
             raise _Failed(f"connect: {exc.os_error or exc}") from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            # No answer to the connection at all (a dead or cut-off host): out at once, like a refused connection,
+            # so the next requests do not each wait for the connect timeout.
+            backend.record_failure(hard=True)
+            raise _Failed("connect: timed out") from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            backend.record_failure()
-            raise _Failed(f"{type(exc).__name__} before the response headers") from exc
+            backend.record_failure(hard=backend.dead)
+            raise _Failed("its host is dead" if backend.dead else f"{type(exc).__name__} before the response headers") from exc
         try:
             if upstream.status in _RETRYABLE_STATUS:
                 backend.record_failure()
@@ -396,7 +466,7 @@ class Gateway:
             if upstream.content_type == "text/event-stream":
                 return await self._stream(request, upstream, backend, svc, record)
             try:
-                data = await upstream.read()
+                data = await _abortable(backend, upstream.read())
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 backend.record_failure()
                 raise _Failed(f"{type(exc).__name__} while reading the body") from exc
@@ -417,7 +487,7 @@ class Gateway:
         before producing anything can still be retried elsewhere."""
         counter = StreamUsage()
         try:
-            first = await upstream.content.readany()
+            first = await _abortable(backend, upstream.content.readany())
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             backend.record_failure()
             upstream.close()
@@ -465,6 +535,24 @@ class Gateway:
             cost_gbp = usage.total_tokens * svc.gbp_per_million_tokens / 1e6
             record["cost_gbp"] = round(cost_gbp, 9)
             self.metrics.child(self.metrics.cost, svc.name).inc(cost_gbp)
+
+
+async def _abortable(backend: Backend, awaitable: Awaitable[T]) -> T:
+    """Await, unless the backend is declared dead meanwhile (then TimeoutError: the attempt fails over)."""
+    async with asyncio.timeout(None) as scope:
+        backend.inflight.add(scope)
+        try:
+            return await awaitable
+        finally:
+            backend.inflight.discard(scope)
+
+
+def _file_key(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 def _health_for(service: ServiceConfig, config: GatewayConfig) -> HealthSettings:

@@ -308,9 +308,17 @@ def _llama_device_names(plan: Plan, proc: Process) -> list[str]:
     return names
 
 
+def _offload_positions(plan: Plan, proc: Process) -> list[int]:
+    """Positions of the devices llama.cpp offloads layers to: GPUs, and every device on another host (reached through
+    its ggml-rpc-server, which serves a remote CPU's RAM as an RPC device too)."""
+    local = set(proc.local(plan))
+    return [pos for pos, device_id in enumerate(proc.devices)
+            if _device(plan, device_id).kind == "gpu" or device_id not in local]  # fmt: skip
+
+
 def _llama_gpu_args(plan: Plan, proc: Process) -> list[str]:
     service = proc.service
-    positions = _gpu_positions(plan, proc.devices)
+    positions = _offload_positions(plan, proc)
     if not positions:
         return ["-ngl", "0", "-dev", "none"]
     ngl = str(service.n_gpu_layers) if service.n_gpu_layers is not None else "all"

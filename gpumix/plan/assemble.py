@@ -83,10 +83,12 @@ def _placement_fields(svc: Resolved, opt: Option) -> dict[str, Any]:
             return {"layers": layers, "split": split, "tensor_split": tensor_split_values(layers[1:], output_on_gpu=False),
                     "n_gpu_layers": total - layers[0]}  # fmt: skip
         return {"layers": layers, "split": split, "tensor_split": tensor_split_values(layers), "n_gpu_layers": total + 1}
-    if svc.model.kind == "llm" and opt.mode == "single":
-        on_cpu = opt.devices[0].kind == "cpu"
+    on_cpu = all(d.kind == "cpu" for d in opt.devices)
+    if svc.model.kind == "llm" and (opt.mode == "single" or (opt.mode == "replica" and on_cpu)):
+        # Replicas on CPUs (a CPU-only fleet: one per host) get -t like a single CPU placement.
+        threads = svc.entry.threads or min((d.threads for d in opt.devices if d.threads), default=None)
         return {"layers": layers, "n_gpu_layers": 0 if on_cpu else svc.model.n_layers + 1,
-                "threads": (svc.entry.threads or opt.devices[0].threads) if on_cpu else None}  # fmt: skip
+                "threads": threads if on_cpu else None}  # fmt: skip
     return {"layers": layers}
 
 

@@ -331,11 +331,17 @@ def llm_options(svc: Resolved, devices: Sequence[Device], ctx: CandidateContext)
     if len(hosts) > 1:
         _cross_host_options(options, pool)
         _replicas(options, _gpus(pool))
+        if svc.engine == "llama.cpp" and svc.entry.replicas > 1:
+            _replicas(options, _cpus(pool))  # a CPU-only fleet: one replica per host's CPU
     return options.items
 
 
 def _gpus(devices: Sequence[Device]) -> list[Device]:
     return sorted((d for d in devices if d.kind == "gpu"), key=_speed_rank, reverse=True)
+
+
+def _cpus(devices: Sequence[Device]) -> list[Device]:
+    return sorted((d for d in devices if d.kind == "cpu"), key=_speed_rank, reverse=True)
 
 
 def _host_options(options: _Options, host_devices: Sequence[Device]) -> None:

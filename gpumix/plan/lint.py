@@ -23,8 +23,9 @@
 | GPX019 | driver-too-old            | a card's `driver:` is older than the first CUDA toolkit for its architecture needs (Blackwell >= 570.26) |
 | GPX020 | cuda-rocm-split           | one split over CUDA and ROCm (or Metal) cards: one llama.cpp build / vLLM process runs one backend |
 | GPX021 | duplicate-model-crowds-out | two services serve the same model on different cards of a host while another service found no room |
-
 | GPX022 | low-memory-setting        | an image service runs its engine's low-memory setting (flash attention, tiled VAE decode) to fit: less memory, slower images by an unmeasured amount |
+| GPX023 | rpc-no-auth               | a llama.cpp split across hosts runs ggml-rpc-server, which has no authentication |
+
 GPX018-GPX021 live in gpumix.plan.lint_platform.
 """
 
@@ -188,13 +189,18 @@ def _split_of_one_card(svc: Resolved, opt: Option, ctx: Planning) -> list[Warnin
 
 
 def _links(svc: Resolved, opt: Option, ctx: Planning) -> list[Warning_]:
-    """GPX009 / GPX011: a split over a slow link or the network; tensor parallel over PCIe or across sockets."""
+    """GPX009 / GPX011 / GPX023: a split over a slow link or the network (RPC without authentication); tensor parallel over PCIe or across sockets."""
     out: list[Warning_] = []
     name, devs = svc.entry.name, list(opt.devices)
     if opt.mode in ("layer_split", "pipeline_parallel", "tensor_parallel", "cpu_offload") and len(devs) > 1:
         slow = _slow_link(devs, ctx)
         if slow:
             out.append(_w("GPX009", "slow-link-split", f"{name}: {slow}", name))
+        if svc.engine == "llama.cpp" and len({d.host for d in devs}) > 1:
+            out.append(_w("GPX023", "rpc-no-auth",
+                          f"{name}: the split reaches its other hosts through ggml-rpc-server, which has no "
+                          "authentication: anyone who reaches its port can run tensors on that device and read its "
+                          "memory; keep it on a private cluster network (`up --ray` binds it to the node address)", name))  # fmt: skip
     if opt.mode != "tensor_parallel":
         return out
     socks = {ctx.sockets.get(d.id) for d in devs} - {None}

@@ -80,6 +80,8 @@ def _llm_shortfall(name: str, svc: Resolved, devs: Sequence[Device], ctx: Candid
     if any(d.kind == "cpu" for d in devs) and all(sum(d.kind == "gpu" for d in h) <= 1 for h in hosts.values()):
         return None
     gpus = roomiest_gpus(svc, devs)
+    if not gpus:
+        return None
     need = layer_split_need_bytes(svc, gpus, ctx.calibration)
     pooled = shares_kv_pool(svc.workload) and svc.workload.parallel > 1  # a shared pool needs one full context
     ctx_tokens, streams = svc.workload.context, svc.workload.parallel
@@ -99,10 +101,11 @@ def _llm_shortfall(name: str, svc: Resolved, devs: Sequence[Device], ctx: Candid
 
 
 def roomiest_gpus(svc: Resolved, devs: Sequence[Device]) -> list[Device]:
-    """The GPUs (else all devices) of the host that offers the service the most memory."""
+    """The GPUs (else all devices) of the host that offers the service the most memory; [] when the service may use
+    no device at all (its `devices:`/`hosts:` leave none)."""
     hosts = by_host(service_pool(svc.entry, devs))
     return max(([d for d in h if d.kind == "gpu"] or list(h) for h in hosts.values()),
-               key=lambda group: sum(usable_bytes(d) for d in group))  # fmt: skip
+               key=lambda group: sum(usable_bytes(d) for d in group), default=[])  # fmt: skip
 
 
 def layer_split_need_bytes(svc: Resolved, gpus: Sequence[Device], calibration: Calibration) -> int:

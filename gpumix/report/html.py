@@ -59,6 +59,7 @@ WARNING_ACTIONS = {
     "GPX020": "split only over cards of one backend (CUDA or ROCm), or run a separate service per backend",
     "GPX021": "serve the model once (one service, replicas if needed) so the other service gets a card",
     "GPX022": "more VRAM (a card added or swapped) runs the image service at its default, faster setting; `memory: default` forces it",
+    "GPX023": "keep ggml-rpc-server on a private cluster network (firewall its ports), or split on one host",
 }
 
 

@@ -219,6 +219,11 @@ class Supervisor:
         if now < child.next_probe_at or child.popen is None:
             return
         st = child.status
+        if st.state == "healthy" and st.health_url.startswith("tcp://"):
+            # ggml-rpc-server serves one client at a time with a listen backlog of 1 (ggml-rpc transport.cpp): once
+            # its llama-server is connected, a probe waits in (or is dropped from) that backlog, so "accepts a
+            # connection" no longer means "alive". From its first healthy answer on, staying up is its health.
+            return
         ok = _healthy(st.health_url)
         if ok:
             if st.state != "healthy":

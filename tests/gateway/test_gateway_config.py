@@ -106,3 +106,20 @@ def test_replica_shares_weight_the_backends_unless_least_outstanding_is_asked() 
     assert build_config(make_plan(chat), urls[:1]).service("chat").weights == ()
     with pytest.raises(GpumixError, match="--balance"):
         build_config(make_plan(chat), urls, balance="random")
+
+
+def test_a_backends_files_weights_replace_the_plans_shares(tmp_path) -> None:
+    """`up --ray`'s backends file lists the replicas that serve now (a stand-in may replace one) with their
+    streams: those weights win over the plan's shares, unless the gateway balances by least outstanding."""
+    import json
+
+    chat = planned_service("chat", "llama-3-8b", replica_shares=[0.875, 0.125], replica_concurrency=[14, 2],
+                           replica_kv_cache_tokens=[114688, 16384])  # fmt: skip
+    path = tmp_path / "backends.json"
+    urls = ["http://10.0.0.2:8001", "http://10.0.0.4:8005"]
+    path.write_text(json.dumps({"services": {"chat": urls}, "weights": {"chat": [14, 4]}, "dead": []}))
+    config = build_config(make_plan(chat), [], backends_file=path)
+    assert config.service("chat").urls == tuple(urls) and config.service("chat").weights == (14.0, 4.0)
+    assert build_config(make_plan(chat), [], backends_file=path, balance="least-outstanding").service("chat").weights == ()
+    path.write_text(json.dumps({"services": {"chat": urls}}))  # no weights: the plan's shares, as for --backend
+    assert build_config(make_plan(chat), [], backends_file=path).service("chat").weights == (0.875, 0.125)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
+import os
 import time
 
 import aiohttp
@@ -78,3 +80,123 @@ def test_sigkill_only_backend_gives_fast_503_then_recovers(procs: Procs) -> None
         assert time.monotonic() < deadline, "gateway did not put the backend back"
         time.sleep(0.1)
     wait_http(url + "/health", timeout_s=2)
+
+
+# ---- a backends file the gateway watches (`gpumix up --ray` rewrites it when hosts die and services move) ----
+def _write_backends(path, services: dict, dead: list | None = None, weights: dict | None = None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"services": services, "dead": dead or [], "weights": weights or {}}))
+    os.replace(tmp, path)
+
+
+def _backend_name(url: str) -> str:
+    return httpx.post(url + "/v1/chat/completions", json={"model": "chat", "messages": []}, timeout=30).json()["backend"]
+
+
+def test_the_gateway_follows_its_backends_file(procs: Procs, tmp_path) -> None:
+    a_url, _ = procs.backend(name="a")
+    b_url, _ = procs.backend(name="b")
+    path = tmp_path / "backends.json"
+    _write_backends(path, {"chat": [a_url]})
+    url, _ = procs.gateway("--backend", f"chat={b_url}", "--backends-file", str(path))
+    assert {_backend_name(url) for _ in range(6)} == {"a"}  # the file wins over --backend for the services it names
+    _write_backends(path, {"chat": [b_url]})
+    deadline = time.monotonic() + 5
+    while _backend_name(url) != "b":
+        assert time.monotonic() < deadline, "the gateway did not pick up the new backends file"
+        time.sleep(0.1)
+    assert {_backend_name(url) for _ in range(6)} == {"b"}
+    health = httpx.get(url + "/health").json()["services"]["chat"]["backends"]
+    assert [b["url"] for b in health] == [b_url]
+    path.write_text("{ not json")  # a broken file: the gateway keeps what it has
+    time.sleep(1.0)
+    assert _backend_name(url) == "b"
+
+
+def test_the_gateway_balances_by_the_backends_files_weights_and_follows_their_changes(procs: Procs, tmp_path) -> None:
+    """`up --ray` gives each replica's streams (its -np) as weights: 8 overlapping requests go 6/2 on replicas
+    weighted 6 and 2; rewritten as 2 and 6 (a stand-in sized for fewer streams took over), they go 2/6."""
+    import asyncio
+
+    import aiohttp
+
+    fast, _ = procs.backend(name="fast", delay_ms=600)
+    slow, _ = procs.backend(name="slow", delay_ms=600)
+    path = tmp_path / "backends.json"
+    _write_backends(path, {"chat": [fast, slow]}, weights={"chat": [6, 2]})
+    url, _ = procs.gateway("--backends-file", str(path))
+
+    async def spread() -> list[str]:
+        async with aiohttp.ClientSession() as session:
+
+            async def one() -> str:
+                async with session.post(url + "/v1/chat/completions", json={"model": "chat", "messages": []}) as resp:
+                    return (await resp.json())["backend"]
+
+            return await asyncio.gather(*(one() for _ in range(8)))
+
+    def counts() -> tuple[int, int]:
+        backends = asyncio.run(spread())
+        return backends.count("fast"), backends.count("slow")
+
+    assert counts() == (6, 2)
+    _write_backends(path, {"chat": [fast, slow]}, weights={"chat": [2, 6]})
+    time.sleep(1.5)  # the gateway polls the file every 0.5 s
+    assert counts() == (2, 6)
+    _write_backends(path, {"chat": [fast, slow]}, weights={"chat": [0, 6]})  # a bad weight: the file is refused
+    time.sleep(1.5)
+    assert counts() == (2, 6)
+
+
+def test_requests_waiting_on_a_backend_declared_dead_fail_over_at_once(procs: Procs, tmp_path) -> None:
+    """A host that dies silently leaves requests hanging until a timeout; when the backends file lists the
+    backend as dead, the gateway ends those waits and retries them elsewhere (nothing reached the client yet)."""
+    slow_url, _ = procs.backend(name="slow", delay_ms=30000)
+    fast_url, _ = procs.backend(name="fast")
+    path = tmp_path / "backends.json"
+    _write_backends(path, {"chat": [slow_url]})
+    url, _ = procs.gateway("--backends-file", str(path))
+    result: dict = {}
+
+    def call() -> None:
+        start = time.monotonic()
+        reply = httpx.post(url + "/v1/chat/completions", json={"model": "chat", "messages": []}, timeout=60)
+        result.update(status=reply.status_code, backend=reply.json().get("backend"), seconds=time.monotonic() - start)
+
+    import threading
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    time.sleep(1.5)  # the request now waits on the slow backend
+    _write_backends(path, {"chat": [fast_url]}, dead=[slow_url])
+    thread.join(timeout=60)
+    assert result["status"] == 200 and result["backend"] == "fast"
+    assert result["seconds"] < 10, result  # not the 30 s the dead backend would have taken
+
+
+def test_a_backend_that_stops_answering_connects_is_out_after_one_timeout(procs: Procs) -> None:
+    """A healthy replica whose host goes silent (SYNs dropped): the first attempt waits for the connect timeout and
+    is retried on the other replica; the backend is out at once, so no later request waits for it too."""
+    import socket
+
+    port = free_port()
+    _gone_url, gone = procs.backend(port=port, name="gone")
+    fast_url, _ = procs.backend(name="fast")
+    url, _ = procs.gateway("--backend", f"chat=http://127.0.0.1:{port}", "--backend", f"chat={fast_url}",
+                           "--connect-timeout-s", "0.5", "--health-interval-s", "60", "--cooldown-s", "60")  # fmt: skip
+    procs.kill(gone)  # both replicas were healthy at the gateway's start; the next health check is a minute away
+    hole = socket.socket()
+    hole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    hole.bind(("127.0.0.1", port))
+    hole.listen(0)
+    filler = socket.create_connection(("127.0.0.1", port))  # the backlog of one is full: later SYNs are dropped
+    try:
+        times = []
+        for _ in range(8):
+            start = time.monotonic()
+            assert _backend_name(url) == "fast"
+            times.append(time.monotonic() - start)
+        assert sum(t > 0.45 for t in times) == 1, times  # exactly one request paid the connect timeout
+    finally:
+        filler.close()
+        hole.close()
