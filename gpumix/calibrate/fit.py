@@ -71,12 +71,18 @@ BAND_MIN_ROWS = 25  # held-out rows a backend needs for its own band; fewer -> t
 # of 2026-11-22 that was 0.781 / 0.901 = 0.867, in line with desktop DDR4 read benchmarks (AIDA64 memory read ~46 GB/s
 # of 51.2 on dual-channel DDR4-3200, Guru3D G.Skill Trident Z Royal DDR4-3200 review, p. 10,
 # https://www.guru3d.com/review/g-skill-tridentz-royal-ddr4-3200-mhz-review/page-10).
-# Decode is also capped per thread (speed.CPU_GB_PER_S_PER_THREAD). Prefill reached ~58 t/s on one core for Gemma 3
-# 270M (0.54 GFLOP/token) = 31 GFLOP/s of the 80 GFLOP/s AVX2 peak, measured with `llama-bench -t 1 -p 128` on this
-# project's VM (noisy, shared). `gpumix tune` replaces both per device.
+# Decode is also capped per thread (speed.CPU_GB_PER_S_PER_THREAD). That cap, the per-layer per-token overhead and the
+# prefill compute efficiency (of cores x speed.CPU_FLOP_PER_CORE_PER_S) were fitted together on 2026-11-29 by
+# bench/cpu/fit_cpu.py: scipy least squares on log(predicted / measured) over 8 models (2 real GGUFs, 6 synthetic
+# Q4_K_M catalog models) x {llama-bench tg64, pp128} at -t 1 -ngl 0, the fastest sample of each in
+# bench/cpu/results/cpu-2026-11-29T*.json (least contended: the VM is shared), on this project's VM (AMD EPYC, 2
+# cores, AVX2/FMA/F16C), llama.cpp 0.5.0-dev commit 0c1e570. Fitted 14.57 GB/s, 278 us, 0.704 (bench/cpu/fit_cpu.json;
+# before: 5.3 GB/s, 20 us, 0.39 from single load-affected runs). The overhead is the per-layer work that does not scale
+# with weight bytes (norms, RoPE, attention, thread barriers) on one such core. `gpumix tune` replaces all three with
+# the device's own measurement.
 CPU_Q4_0_BANDWIDTH_FRACTION = 53.3 / 68.25
-CPU_PER_LAYER_OVERHEAD_S = 20e-6
-CPU_COMPUTE_EFFICIENCY = 0.39
+CPU_PER_LAYER_OVERHEAD_S = 278e-6
+CPU_COMPUTE_EFFICIENCY = 0.70
 
 
 def cpu_params(quant_bandwidth_factor: dict[str, float]) -> BackendParams:
@@ -387,7 +393,9 @@ def _method(args: argparse.Namespace, rows: int, caution: int) -> str:
            "holdout_decode/prefill = single-GPU dense tg128-tg1024/pp512 rows)" if args.holdout else "")
         + "; CPU backend (not fitted here: ../shared/calibration has no CPU rows): bandwidth_efficiency = one cited "
         "llama.cpp CPU decode (Apple M1 CPU, 7B Q4_0, >= 53.3 of 68.25 GB/s theoretical, llama.cpp PR #1642, "
-        "2023-06-04) divided by the fitted Q4_0 bandwidth factor; see cpu_params in gpumix/calibrate/fit.py"
+        "2023-06-04) divided by the fitted Q4_0 bandwidth factor; per-layer overhead and compute efficiency (with "
+        "the per-thread cap speed.CPU_GB_PER_S_PER_THREAD) fitted to llama-bench -t 1 on this project's VM by "
+        "bench/cpu/fit_cpu.py; see cpu_params in gpumix/calibrate/fit.py"
     )  # fmt: skip
 
 

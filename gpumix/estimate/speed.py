@@ -38,12 +38,19 @@ ALLREDUCE_LATENCY_NVLINK_S = 5e-6
 # Cross-socket (SYS) traffic goes over the CPU interconnect: NCCL falls back to staging through host memory.
 SYS_TOPOLOGY_PENALTY = 2.0
 # CPU FP32 FMA throughput when the catalog has none: cores × 2.5 GHz × 32 FLOP/cycle (AVX2: 2 FMA units × 8 lanes ×
-# 2 FLOP). Intel/AMD optimisation manuals give 2 × 256-bit FMA per cycle on Haswell+ / Zen 2+.
+# 2 FLOP). Intel/AMD optimisation manuals give 2 × 256-bit FMA per cycle on Haswell+ / Zen 2+. Prefill reaches the
+# CPU backend's fitted compute_efficiency of it (gpumix/calibrate/fit.py).
 CPU_FLOP_PER_CORE_PER_S = 2.5e9 * 32
-# One core streams quantized weights through its dot-product kernels at a few GB/s, far below RAM bandwidth:
-# measured 21 t/s per core on Gemma 3 270M Q4_K_M (253 MB) with llama.cpp on this project's x86-64 VMs (VISION.md,
-# "A real model") = 5.3 GB/s per thread. CPU decode is capped at threads × this.
-CPU_GB_PER_S_PER_THREAD = 5.3
+# One core streams quantized weights through its dot-product kernels at far below RAM bandwidth, so CPU decode is
+# capped at threads x this (and at RAM bandwidth x the CPU fraction: the min() in achieved_bandwidth_gb_per_s).
+# Fitted 2026-11-29 with the CPU backend's per_layer_overhead_s and compute_efficiency (gpumix/calibrate/fit.py) by
+# bench/cpu/fit_cpu.py: scipy least squares on log(predicted / measured) over 8 models (SmolLM2 135M Q4_1, Gemma 3
+# 270M Q4_K_M, synthetic Q4_K_M Qwen 2.5 0.5B, Qwen3 0.6B, TinyLlama 1.1B, Llama 3.2 1B, Gemma 3 1B, Granite 3.0
+# 1B-A400M) x {llama-bench tg64, pp128} at -t 1 -ngl 0, the fastest sample of bench/cpu/results/cpu-2026-11-29T*.json
+# (least contended: the VM is shared), on this project's VM (AMD EPYC, 2 cores, AVX2/FMA/F16C), llama.cpp 0.5.0-dev
+# commit 0c1e570; output in bench/cpu/fit_cpu.json (14.57 GB/s). It replaces 5.3 GB/s (one load-affected Gemma 3
+# 270M decode). Other CPUs stream at other rates: `gpumix tune` measures the device and replaces this.
+CPU_GB_PER_S_PER_THREAD = 14.6
 
 
 def backend_for(device: Device, workload: Workload, backend: str | None = None) -> str:
