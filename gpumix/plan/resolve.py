@@ -98,8 +98,10 @@ def _check_memory_setting(entry: ServiceEntry, model: ModelSpec, at: _Where) -> 
     if entry.memory == "auto":
         return
     if model.kind != "image":
-        raise at.error("memory", f"memory: {entry.memory} is an image-service setting; {model.name} is a {model.kind} "
-                       "model", hint="remove it (an LLM's memory follows its context, concurrency and quant)")  # fmt: skip
+        kind = {"llm": "an LLM", "embedding": "an embedding model", "reranker": "a reranker", "audio": "an audio model"}
+        raise at.error("memory", f"memory: {entry.memory} is an image-service setting; {model.name} is "
+                       f"{kind.get(model.kind, model.kind)}",
+                       hint="remove it (only image services have a low-memory setting)")  # fmt: skip
     if entry.memory == "low" and not has_low_memory_setting(model):
         raise at.error("memory", f"{model.name} has no low-memory setting in the catalog",
                        hint="use memory: default or auto (models.yaml `low_memory` lists the models that have one)")  # fmt: skip
