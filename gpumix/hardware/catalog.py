@@ -133,18 +133,20 @@ def _spec_from_row(row: dict[str, str], where: str) -> GpuSpec:
         raise GpumixError(f"{where}: invalid row: {exc.errors()[0]['msg']}") from None
 
 
-def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+def read_catalog_rows(path: Path, required: tuple[str, ...], what: str) -> list[tuple[str, dict[str, str]]]:
+    """A catalog CSV's rows (lines starting with '#' are comments), each with where it is ("gpus.csv line 12") for
+    error messages; `what` names the catalog in read errors ("GPU catalog")."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     except OSError as exc:
-        raise GpumixError(f"cannot read GPU catalog {path}: {exc.strerror}") from None
+        raise GpumixError(f"cannot read {what} {path}: {exc.strerror}") from None
     numbered = [(n, line) for n, line in enumerate(lines, start=1) if not line.lstrip().startswith("#")]
     reader = csv.DictReader(io.StringIO("".join(line for _, line in numbered)))
-    missing = [c for c in _REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+    missing = [c for c in required if c not in (reader.fieldnames or [])]
     if missing:
-        raise GpumixError(f"GPU catalog {path}: missing columns {missing}")
+        raise GpumixError(f"{what} {path}: missing columns {missing}")
     # DictReader rows follow the header; map each back to its line number in the file for error messages.
-    return [(numbered[i + 1][0], row) for i, row in enumerate(reader)]
+    return [(f"{path.name} line {numbered[i + 1][0]}", row) for i, row in enumerate(reader)]
 
 
 @functools.cache
@@ -152,8 +154,7 @@ def load_catalog(path: Path = CATALOG_PATH) -> GpuCatalog:
     """Read and check the catalog once (cached per path)."""
     specs: list[GpuSpec] = []
     seen: set[str] = set()
-    for line_no, row in _read_rows(path):
-        where = f"{path.name} line {line_no}"
+    for where, row in read_catalog_rows(path, _REQUIRED_COLUMNS, "GPU catalog"):
         spec = _spec_from_row(row, where)
         if spec.id in seen:
             raise GpumixError(f"{where}: duplicate id {spec.id!r}")

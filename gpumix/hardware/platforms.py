@@ -18,9 +18,7 @@ more than the machine's memory.
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import re
 from pathlib import Path
 from typing import Literal
@@ -28,6 +26,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gpumix.errors import GpumixError
+from gpumix.hardware.catalog import read_catalog_rows
 from gpumix.hardware.names import NameIndex, NameRules, memory_size_optional
 from gpumix.hardware.spec import Device, GpuSpec
 from gpumix.units import GB
@@ -152,19 +151,6 @@ BOARD_NAME_RULES = NameRules(
 # ---------------------------------------------------------------------------------------------- loading the CSVs
 
 
-def _rows(path: Path, required: tuple[str, ...]) -> list[tuple[str, dict[str, str]]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    except OSError as exc:
-        raise GpumixError(f"cannot read catalog {path}: {exc.strerror}") from None
-    numbered = [(n, line) for n, line in enumerate(lines, start=1) if not line.lstrip().startswith("#")]
-    reader = csv.DictReader(io.StringIO("".join(line for _, line in numbered)))
-    missing = [c for c in required if c not in (reader.fieldnames or [])]
-    if missing:
-        raise GpumixError(f"catalog {path}: missing columns {missing}")
-    return [(f"{path.name} line {numbered[i + 1][0]}", row) for i, row in enumerate(reader)]
-
-
 def _cell(row: dict[str, str], column: str) -> str:
     return (row.get(column) or "").strip()
 
@@ -262,7 +248,7 @@ def _layouts(text: str, where: str) -> dict[int, tuple[Slot, ...]]:
 
 @functools.cache
 def cpu_catalog(path: Path = CPU_CATALOG_PATH) -> NameIndex[CpuModel]:
-    models = [_cpu_from_row(row, where) for where, row in _rows(path, _CPU_COLUMNS)]
+    models = [_cpu_from_row(row, where) for where, row in read_catalog_rows(path, _CPU_COLUMNS, "CPU catalog")]
     ids = [m.id for m in models]
     duplicate = next((i for i in ids if ids.count(i) > 1), None)
     if duplicate:
@@ -273,7 +259,7 @@ def cpu_catalog(path: Path = CPU_CATALOG_PATH) -> NameIndex[CpuModel]:
 @functools.cache
 def board_catalog(path: Path = BOARD_CATALOG_PATH) -> NameIndex[Board]:
     boards = []
-    for where, row in _rows(path, ("id", "name", "socket", "layouts", "source")):
+    for where, row in read_catalog_rows(path, ("id", "name", "socket", "layouts", "source"), "board catalog"):
         boards.append(Board(
             id=_cell(row, "id"), name=_cell(row, "name"), socket=_cell(row, "socket"),
             layouts=_layouts(_cell(row, "layouts"), where), chipset_link=_cell(row, "chipset_link"),
