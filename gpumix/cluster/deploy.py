@@ -28,6 +28,7 @@ from gpumix.cluster.agent import DeviceClaim, bind_to_node
 from gpumix.cluster.auth import auth_env
 from gpumix.cluster.names import agent_actor_name, check_host_name
 from gpumix.errors import GpumixError
+from gpumix.fsutil import write_text_atomic
 from gpumix.launch.commands import process_devices, process_kv, render_processes
 from gpumix.launch.spec import LaunchSpec
 from gpumix.plan.result import Plan, PlannedService
@@ -117,9 +118,7 @@ class RayRun(BaseModel):
 
 
 def write_ray_run(run_dir: Path, run: RayRun) -> None:
-    tmp = run_dir / f".{RAY_RUN_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(run.model_dump_json(indent=2))
-    os.replace(tmp, run_dir / RAY_RUN_FILE)
+    write_text_atomic(run_dir / RAY_RUN_FILE, run.model_dump_json(indent=2))
 
 
 def read_ray_run(run_dir: Path) -> RayRun | None:
@@ -134,11 +133,9 @@ def write_backends(path: Path, table: Mapping[str, list[str]], dead: Iterable[st
     """The gateway's backends file (gpumix gateway --backends-file; gpumix.gateway.config.BackendsFile), replaced
     atomically. `weights`: per service, one per URL, the streams each replica takes (the gateway's `--balance
     shares`); `dead`: URLs on hosts Ray declared dead (the gateway fails requests waiting on them over at once)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     body = {"services": {name: list(urls) for name, urls in table.items()},
             "weights": {name: list(w) for name, w in (weights or {}).items()}, "dead": sorted(set(dead))}  # fmt: skip
-    tmp.write_text(json.dumps(body, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(body, indent=2))
 
 
 # ---- from a plan to parts --------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from gpumix.cluster.auth import check_token_file, ensure_token, with_auth
 from gpumix.cluster.names import CPU_DEVICE, HOST_LABEL, check_host_name, check_ray_node_ip, device_id, device_resource
 from gpumix.cluster.raycli import ray_executable
 from gpumix.errors import GpumixError
+from gpumix.fsutil import write_text_atomic
 from gpumix.launch.llamacpp import cache_dir
 
 ENV_CLUSTER_DIR = "GPUMIX_CLUSTER_DIR"
@@ -109,9 +110,7 @@ def read_cluster(cluster_dir: Path) -> ClusterState | None:
 
 def write_cluster(cluster_dir: Path, state: ClusterState) -> None:
     cluster_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cluster_dir / f".{STATE_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(state.model_dump_json(indent=2))
-    os.replace(tmp, cluster_dir / STATE_FILE)
+    write_text_atomic(cluster_dir / STATE_FILE, state.model_dump_json(indent=2))
 
 
 def ray_temp_root(cluster_dir: Path) -> Path:

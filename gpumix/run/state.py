@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gpumix.fsutil import write_text_atomic
 from gpumix.launch.llamacpp import cache_dir
 
 ENV_RUN_DIR = "GPUMIX_RUN_DIR"
@@ -69,9 +70,7 @@ def default_run_dir() -> Path:
 def write_state(run_dir: Path, state: RunState) -> None:
     """Write to a temp file and rename over state.json: readers never see a half-written file."""
     state.updated_at = time.time()
-    tmp = run_dir / f".{STATE_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(state.model_dump_json(indent=2))
-    os.replace(tmp, run_dir / STATE_FILE)
+    write_text_atomic(run_dir / STATE_FILE, state.model_dump_json(indent=2))
 
 
 def read_state(run_dir: Path) -> RunState | None:
