@@ -122,7 +122,7 @@ def test_tune_end_to_end_and_calibration_round_trip(testbed, gemma_gguf, tmp_pat
     from gpumix.tune.bench import BenchRequest, run_llama_bench
     from gpumix.tune.layout import read_layout
     from gpumix.tune.session import planner_device
-    from gpumix.tune.tuner import TuneDevice
+    from gpumix.tune.tuner import TIE_TOLERANCE, TuneDevice
 
     cal_path, plot = tmp_path / "cal.json", tmp_path / "curve.png"
     rpc = testbed.rpc
@@ -134,7 +134,11 @@ def test_tune_end_to_end_and_calibration_round_trip(testbed, gemma_gguf, tmp_pat
     assert data["runs"] == len(measured) and 2 <= data["runs"] <= 4
     assert set(data["best"]) >= {"tensor_split", "layers", "tokens_per_s"}
     assert sum(data["best"]["layers"]) == 18
-    assert all(data["best"]["tokens_per_s"] >= p["tokens_per_s"] for p in measured)
+    # Best is the fastest measured point, or a point within noise of it that the fitted model ranks higher
+    # (tuner._best's tie rule: TIE_TOLERANCE or two standard deviations).
+    top = max(measured, key=lambda p: p["tokens_per_s"])
+    noise = 2 * max(top["stddev_tokens_per_s"], data["best"]["stddev_tokens_per_s"])
+    assert data["best"]["tokens_per_s"] >= top["tokens_per_s"] * (1 - TIE_TOLERANCE) - noise, (data["best"], top)
     alone = {p["dev"]: p["tokens_per_s"] for p in measured if p["phase"] == "alone"}
     assert alone["RPC1"] < alone["RPC0"]  # a quarter of a core is slower than a whole one
     assert any(not p["measured"] for p in data["points"])  # the predicted curve comes along
