@@ -144,10 +144,18 @@ def test_tune_end_to_end_and_calibration_round_trip(testbed, gemma_gguf, tmp_pat
     assert any(not p["measured"] for p in data["points"])  # the predicted curve comes along
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
-    # The chosen split is not worse than an even split measured now (same machine state; one extra run).
-    even = run_llama_bench(BenchRequest(str(gemma_gguf), rpc=tuple(rpc.split(",")), devices=("RPC0", "RPC1"),
-                                        tensor_split=(1.0, 1.0), n_gen=32, repetitions=1))[0]  # fmt: skip
-    assert data["best"]["tokens_per_s"] > 0.95 * even.tokens_per_s
+    # The chosen split is not worse than an even split, both re-measured now, alternately, so that a burst of
+    # other work on this shared machine hits both alike (fastest of two runs each: load only ever steals time).
+    best = data["best"]
+    chosen_req = BenchRequest(str(gemma_gguf), rpc=tuple(rpc.split(",")), devices=tuple(best["dev"].split("/")),
+                              tensor_split=tuple(float(v) for v in best["ts"].split("/")), n_gen=32, repetitions=1)  # fmt: skip
+    even_req = BenchRequest(str(gemma_gguf), rpc=tuple(rpc.split(",")), devices=("RPC0", "RPC1"),
+                            tensor_split=(1.0, 1.0), n_gen=32, repetitions=1)  # fmt: skip
+    runs: dict[str, list[float]] = {"chosen": [], "even": []}
+    for _ in range(2):
+        runs["chosen"].append(run_llama_bench(chosen_req)[0].tokens_per_s)
+        runs["even"].append(run_llama_bench(even_req)[0].tokens_per_s)
+    assert max(runs["chosen"]) > 0.95 * max(runs["even"]), runs
 
     # Calibration round trip: the planner, given tune's file, picks the split tune's fitted model ranks best
     # (and tune reports that one as best whenever it was measured within noise of the fastest point).
