@@ -8,8 +8,9 @@ ranges come from (bench/calibration/holdout_residuals.csv; `--residuals FILE` wr
 
 Fitted: per backend (CUDA, Metal, Vulkan, ROCm) the achieved fraction of peak bandwidth, a per-layer launch overhead
 and the achieved fraction of peak FLOP/s; per quant class a bandwidth and a compute factor; one factor for HBM parts;
-one layer-split hop latency; per architecture family a compute and a bandwidth factor pulled toward 1 (so a family
-with little data stays near the backend's mean); and per llama.cpp era (gpumix.estimate.eras) a decode and a prefill
+one layer-split hop latency; per architecture family a compute factor pulled toward 1 and a bandwidth factor pulled
+toward the mean of its vendor's families (VENDOR_FAMILIES; so a family with little or no data decodes like its
+vendor's other architectures); and per llama.cpp era (gpumix.estimate.eras) a decode and a prefill
 efficiency factor relative to the era of the llama.cpp gpumix builds, which is fixed at 1; per quant class the
 ALU operations per weight of decode (a roofline beside bytes / bandwidth, against the matrix peak) and of prefill
 (added to the matrix time, against the plain FP32 ALU peak). No per-GPU parameter exists. Each row is predicted for its own build's era (gpumix.calibrate.engine_notes). Least squares on
@@ -56,7 +57,7 @@ FAMILIES = ("Pascal", "Volta", "Turing", "Ampere", "Ada", "Hopper", "Blackwell",
 FITTED_ERAS = tuple(e for e in ERA_NAMES if e != GPUMIX_ERA)  # the reference era's factors are 1 by definition
 DATA_FILE = Path(__file__).parents[1] / "estimate" / "data" / "calibration.json"  # packaged with gpumix.estimate
 RESIDUALS_FILE = Path(__file__).parents[2] / "bench" / "calibration" / "holdout_residuals.csv"
-FAMILY_PRIOR_WEIGHT = 0.5  # residual weight pulling each family's compute/bandwidth factor toward 1 (log space)
+FAMILY_PRIOR_WEIGHT = 0.5  # residual weight of the family-factor prior (log space; see VENDOR_FAMILIES)
 # multigpu.csv repeats a few GPU models at 2-6 cards; weight single-GPU rows up so the many GPUs of
 # measurements.csv, not the few multi-GPU boxes, set the per-device efficiencies.
 SINGLE_GPU_WEIGHT = 1.5
@@ -119,7 +120,34 @@ PARAMS: tuple[Param, ...] = (
     *(Param(f"prefill_ops.{c}", 0.5, 0.0, 50.0) for c in ("float", "q8", "legacy", "quantized")),
 )  # fmt: skip
 _NAMES = [p.name for p in PARAMS]
-_PRIORS = [i for i, n in enumerate(_NAMES) if n.startswith(("arch.", "arch_bw."))]
+# Architecture families by vendor. Decode's matrix-vector kernels are one code path per vendor (llama.cpp's CUDA
+# mmvq/dmmv kernels on every NVIDIA generation, the same source built with HIP on every AMD one: plain loads, dp4a/FMA,
+# no matrix instructions), so a family's bandwidth factor is pulled toward its vendor's mean, and a family with little
+# or no data (an architecture left out of the fit) decodes like its vendor's others. Pulled toward 1 instead, as
+# before, the Vulkan and ROCm rows that share families across vendors left the NVIDIA factors above 1 and the AMD ones
+# below, so a left-out H100 was predicted 13-28 % slow and a left-out MI210 60 % fast. Prefill's matrix kernels use
+# each generation's own matrix instructions (mma.sync, WMMA, MFMA, or none), so compute factors stay pulled toward 1.
+VENDOR_FAMILIES: tuple[tuple[str, ...], ...] = (
+    ("Pascal", "Volta", "Turing", "Ampere", "Ada", "Hopper", "Blackwell"), ("RDNA", "CDNA", "GCN"), ("Apple",),
+)  # fmt: skip
+VENDOR_CENTERED = ("arch_bw",)  # the family factors pulled toward their vendor's mean (the others toward 1)
+_INDEX = {n: i for i, n in enumerate(_NAMES)}
+
+
+def prior_terms(vendor_centered: Sequence[str] = VENDOR_CENTERED) -> list[tuple[int | None, tuple[int, ...]]]:
+    """The prior's residual terms: (the factor's own parameter, or None for a group's mean anchor; the group's
+    parameters). Kinds in `vendor_centered` group a vendor's families; the others are each their own group."""
+    terms: list[tuple[int | None, tuple[int, ...]]] = []
+    for kind in ("arch", "arch_bw"):
+        groups = VENDOR_FAMILIES if kind in vendor_centered else tuple((f,) for v in VENDOR_FAMILIES for f in v)
+        for families in groups:
+            group = tuple(_INDEX[f"{kind}.{f}"] for f in families)
+            terms += [(i, group) for i in group] if len(group) > 1 else []
+            terms.append((None, group))
+    return terms
+
+
+_PRIOR_TERMS = prior_terms()
 
 
 def calibration_from_vector(x: Sequence[float] | np.ndarray, method: str = "", stats: dict[str, Any] | None = None,
@@ -169,8 +197,19 @@ def _residuals(x: np.ndarray, rows: list[MappedRow]) -> np.ndarray:
         (SINGLE_GPU_WEIGHT if len(r.devices) == 1 else 1.0) * np.log(predict_row(r, cal) / r.measured_tokens_per_s)
         for r in rows
     ]
-    prior = [FAMILY_PRIOR_WEIGHT * np.log(x[i]) for i in _PRIORS]
-    return np.asarray(out + prior)
+    return np.asarray(out + prior_residuals(x))
+
+
+def prior_residuals(x: np.ndarray) -> list[float]:
+    """Each family factor's log distance from its vendor's mean, and each vendor's mean log factor (the anchor
+    that keeps the backend efficiencies, not the family factors, carrying the vendor's level), weighted
+    FAMILY_PRIOR_WEIGHT."""
+    logs = np.log(np.asarray(x, dtype=float))
+    out = []
+    for own, group in _PRIOR_TERMS:
+        mean = float(np.mean(logs[list(group)]))
+        out.append(FAMILY_PRIOR_WEIGHT * (mean if own is None else logs[own] - mean))
+    return out
 
 
 def params_of_row(row: MappedRow) -> set[str]:
@@ -196,13 +235,13 @@ def params_of_row(row: MappedRow) -> set[str]:
 def jacobian_sparsity(rows: Sequence[MappedRow]) -> lil_matrix:
     """Which residual depends on which parameter: lets least_squares estimate several independent columns of the
     Jacobian (e.g. one backend's efficiency per backend) from one evaluation, ~4x fewer passes over the rows."""
-    index = {n: i for i, n in enumerate(_NAMES)}
-    pattern = lil_matrix((len(rows) + len(_PRIORS), len(_NAMES)), dtype=int)
+    pattern = lil_matrix((len(rows) + len(_PRIOR_TERMS), len(_NAMES)), dtype=int)
     for i, row in enumerate(rows):
         for name in params_of_row(row):
-            pattern[i, index[name]] = 1
-    for k, j in enumerate(_PRIORS):
-        pattern[len(rows) + k, j] = 1
+            pattern[i, _INDEX[name]] = 1
+    for k, (_own, group) in enumerate(_PRIOR_TERMS):
+        for j in group:
+            pattern[len(rows) + k, j] = 1
     return pattern
 
 
@@ -381,8 +420,9 @@ def _method(args: argparse.Namespace, rows: int, caution: int) -> str:
     return (
         f"scipy.optimize.least_squares on log(predicted/measured) over {rows} rows of "
         f"{', '.join(p.name for p in args.csv)} (all mapped tgN/ppN rows, single-GPU rows weighted "
-        f"{SINGLE_GPU_WEIGHT}; family compute and bandwidth factors with a log-prior of weight {FAMILY_PRIOR_WEIGHT} "
-        f"toward 1; {caution} rows whose notes say 'treat with caution'/'anomalous' left out of the fit and of every "
+        f"{SINGLE_GPU_WEIGHT}; family compute factors with a log-prior of weight {FAMILY_PRIOR_WEIGHT} toward 1, family "
+        f"bandwidth factors with one of the same weight toward their vendor's mean log factor (fit.VENDOR_FAMILIES), "
+        f"which is itself pulled toward 1 with that weight; {caution} rows whose notes say 'treat with caution'/'anomalous' left out of the fit and of every "
         f"score, still listed by `gpumix validate`; per quant class ALU operations per weight for decode, a roofline "
         f"beside bytes/bandwidth, and for prefill, added to the matrix time against the FP32 ALU peak); each row predicted for the llama.cpp era of its own build "
         f"(gpumix.calibrate.engine_notes), era factors fitted for {eras} relative to '{GPUMIX_ERA}', the era of the "
