@@ -30,6 +30,7 @@ from gpumix.estimate.speed import (
 )
 from gpumix.estimate.types import DeviceEstimate, Estimate, Links, MemoryBreakdown, Placement, Workload
 from gpumix.hardware.spec import Device
+from gpumix.kinds import PlacementMode
 from gpumix.models.spec import ModelSpec, QuantSpec
 
 
@@ -262,7 +263,7 @@ def _layer_pipeline(
 
 
 def _assemble(
-    mode: str,
+    mode: PlacementMode,
     per_device: list[DeviceEstimate],
     token_s: float,
     aggregate: float,
@@ -275,7 +276,7 @@ def _assemble(
     """One stream decodes a token every `token_s`; `aggregate` streams together can't do worse than one."""
     return Estimate(
         fits=all(d.fits for d in per_device),
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,
         devices=tuple(per_device),
         decode_tokens_per_s=1.0 / token_s,
         aggregate_tokens_per_s=max(aggregate, 1.0 / token_s),
