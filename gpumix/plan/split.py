@@ -102,9 +102,8 @@ def device_costs(
     for layer in range(n):
         prefix.append(prefix[-1] + weights[layer] + kv_cache_bytes(model, workload, [layer]))
         read.append(read[-1] + speed.decode_bytes_on_device(model, quant, [layer], False, workload, depth))
-    common = {"holds_input": position == 0, "is_gpu": device.kind == "gpu"}
-    with_layer = memory_for_layers(model, quant, workload, [0], holds_output=False, **common)
-    with_output = memory_for_layers(model, quant, workload, [0], holds_output=True, **common)
+    with_layer = memory_for_layers(model, quant, workload, [0], holds_output=False, holds_input=position == 0, device=device)
+    with_output = memory_for_layers(model, quant, workload, [0], holds_output=True, holds_input=position == 0, device=device)
     active_share = model.active_params / model.params_total if model.params_total else 1.0
     return DeviceCosts(
         device=device,
