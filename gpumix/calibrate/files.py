@@ -30,7 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gpumix.errors import GpumixError
+from gpumix.errors import GpumixError, first_validation_problem
 from gpumix.estimate.calibration import (
     Calibration,
     DeviceMeasurement,
@@ -140,9 +140,8 @@ def _machine_from_json(data: Any, path: Path) -> MachineCalibration:
     try:
         return MachineCalibration.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise GpumixError(f"{path}: field '{field}': {first['msg']}", hint=_REWRITE_HINT) from exc
+        field, message = first_validation_problem(exc)
+        raise GpumixError(f"{path}: field '{field}': {message}", hint=_REWRITE_HINT) from None
 
 
 def load_machine_calibration(path: Path) -> MachineCalibration:

@@ -143,12 +143,12 @@ def status(
                           "or start one with `gpumix cluster head` / `gpumix cluster local`")  # fmt: skip
     connection: AbstractContextManager[Any]
     if address is not None:
-        connection = connected(address, token)
+        connection, shown = connected(address, token), address
     else:
         assert state is not None
-        connection = connect_state(state)
+        connection, shown = connect_state(state), state.address
     with connection as ray:
-        report = cluster_report(ray, address or state.address)  # type: ignore[union-attr]
+        report = cluster_report(ray, shown)
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
         return

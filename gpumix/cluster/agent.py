@@ -308,8 +308,9 @@ def wait_healthy(handles: list[Any], timeout_s: float, names: list[str] | None =
         if failed:
             name, proc = failed[0]
             raise GpumixError(f"{name}: {proc['name']} did not become healthy: {proc['last_error']}", hint=f"log: {proc['log']}")
-        if all(r is not None and r["healthy"] for r in reports):
-            return reports  # type: ignore[return-value]
+        healthy = [r for r in reports if r is not None and r["healthy"]]
+        if len(healthy) == len(reports):
+            return healthy
         if time.monotonic() >= deadline:
             waiting = [label for label, r in zip(labels, reports, strict=True) if r is None]
             if waiting:

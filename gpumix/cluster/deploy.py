@@ -73,11 +73,14 @@ class Part(BaseModel):
         return tuple(DeviceClaim(device_id, self.shares[device_id]) for device_id in self.devices)
 
 
+EventKind = Literal["host-dead", "host-back", "moved", "unplaced", "degraded", "returned", "restarted", "failed"]
+
+
 class Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     at: float = Field(default_factory=time.time)
-    kind: Literal["host-dead", "host-back", "moved", "unplaced", "degraded", "returned", "restarted", "failed"]
+    kind: EventKind
     message: str
 
 

@@ -14,6 +14,7 @@ from gpumix.cluster.agent import AgentGroup, AgentSpec, agent_names, get_agent, 
 from gpumix.cluster.deploy import (
     BACKENDS_FILE,
     Event,
+    EventKind,
     Part,
     RayRun,
     backend_table,
@@ -90,8 +91,8 @@ class Deployment:
     def save(self) -> None:
         write_ray_run(self.run_dir, self.run)
 
-    def event(self, kind: str, message: str) -> None:
-        self.run.events.append(Event(kind=kind, message=message))  # type: ignore[arg-type]
+    def event(self, kind: EventKind, message: str) -> None:
+        self.run.events.append(Event(kind=kind, message=message))
         self.run.events = self.run.events[-200:]
         self.say(f"{time.strftime('%H:%M:%S')} {kind}: {message}")
         self.save()

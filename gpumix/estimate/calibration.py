@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gpumix.errors import GpumixError
+from gpumix.errors import GpumixError, first_validation_problem
 from gpumix.estimate.eras import GPUMIX_ERA
 from gpumix.hardware.spec import Device, GpuSpec
 
@@ -149,9 +149,8 @@ def calibration_from_json(data: Any, where: str, hint: str) -> Calibration:
     try:
         return Calibration.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise GpumixError(f"{where}: field '{field}': {first['msg']}", hint=hint) from exc
+        field, message = first_validation_problem(exc)
+        raise GpumixError(f"{where}: field '{field}': {message}", hint=hint) from None
 
 
 @lru_cache(maxsize=1)

@@ -30,6 +30,7 @@ from gpumix.estimate.speed import (
 )
 from gpumix.estimate.types import DeviceEstimate, Estimate, Links, MemoryBreakdown, Placement, Workload
 from gpumix.hardware.spec import Device
+from gpumix.kinds import PlacementMode
 from gpumix.models.spec import ModelSpec, QuantSpec
 
 
@@ -243,7 +244,7 @@ def _layer_pipeline(
         memory = memory_for_layers(
             model, quant, workload, ids,
             holds_output=holds_output, holds_input=pos == (used[0] if used else 0),
-            is_gpu=device.kind == "gpu", uses_nccl=uses_nccl,
+            device=device, uses_nccl=uses_nccl, world_size=len(used) if uses_nccl else 1,
         )  # fmt: skip
         step = _stage_step_s(model, quant, device, ids, holds_output, workload, cal, backend, 1, depth)
         dev_bytes = decode_bytes_on_device(model, quant, ids, holds_output, workload, depth)
@@ -262,7 +263,7 @@ def _layer_pipeline(
 
 
 def _assemble(
-    mode: str,
+    mode: PlacementMode,
     per_device: list[DeviceEstimate],
     token_s: float,
     aggregate: float,
@@ -275,7 +276,7 @@ def _assemble(
     """One stream decodes a token every `token_s`; `aggregate` streams together can't do worse than one."""
     return Estimate(
         fits=all(d.fits for d in per_device),
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,
         devices=tuple(per_device),
         decode_tokens_per_s=1.0 / token_s,
         aggregate_tokens_per_s=max(aggregate, 1.0 / token_s),
@@ -336,7 +337,7 @@ def _tensor_parallel(
     for device in devices:
         memory = memory_for_layers(
             model, quant, workload, ids, holds_output=True, holds_input=True,
-            is_gpu=device.kind == "gpu", tensor_parallel=tp, uses_nccl=tp > 1,
+            device=device, tensor_parallel=tp, uses_nccl=tp > 1,
         )  # fmt: skip
         dev_bytes = decode_bytes_on_device(model, quant, ids, True, workload, depth) / tp
         bw = achieved_bandwidth_gb_per_s(device, quant, cal, backend) * GB

