@@ -317,7 +317,7 @@ def vllm_default_batched_tokens(device: Device, world_size: int = 1) -> int:
     return 2048
 
 
-def vllm_activation_bytes(model: ModelSpec, tp: int, tokens: int = VLLM_DEFAULT_BATCHED_TOKENS) -> int:
+def vllm_activation_bytes(model: ModelSpec, tp: int, tokens: int) -> int:
     bf16 = 2
     act = tokens * (model.hidden_size * 4 + 2 * model.intermediate_size // max(tp, 1)) * bf16
     logits = 256 * model.vocab_size * 4  # sampler over max-num-seqs rows, f32

@@ -7,9 +7,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpumix.estimate import Placement, Workload, estimate
-from gpumix.estimate.memory import kv_cache_bytes_per_token, kv_cells, swa_kv_cells, total_weight_bytes
+from gpumix.estimate.memory import (
+    CUDA_CONTEXT_BYTES,
+    VLLM_CPU_RUNTIME_BYTES,
+    VLLM_CUDA_GRAPH_BYTES,
+    kv_cache_bytes_per_token,
+    kv_cells,
+    memory_for_layers,
+    swa_kv_cells,
+    total_weight_bytes,
+    vllm_activation_bytes,
+    vllm_default_batched_tokens,
+)
 from gpumix.hardware.catalog import all_gpus, resolve_gpu
-from gpumix.hardware.devices import device_from_spec
+from gpumix.hardware.devices import cpu_device, device_from_spec
 from gpumix.models.catalog import resolve_model, resolve_quant
 from gpumix.units import GB, GiB
 
@@ -76,3 +87,32 @@ def test_no_prediction_beats_the_bandwidth_bound(gpu, model, quant, ctx, paralle
     # Aggregate over `parallel` streams can't beat parallel × the one-stream bound either.
     assert result.aggregate_tokens_per_s <= parallel * result.bandwidth_bound_tokens_per_s * 1.0001
     assert result.prefill_tokens_per_s > 0 and result.ttft_s > 0
+
+
+@pytest.mark.parametrize(
+    ("gpu", "tokens"),
+    [("RTX 4090", 2048), ("A100 SXM4 80GB", 2048), ("H100 PCIe 80GB", 8192), ("H200 SXM 141GB", 8192)],
+)
+def test_vllm_batched_tokens_follow_vllm_serves_defaults_per_card(gpu: str, tokens: int) -> None:
+    # vLLM 0.32 EngineArgs.get_batch_defaults: >= 70 GiB and not an A100 (PR #17885) -> 8192, other GPUs 2048.
+    assert vllm_default_batched_tokens(device_from_spec(resolve_gpu(gpu), 0)) == tokens
+
+
+def test_vllm_batched_tokens_on_the_largest_cards_and_on_the_cpu_build() -> None:
+    h200 = device_from_spec(resolve_gpu("H200 SXM 141GB"), 0)
+    assert vllm_default_batched_tokens(h200.model_copy(update={"memory_total_bytes": 180 * GiB})) == 16384
+    cpu = cpu_device(16 * GiB, 50.0, 4)
+    assert vllm_default_batched_tokens(cpu) == 2048 and vllm_default_batched_tokens(cpu, world_size=2) == 4096
+
+
+def test_vllm_on_the_cpu_build_books_its_runtime_and_no_cuda_graphs() -> None:
+    model, quant = resolve_model("smollm2-135m"), resolve_quant("bf16")
+    work = Workload(context=2048, parallel=2, engine="vllm")
+    layers = range(model.n_layers)
+    gpu = device_from_spec(resolve_gpu("RTX 4090"), 0)
+    on = {d.kind: memory_for_layers(model, quant, work, layers, holds_output=True, holds_input=True, device=d)
+          for d in (gpu, cpu_device(16 * GiB, 50.0, 4))}  # fmt: skip
+    activations = vllm_activation_bytes(model, 1, 2048)  # both sized for 2048 batched tokens
+    assert on["cpu"].compute_bytes == activations and on["gpu"].compute_bytes == activations + VLLM_CUDA_GRAPH_BYTES
+    assert on["cpu"].overhead_bytes == VLLM_CPU_RUNTIME_BYTES and on["gpu"].overhead_bytes == CUDA_CONTEXT_BYTES
+    assert on["cpu"].weights_bytes == on["gpu"].weights_bytes and on["cpu"].kv_cache_bytes == on["gpu"].kv_cache_bytes
